@@ -1,0 +1,66 @@
+"""Where the workflow keeps its files.
+
+On Colab the workspace is a folder on the mounted Google Drive, so shards,
+checkpoints and predictions survive a disconnect. Elsewhere it is
+``$NUCLEI_WORKSPACE`` or ``./workspace``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import colab
+
+ENV_VAR = "NUCLEI_WORKSPACE"
+SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "runs")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def data(self) -> Path:  # the unpacked dataset (course layout)
+        return self.root / "data"
+
+    @property
+    def shards(self) -> Path:  # TFRecord shards + index.json
+        return self.root / "shards"
+
+    @property
+    def checkpoints(self) -> Path:  # checkpoints/<stage>/
+        return self.root / "checkpoints"
+
+    @property
+    def predictions(self) -> Path:  # predictions/<model>/<image>[.<tta>].json
+        return self.root / "predictions"
+
+    @property
+    def submission(self) -> Path:  # answer.json, answer.zip
+        return self.root / "submission"
+
+    @property
+    def runs(self) -> Path:  # executed notebooks and other run records
+        return self.root / "runs"
+
+    def create(self) -> "Workspace":
+        for name in SUBFOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def default_root() -> Path:
+    """Drive on Colab, else ``$NUCLEI_WORKSPACE``, else ``./workspace``."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    if colab.in_colab():
+        colab.mount_drive()
+        return colab.DRIVE_WORKSPACE
+    return Path("workspace")
+
+
+def get_workspace(root: str | os.PathLike | None = None, create: bool = True) -> Workspace:
+    """The workspace at ``root`` (or the default one), with its subfolders made."""
+    ws = Workspace(Path(root).expanduser().resolve() if root else default_root().resolve())
+    return ws.create() if create else ws

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("NUCLEI_REAL_DATA", REPO.parent / "shared" / "data" / "vrdl_hw3"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The course dataset in ../shared; tests using it skip when it is absent."""
+    if not (REAL_DATA / "train").is_dir():
+        pytest.skip(f"real dataset not found at {REAL_DATA} (set NUCLEI_REAL_DATA to point at it)")
+    return REAL_DATA
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch):
+    """A fresh local workspace for one test."""
+    from helpers.workspace import get_workspace
+
+    monkeypatch.setenv("NUCLEI_WORKSPACE", str(tmp_path / "ws"))
+    return get_workspace()
