@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 DRIVE_MOUNTPOINT = Path("/content/drive")
-DRIVE_WORKSPACE = DRIVE_MOUNTPOINT / "MyDrive" / "nuclei_workspace"
+DRIVE_FOLDER = "nuclei_workspace"
+
+
+def drive_workspace() -> Path:
+    """The workspace folder on the mounted Drive."""
+    return DRIVE_MOUNTPOINT / "MyDrive" / DRIVE_FOLDER
 
 
 def in_colab() -> bool:
@@ -25,10 +30,11 @@ def in_colab() -> bool:
         return False
 
 
-def mount_drive(mountpoint: Path = DRIVE_MOUNTPOINT) -> Path:
+def mount_drive(mountpoint: Path | None = None) -> Path:
     """Mount Google Drive (asks for permission once per runtime) and return the mountpoint."""
     from google.colab import drive  # only exists on Colab
 
+    mountpoint = Path(mountpoint or DRIVE_MOUNTPOINT)
     if not (mountpoint / "MyDrive").exists():
         drive.mount(str(mountpoint))
     return mountpoint

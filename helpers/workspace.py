@@ -56,7 +56,7 @@ def default_root() -> Path:
         return Path(os.environ[ENV_VAR]).expanduser()
     if colab.in_colab():
         colab.mount_drive()
-        return colab.DRIVE_WORKSPACE
+        return colab.drive_workspace()
     return Path("workspace")
 
 

@@ -1,0 +1,98 @@
+"""Run the workflow's notebooks headless, in order, with papermill.
+
+``python -m helpers.notebooks --profile demo`` runs notebooks 01→05 on the
+generated demo data and keeps each executed notebook (with its outputs) in
+``<workspace>/runs/``. The same parameters a user sets in a notebook's
+``parameters`` cell can be passed with ``-p name value``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from helpers.atomic import atomic_path
+from helpers.workspace import get_workspace
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+
+
+def workflow_notebooks(upto: str | None = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only up to the one whose name starts with ``upto``."""
+    books = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if upto:
+        cut = [i for i, b in enumerate(books) if b.name.startswith(upto)]
+        if not cut:
+            raise ValueError(f"no notebook in {NOTEBOOK_DIR} starts with {upto!r}: "
+                             f"choose one of {[b.name for b in books]}")
+        books = books[: cut[0] + 1]
+    return books
+
+
+def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
+                 workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> Path:
+    """Execute one notebook headless; return the path of the executed copy in ``runs/``.
+
+    The executed copy is written atomically, so a failed or interrupted run never leaves a
+    notebook that looks complete. On failure papermill raises ``PapermillExecutionError``
+    naming the failing cell, and the partial copy is kept as ``<name>.failed.ipynb``.
+    """
+    import papermill as pm
+
+    notebook = Path(notebook)
+    ws = get_workspace(workspace_root)
+    params = dict(parameters or {})
+    params.setdefault("workspace_root", str(ws.root))
+    out = ws.runs / notebook.name
+    with atomic_path(out) as tmp:
+        try:
+            pm.execute_notebook(str(notebook), str(tmp), parameters=params, kernel_name="python3",
+                                cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
+        except BaseException:
+            if tmp.exists():
+                os.replace(tmp, ws.runs / f"{notebook.stem}.failed.ipynb")
+            raise
+    return out
+
+
+def run_workflow(profile: str = "demo", upto: str | None = None, parameters: dict | None = None,
+                 workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> list[Path]:
+    """Run notebooks 01→05 (or up to ``upto``) in order with one profile."""
+    done = []
+    for nb in workflow_notebooks(upto):
+        t0 = time.time()
+        print(f"▶ {nb.name} (profile={profile})", flush=True)
+        done.append(run_notebook(nb, {"profile": profile, **(parameters or {})}, workspace_root, log_output))
+        print(f"✔ {nb.name} in {time.time() - t0:.0f} s → {done[-1]}", flush=True)
+    return done
+
+
+def _parse_value(text: str):
+    import json
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="demo", choices=["demo", "cpu", "colab"])
+    ap.add_argument("--upto", help="stop after the notebook whose name starts with this, e.g. 03")
+    ap.add_argument("--workspace", help="workspace folder (default $NUCLEI_WORKSPACE or ./workspace)")
+    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a notebook parameter (JSON values are parsed)")
+    ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    args = ap.parse_args(argv)
+    params = {k: _parse_value(v) for k, v in args.p}
+    t0 = time.time()
+    run_workflow(args.profile, args.upto, params, args.workspace, args.log_output)
+    print(f"Workflow finished in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
