@@ -1,0 +1,356 @@
+"""Reader and validator for the course dataset layout.
+
+::
+
+    <root>/train/<ID>/images/<ID>.png      one H&E image (RGB)
+    <root>/train/<ID>/masks/*.png          one binary mask per nucleus (0/255)
+    <root>/test/*.png                      test images
+    <root>/test_img_ids.json               COCO-style {"images": [{file_name, id, height, width}]}
+
+``open_dataset`` checks the structure (cheap: folders, names, duplicates,
+test_img_ids.json); ``validate_dataset`` decodes every image and mask and checks
+sizes and values. Bad input raises ``DatasetError`` naming the file and saying
+what to do. Images that are RGBA or greyscale are converted to RGB with a
+``DatasetNote`` warning (not an error).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+try:  # cv2 decodes PNG faster than PIL and releases the GIL (threads scale)
+    import cv2
+except ImportError:  # pragma: no cover - PIL fallback
+    cv2 = None
+
+TEST_IDS_FILE = "test_img_ids.json"
+
+
+class DatasetError(ValueError):
+    """Bad input in a dataset folder; the message names the file and says what to do."""
+
+
+class DatasetNote(UserWarning):
+    """Something was fixed on the fly (e.g. an RGBA image converted to RGB)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    image_id: str
+    image_path: Path
+    mask_paths: tuple[Path, ...]
+
+    @property
+    def n_nuclei(self) -> int:
+        return len(self.mask_paths)
+
+
+@dataclass(frozen=True)
+class TestItem:
+    image_id: str
+    file_name: str
+    image_path: Path
+    coco_id: int
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class Dataset:
+    root: Path
+    train: list[TrainItem]
+    test: list[TestItem]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_ids(self) -> list[str]:
+        return [it.image_id for it in self.train]
+
+    @property
+    def test_ids(self) -> list[str]:
+        return [it.image_id for it in self.test]
+
+    def item(self, image_id: str) -> TrainItem | TestItem:
+        for it in (*self.train, *self.test):
+            if it.image_id == image_id:
+                return it
+        raise KeyError(f"{image_id!r} is not in the dataset at {self.root}")
+
+    def __repr__(self) -> str:
+        n = sum(it.n_nuclei for it in self.train)
+        return f"Dataset({self.root}, train={len(self.train)} images / {n} masks, test={len(self.test)})"
+
+
+def _note(notes: list[str] | None, msg: str) -> None:
+    warnings.warn(msg, DatasetNote, stacklevel=3)
+    if notes is not None:
+        notes.append(msg)
+
+
+def _is_visible_png(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() == ".png"
+
+
+# --------------------------------------------------------------------------- structure
+def open_dataset(root: str | os.PathLike) -> Dataset:
+    """Index a dataset folder in the course layout and check its structure.
+
+    Does not decode pixels (see ``validate_dataset``). Raises ``DatasetError``.
+    """
+    root = Path(root)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DatasetError(
+            f"{train_dir} not found: a dataset folder must hold train/<ID>/images/<ID>.png and "
+            "train/<ID>/masks/*.png; point at the folder that contains train/ (and test/)")
+    notes: list[str] = []
+    train: list[TrainItem] = []
+    seen_lower: dict[str, str] = {}
+    for d in sorted(p for p in train_dir.iterdir() if not p.name.startswith(".")):
+        if not d.is_dir():
+            _note(notes, f"ignoring {d}: train/ should only hold one folder per image")
+            continue
+        image_id = d.name
+        if image_id.lower() in seen_lower:
+            raise DatasetError(
+                f"duplicate id: {d} and {train_dir / seen_lower[image_id.lower()]} differ only in case; "
+                "remove one of them (they would collide on Drive/Windows and in the shards)")
+        seen_lower[image_id.lower()] = image_id
+        img_dir, mask_dir = d / "images", d / "masks"
+        for sub in (img_dir, mask_dir):
+            if not sub.is_dir():
+                raise DatasetError(
+                    f"{sub} is missing: each train/<ID>/ folder needs images/<ID>.png and masks/*.png; "
+                    "re-extract the dataset or remove the incomplete folder " + str(d))
+        pngs = [p for p in img_dir.iterdir() if _is_visible_png(p)]
+        image_path = img_dir / f"{image_id}.png"
+        if not image_path.is_file():
+            raise DatasetError(
+                f"{image_path} not found (images/ holds {[p.name for p in pngs]}); the image must be "
+                f"named after its folder: rename it to {image_id}.png")
+        if len(pngs) > 1:
+            raise DatasetError(
+                f"duplicate id: {img_dir} holds {len(pngs)} PNGs ({sorted(p.name for p in pngs)}); "
+                f"keep only {image_id}.png")
+        masks = sorted(p for p in mask_dir.iterdir() if _is_visible_png(p))
+        others = [p.name for p in mask_dir.iterdir() if not p.name.startswith(".") and p not in masks]
+        if others:
+            _note(notes, f"ignoring {len(others)} non-PNG file(s) in {mask_dir}: {others[:3]}")
+        if not masks:
+            raise DatasetError(f"{mask_dir} holds no mask PNGs; add one binary mask per nucleus or "
+                               f"remove the folder {d}")
+        train.append(TrainItem(image_id, image_path, tuple(masks)))
+    if not train:
+        raise DatasetError(f"{train_dir} holds no image folders; point at the right dataset root")
+    test = _read_test_index(root, notes)
+    clash = set(it.image_id for it in train) & set(it.image_id for it in test)
+    if clash:
+        raise DatasetError(
+            f"duplicate id: {sorted(clash)} appear in both {train_dir} and {root / 'test'}; "
+            "a test image must not also be a training image: remove it from one of them")
+    return Dataset(root=root, train=train, test=test, notes=notes)
+
+
+def _read_test_index(root: Path, notes: list[str]) -> list[TestItem]:
+    test_dir, ids_file = root / "test", root / TEST_IDS_FILE
+    if not test_dir.is_dir() and not ids_file.exists():
+        _note(notes, f"{root} has no test/ folder and no {TEST_IDS_FILE}: training data only")
+        return []
+    if not ids_file.is_file():
+        raise DatasetError(f"{ids_file} not found but {test_dir} exists; copy test_img_ids.json from "
+                           "the course download into the dataset root")
+    if not test_dir.is_dir():
+        raise DatasetError(f"{test_dir} not found but {ids_file} exists; copy the test/ folder from the "
+                           "course download into the dataset root")
+    try:
+        spec = json.loads(ids_file.read_text())
+        entries = spec["images"] if isinstance(spec, dict) else spec
+        entries = [(str(e["file_name"]), int(e["id"]), e.get("height"), e.get("width")) for e in entries]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{ids_file} is not valid: expected {{'images': [{{'file_name', 'id', "
+                           f"'height', 'width'}}, ...]}} ({e}); re-download it") from e
+    names = [n for n, *_ in entries]
+    ids = [i for _, i, *_ in entries]
+    for what, vals in (("file_name", names), ("id", ids)):
+        dup = sorted({str(v) for v in vals if vals.count(v) > 1})
+        if dup:
+            raise DatasetError(f"duplicate {what} {dup} in {ids_file}; each test image must appear once")
+    on_disk = {p.name for p in test_dir.iterdir() if _is_visible_png(p)}
+    absent = sorted(set(names) - on_disk)
+    if absent:
+        raise DatasetError(f"{ids_file} names {absent} but they are not in {test_dir}; "
+                           "copy the missing test images there or fix the json")
+    missing = sorted(on_disk - set(names))
+    if missing:
+        raise DatasetError(f"{ids_file} misses test image(s) {missing} found in {test_dir}; "
+                           "add them to the json (with their COCO id) or remove the files")
+    return [TestItem(Path(n).stem, n, test_dir / n, i, h, w) for n, i, h, w in entries]
+
+
+# --------------------------------------------------------------------------- pixels
+def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
+    """Decode an image file to uint8 HxWx3 RGB.
+
+    RGBA (alpha dropped), greyscale and palette images are converted, with a
+    ``DatasetNote`` warning. A corrupt or truncated file raises ``DatasetError``.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode != "RGB":
+                _note(notes, f"{path} is {mode}, not RGB: converted to RGB"
+                      + (" (alpha channel dropped)" if "A" in mode else ""))
+                if mode in ("I;16", "I;16B", "I", "F"):  # 16-bit/float greyscale -> 8 bit
+                    a = np.asarray(im).astype(np.float64)
+                    a = (255 * (a - a.min()) / max(a.max() - a.min(), 1)).astype(np.uint8)
+                    return np.repeat(a[..., None], 3, axis=2)
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"{path} not found; re-extract the dataset") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path} is corrupt or truncated ({e}); replace it with a good copy "
+                           "(re-download or re-extract the dataset)") from e
+    return np.ascontiguousarray(arr)
+
+
+def _decode_gray(path: Path) -> np.ndarray:
+    if cv2 is not None:
+        buf = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+        if buf is None:
+            raise DatasetError(f"{path} not found; re-extract the dataset")
+        m = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+        if m is None:
+            raise DatasetError(f"{path} is corrupt or truncated (cannot decode it as an image); "
+                               "replace it with a good copy (re-download or re-extract the dataset)")
+        if m.ndim == 3:  # cv2 gives BGR(A); channel order does not matter for the checks below
+            m = m[..., :3]
+        return m
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path} is corrupt or truncated ({e}); replace it with a good copy") from e
+
+
+def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Decode one nucleus mask to a bool HxW array, checking it.
+
+    A mask must be single-valued (0 and one other value, normally 255), not empty,
+    and (if ``shape`` is given) the size of its image. Raises ``DatasetError``.
+    """
+    path = Path(path)
+    m = _decode_gray(path)
+    if m.ndim == 3:
+        if not all(np.array_equal(m[..., 0], m[..., c]) for c in range(1, m.shape[2])):
+            raise DatasetError(f"{path} is a colour image, not a binary mask; save it as a "
+                               "single-channel 0/255 PNG")
+        m = m[..., 0]
+    if shape is not None and tuple(m.shape) != tuple(shape[:2]):
+        raise DatasetError(f"{path} is {m.shape[1]}x{m.shape[0]} (WxH) but its image is "
+                           f"{shape[1]}x{shape[0]}; masks must match the image size: fix or remove it")
+    nz = int(np.count_nonzero(m))
+    if nz == 0:
+        raise DatasetError(f"{path} is empty (no foreground pixel); remove it: each mask must "
+                           "hold exactly one nucleus")
+    top = m.max()
+    if int(np.count_nonzero(m == top)) != nz:
+        vals = np.unique(m)
+        raise DatasetError(f"{path} is not binary (values {vals[:6].tolist()}{'...' if len(vals) > 6 else ''}); "
+                           "masks must be 0 for background and one value (255) for the nucleus: "
+                           "threshold it, e.g. mask = (mask > 127) * 255")
+    return m == top
+
+
+def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int | None = None) -> np.ndarray:
+    """All masks of a training item as a bool array (N, H, W), in mask file order."""
+    if shape is None:
+        with Image.open(item.image_path) as im:
+            shape = (im.height, im.width)
+    paths = item.mask_paths
+    out = np.empty((len(paths), shape[0], shape[1]), dtype=bool)
+
+    def one(i: int) -> None:
+        out[i] = read_mask(paths[i], shape)
+
+    _map(one, range(len(paths)), workers)
+    return out
+
+
+def _map(fn, items: Iterable, workers: int | None) -> list:
+    workers = workers or min(4, os.cpu_count() or 1)
+    items = list(items)
+    if workers <= 1 or len(items) < 8:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, items))
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the PNG header, without decoding; DatasetError if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise DatasetError(f"{path} not found; re-extract the dataset") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path} is corrupt or not an image ({e}); replace it with a good copy") from e
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    image_id: str
+    split: str  # "train" (labeled) or "test"
+    n_nuclei: int
+    height: int
+    width: int
+
+
+def validate_dataset(ds: Dataset | str | os.PathLike, progress: bool = True,
+                     workers: int | None = None) -> dict[str, ImageStats]:
+    """Decode every image and mask and check them; return stats per image id.
+
+    Checks: images decode (RGBA/greyscale -> converted with a note), masks decode,
+    match their image size, are binary and non-empty; test images match the
+    height/width in test_img_ids.json. Raises ``DatasetError`` on the first problem.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(ds, Dataset):
+        ds = open_dataset(ds)
+    stats: dict[str, ImageStats] = {}
+    total = sum(it.n_nuclei for it in ds.train) + len(ds.test)
+    bar = tqdm(total=total, desc="validate dataset", unit="file", disable=not progress)
+    try:
+        for it in ds.train:
+            img = read_image(it.image_path, ds.notes)
+            h, w = img.shape[:2]
+
+            def one(p: Path, shape=(h, w)) -> None:
+                read_mask(p, shape)
+
+            _map(one, it.mask_paths, workers)
+            bar.update(it.n_nuclei)
+            stats[it.image_id] = ImageStats(it.image_id, "train", it.n_nuclei, h, w)
+        for it in ds.test:
+            img = read_image(it.image_path, ds.notes)
+            h, w = img.shape[:2]
+            if (it.height, it.width) != (None, None) and (it.height, it.width) != (h, w):
+                raise DatasetError(f"{it.image_path} is {w}x{h} but {ds.root / TEST_IDS_FILE} says "
+                                   f"{it.width}x{it.height}; fix the json or the image")
+            bar.update(1)
+            stats[it.image_id] = ImageStats(it.image_id, "test", 0, h, w)
+    finally:
+        bar.close()
+    return stats
