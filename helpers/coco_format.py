@@ -160,6 +160,30 @@ def decode_rles(rles: Sequence[Mapping]) -> np.ndarray:
     return np.ascontiguousarray(mask_utils.decode([dict(r) for r in rles]).transpose(2, 0, 1)).astype(bool)
 
 
+def decode_crop(rle: Mapping, window: Sequence[int]) -> np.ndarray:
+    """The part of an RLE mask inside ``window = (y0, x0, y1, x1)``, as bool (y1-y0, x1-x0),
+    without decoding the full image (pycocotools has no windowed decode; this reads the
+    runs with ``rle_runs``). Equals ``decode_rle(rle)[y0:y1, x0:x1]``."""
+    height, width = int(rle["size"][0]), int(rle["size"][1])
+    y0, x0, y1, x1 = (int(v) for v in window)
+    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(height, y1), min(width, x1)
+    if y1 <= y0 or x1 <= x0:
+        return np.zeros((max(0, y1 - y0), max(0, x1 - x0)), bool)
+    counts = rle["counts"]
+    runs = np.asarray(rle_runs(counts if isinstance(counts, str) else counts.decode("ascii")), np.int64)
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    lo, hi = x0 * height, x1 * height
+    s = np.clip(starts[1::2], lo, hi) - lo  # runs of ones are the odd runs
+    e = np.clip(ends[1::2], lo, hi) - lo
+    keep = e > s
+    delta = np.zeros(hi - lo + 1, np.int32)
+    np.add.at(delta, s[keep], 1)
+    np.add.at(delta, e[keep], -1)
+    band = np.cumsum(delta[:-1]).astype(bool).reshape(x1 - x0, height).T
+    return band[y0:y1]
+
+
 def rle_bbox(rles: Sequence[Mapping]) -> np.ndarray:
     """(N, 4) float boxes [x, y, w, h] from the RLEs (pycocotools ``toBbox``)."""
     if not len(rles):
@@ -171,7 +195,11 @@ def rle_area(rles: Sequence[Mapping]) -> np.ndarray:
     """(N,) pixel areas of the RLEs."""
     if not len(rles):
         return np.zeros((0,), np.int64)
-    return np.asarray(mask_utils.area([dict(r) for r in rles]), np.int64).reshape(-1)
+    # pycocotools 2.0.11 + numpy 2: area() of more than 255 RLEs raises OverflowError
+    # (it sizes its output with a uint8), so call it in chunks of 255.
+    rles = [dict(r) for r in rles]
+    return np.concatenate([np.asarray(mask_utils.area(rles[s:s + 255]), np.int64).reshape(-1)
+                           for s in range(0, len(rles), 255)])
 
 
 def rle_iou(a: Sequence[Mapping], b: Sequence[Mapping]) -> np.ndarray:
