@@ -1,0 +1,474 @@
+"""Stage runner: heads -> all -> specialist, on Model Garden's own trainer.
+
+``train_stage`` builds the Model Garden ``MaskRCNNTask`` from a profile
+(:mod:`helpers.config`) and runs it with Model Garden's
+``OrbitExperimentRunner`` (the engine behind ``train_lib.run_experiment``):
+its Trainer, Orbit Controller, ``tf.train.CheckpointManager`` and a
+``tf.distribute`` strategy. We only decide *when* to stop (step target or
+wall-clock budget) and *what* to start from.
+
+Each stage lives in ``ws.checkpoints/<stage>/``:
+  ckpt-N.index / ckpt-N.data-*   checkpoints (every ``checkpoint_every`` steps, last few kept)
+  checkpoint                     TensorFlow's state file (latest + kept checkpoints)
+  stage.json                     profile, planned steps, config fingerprint (written once)
+  train/                         TensorBoard event files (one per run; `%tensorboard --logdir`)
+  torn/                          checkpoints found incomplete (moved here, never loaded)
+
+Re-running the same call resumes from the newest complete checkpoint, at the
+same global step and the same point of the learning-rate schedule.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import sys
+import tarfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from helpers import checkpoints as ckpts
+from helpers import config as cfglib
+from helpers.atomic import atomic_path, atomic_write_json
+from helpers.workspace import Workspace, get_workspace
+
+STAGE_FILE = "stage.json"
+
+
+class StageConfigMismatch(RuntimeError):
+    """The stage folder holds checkpoints made with a different config."""
+
+
+class ParentStageNotFinished(RuntimeError):
+    """`all`/specialist needs the final checkpoint of the stage before it."""
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be reached; training from scratch is the alternative."""
+
+
+class NoTrainingData(RuntimeError):
+    """No shards to train on."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    profile: str
+    status: str                 # "finished", "skipped (already finished)", "stopped: time budget", "stopped: stop_at_step"
+    start_step: int             # global step when this run started (restored checkpoint)
+    end_step: int               # global step reached
+    planned_steps: int
+    checkpoint: Path | None     # newest complete checkpoint after the run
+    stage_dir: Path
+    seconds: float = 0.0        # wall time of this call
+    s_per_step: float | None = None   # mean over this run's steps, excluding the first (tracing)
+    optimizer_iterations: int | None = None
+    learning_rate: float | None = None  # LR at `end_step` (the schedule point)
+
+    @property
+    def finished(self) -> bool:
+        return self.end_step >= self.planned_steps
+
+    def __str__(self) -> str:
+        sps = f", {self.s_per_step:.2f} s/step" if self.s_per_step else ""
+        return (f"{self.stage} [{self.profile}]: {self.status} at step {self.end_step}/"
+                f"{self.planned_steps} (started at {self.start_step}{sps}); "
+                f"checkpoint {self.checkpoint}")
+
+
+# ----------------------------------------------------------------------------- paths & data
+
+def stage_dir(workspace, stage: str) -> Path:
+    cfglib.stage_kind(stage)
+    return _ws(workspace).checkpoints / stage
+
+
+def _ws(workspace) -> Workspace:
+    if isinstance(workspace, Workspace):
+        return workspace
+    return get_workspace(workspace)
+
+
+def read_stage_info(workspace, stage: str) -> dict | None:
+    """The stage's ``stage.json`` (profile, planned steps, fingerprint), or None."""
+    p = stage_dir(workspace, stage) / STAGE_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
+                   splits=("train",)) -> tuple[list[str], int]:
+    """Shard files to train on and the source image side in px (for native-resolution crops).
+
+    Specialist stages need ``image_ids`` or ``organs``; heads/all use every
+    training shard unless told otherwise.
+    """
+    from helpers import shards
+
+    if cfglib.stage_kind(stage) == "specialist" and not (image_ids or organs):
+        raise ValueError(f"stage {stage!r}: a specialist trains on a subset; pass organs=[...] "
+                         "or image_ids=[...]")
+    index_path = Path(ws.shards) / "index.json"
+    if not index_path.is_file():
+        raise NoTrainingData(f"{index_path} not found: write the shards first (notebook 01, "
+                             "helpers.shards.write_shards)")
+    files = [str(p) for p in shards.select_shards(ws.shards, image_ids=image_ids, organs=organs,
+                                                  splits=tuple(splits))]
+    if not files:
+        raise NoTrainingData(f"no shards in {ws.shards} match splits={list(splits)} "
+                             f"organs={organs} image_ids={image_ids}")
+    return sorted(files), _source_size(index_path, files)
+
+
+def _source_size(index_path: Path, files: Sequence[str]) -> int:
+    """Median longer side of the selected shards' images (from index.json)."""
+    index = json.loads(index_path.read_text())
+    entries = index.get("shards", index) if isinstance(index, dict) else index
+    if isinstance(entries, dict):
+        entries = [dict(v, file=k) for k, v in entries.items()]
+    names = {Path(f).name for f in files}
+    sizes = []
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        fname = next((Path(str(e[k])).name for k in ("file", "path", "name", "shard", "filename")
+                      if k in e), None)
+        if fname in names and "height" in e and "width" in e:
+            sizes.append(max(int(e["height"]), int(e["width"])))
+    if not sizes:
+        return 1000
+    sizes.sort()
+    return sizes[len(sizes) // 2]
+
+
+# ----------------------------------------------------------------------------- pretrained
+
+def resolve_pretrained(profile: cfglib.Profile, ws: Workspace, timeout_s: float = 20.0) -> str:
+    """Local checkpoint prefix of the profile's pretrained backbone (downloaded once).
+
+    Cached in ``<workspace>/pretrained/``. Raises
+    :class:`PretrainedWeightsUnavailable` quickly (never hangs) when the
+    weights cannot be reached.
+    """
+    import tensorflow as tf
+
+    if profile.pretrained is None:
+        raise ValueError(f"profile {profile.name} has no pretrained weights")
+    url = (cfglib.IMAGENET_RESNET_URLS.get(profile.resnet_depth)
+           if profile.pretrained == "imagenet" else profile.pretrained)
+    if url is None:
+        raise PretrainedWeightsUnavailable(
+            f"no ImageNet checkpoint is published for {profile.backbone}; pass "
+            "from_scratch=True or init_checkpoint='<path to a checkpoint with a `backbone`>'")
+    if "://" not in url or url.startswith("file://"):
+        local = url.replace("file://", "")
+        return tf.train.latest_checkpoint(local) if Path(local).is_dir() else local
+    name = Path(urllib.parse.urlparse(url).path).name.replace(".tar.gz", "")
+    cache = ws.root / "pretrained" / name
+    found = _find_prefix(cache)
+    if found:
+        return found
+    offer = ("Re-run with from_scratch=True to train from random weights (much weaker "
+             "results), or download it yourself and pass init_checkpoint='<checkpoint prefix>'.")
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=min(timeout_s, 5.0)).close()
+        tmp_tar = cache.parent / f".{name}.tar.gz"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(tmp_tar) as tmp, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            from tqdm.auto import tqdm
+
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
+                                            desc=f"downloading {name}") as bar:
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        extract = cache.parent / f".{name}.extracting"
+        with tarfile.open(tmp_tar) as tar:
+            tar.extractall(extract, filter="data")
+        os.replace(extract, cache)
+        tmp_tar.unlink()
+    except (OSError, tarfile.TarError) as e:
+        raise PretrainedWeightsUnavailable(
+            f"pretrained weights for {profile.backbone} could not be reached at {url} "
+            f"({type(e).__name__}: {e}). {offer}") from e
+    found = _find_prefix(cache)
+    if not found:
+        raise PretrainedWeightsUnavailable(f"{url} held no TensorFlow checkpoint. {offer}")
+    return found
+
+
+def _find_prefix(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    idx = sorted(folder.rglob("*.index"))
+    return str(idx[-1].with_suffix("")) if idx else None
+
+
+# ----------------------------------------------------------------------------- strategy
+
+def pick_strategy(strategy=None):
+    """TPUStrategy on a TPU, MirroredStrategy on several GPUs, else the default strategy.
+
+    ``strategy`` may be a ``tf.distribute.Strategy`` (used as is) or one of
+    ``"tpu"``, ``"mirrored"`` (all GPUs, or all logical CPUs when there is
+    no GPU), ``"default"``.
+    """
+    import tensorflow as tf
+    from official.common import distribute_utils
+
+    if isinstance(strategy, tf.distribute.Strategy):
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    if strategy is None:
+        acc = cfglib.detect_accelerator()
+        strategy = "tpu" if acc == "tpu" else ("mirrored" if len(gpus) > 1 else "default")
+    if strategy == "tpu":
+        addr = os.environ.get("COLAB_TPU_ADDR")
+        return distribute_utils.get_distribution_strategy(
+            "tpu", tpu_address=f"grpc://{addr}" if addr else os.environ.get("TPU_NAME", "local"))
+    if strategy == "mirrored":
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if strategy == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"unknown strategy {strategy!r}; use 'tpu', 'mirrored' or 'default'")
+
+
+# ----------------------------------------------------------------------------- runner
+
+class _Progress:
+    """Orbit train action: a tqdm line with step/total, losses and s/step."""
+
+    KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
+            "frcnn_box_loss", "mask_loss")
+
+    def __init__(self, stage, start, total, enabled=True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
+                        disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+        self.times: list[float] = []
+        self.last = time.perf_counter()
+        self.last_output: dict = {}
+
+    def __call__(self, output):
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+        vals = {k: float(output[k]) for k in self.KEYS if k in output}
+        if "learning_rate" in output:
+            vals["learning_rate"] = float(output["learning_rate"])
+        self.last_output = vals
+        post = {"loss": f"{vals.get('total_loss', float('nan')):.3f}",
+                "mask": f"{vals.get('mask_loss', float('nan')):.3f}",
+                "lr": f"{vals.get('learning_rate', 0):.2e}",
+                "s/step": f"{self.s_per_step or self.times[-1]:.2f}"}
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def mark(self):
+        self.last = time.perf_counter()
+
+    @property
+    def s_per_step(self):
+        t = self.times[1:]  # the first step includes tracing the tf.function
+        return sum(t) / len(t) if t else None
+
+    def close(self):
+        self.bar.close()
+
+
+def _check_stage_dir(sdir: Path, cfg, stage: str) -> tuple[dict | None, tuple[int, Path] | None]:
+    """Compare the stage's stored fingerprint with ``cfg``; return (info, latest complete)."""
+    info = json.loads((sdir / STAGE_FILE).read_text()) if (sdir / STAGE_FILE).is_file() else None
+    latest = ckpts.latest_complete(sdir) if sdir.is_dir() else None
+    if info and latest:
+        fp = cfglib.fingerprint(cfg)
+        if info.get("fingerprint") != fp:
+            diffs = cfglib.diff_fingerprints(info.get("fingerprint_dict", {}),
+                                             json.loads(json.dumps(cfglib.fingerprint_dict(cfg),
+                                                                   default=str)))
+            shown = "\n  ".join(diffs[:12]) + ("\n  ..." if len(diffs) > 12 else "")
+            raise StageConfigMismatch(
+                f"stage {stage!r} in {sdir} was trained up to step {latest[0]} with profile "
+                f"{info.get('profile')!r} and a different config; resuming would mix two runs. "
+                f"Differences (stored -> now):\n  {shown}\nUse the original profile/steps/data, "
+                f"or train under another stage name, or move {sdir} away to start over.")
+    elif latest and not info:
+        raise StageConfigMismatch(
+            f"{sdir} holds checkpoints but no {STAGE_FILE}: it was not made by train_stage. "
+            "Move it away or use another stage name.")
+    return info, latest
+
+
+def _parent_checkpoint(ws: Workspace, stage: str) -> str:
+    parent = cfglib.parent_stage(stage)
+    pdir = stage_dir(ws, parent)
+    info = read_stage_info(ws, parent)
+    latest = ckpts.latest_complete(pdir) if pdir.is_dir() else None
+    if not info or not latest or latest[0] < int(info["planned_steps"]):
+        got = f"step {latest[0]}/{info['planned_steps']}" if (info and latest) else "no checkpoint"
+        raise ParentStageNotFinished(
+            f"stage {stage!r} starts from the final weights of {parent!r}, which is not finished "
+            f"({got} in {pdir}). Run train_stage({parent!r}, ...) to the end first.")
+    return str(latest[1])
+
+
+def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
+               image_ids=None, organs=None, train_files: Sequence[str] | None = None,
+               accelerator: str | None = None, **profile_overrides):
+    """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage."""
+    ws = _ws(workspace)
+    prof = cfglib.get_profile(profile, **profile_overrides)
+    if train_files:
+        files = sorted(str(f) for f in train_files)
+        index = Path(files[0]).parent / "index.json"
+        source_size = _source_size(index, files) if index.is_file() else 1000
+    else:
+        files, source_size = training_files(ws, stage, image_ids=image_ids, organs=organs)
+    cfg = cfglib.experiment_config(prof, stage, files, steps=steps, source_size=source_size,
+                                   accelerator=accelerator)
+    return prof, cfg, stage_dir(ws, stage)
+
+
+def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
+                time_budget_s: float | None = None, stop_at_step: int | None = None,
+                image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
+                train_files: Sequence[str] | None = None, from_scratch: bool = False, init_checkpoint: str | None = None,
+                strategy=None, progress: bool = True, **profile_overrides) -> StageResult:
+    """Train (or resume, or skip) one stage with Model Garden; return what happened.
+
+    Args:
+      stage: ``"heads"`` (backbone frozen), ``"all"`` (everything, from the
+        heads stage's final checkpoint) or ``"specialist-<name>"`` (from
+        ``all``, on ``organs``/``image_ids``).
+      profile: ``"colab"``, ``"cpu"`` or ``"demo"``.
+      workspace: a Workspace, a path, or None for the default workspace.
+      steps: planned global steps of the stage (the LR schedule spans them);
+        default from the profile. Part of the stage's config fingerprint.
+      time_budget_s: stop (with a checkpoint) before this many seconds have
+        passed since the call; re-run to continue.
+      stop_at_step: stop (with a checkpoint) at this global step; re-run to continue.
+      image_ids / organs: training subset (specialist stages), via helpers.shards.select_shards.
+      train_files: explicit shard paths instead (bypasses the workspace's shard index).
+      from_scratch: heads stage without pretrained weights.
+      init_checkpoint: explicit checkpoint for a fresh heads stage (a local copy
+        of the pretrained backbone).
+      strategy: None (automatic), "tpu", "mirrored", "default" or a Strategy.
+      **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
+    """
+    import tensorflow as tf
+
+    t_call = time.perf_counter()
+    ws = _ws(workspace)
+    kind = cfglib.stage_kind(stage)
+    prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
+                                 organs=organs, train_files=train_files, **profile_overrides)
+    planned = int(cfg.trainer.train_steps)
+    info, latest = _check_stage_dir(sdir, cfg, stage)
+    start = latest[0] if latest else 0
+
+    if latest and start >= planned:
+        print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
+              "skipping.")
+        return StageResult(stage, prof.name, "skipped (already finished)", start, start, planned,
+                           latest[1], sdir, seconds=time.perf_counter() - t_call)
+
+    # What a fresh stage starts from (only used when there is no checkpoint yet).
+    init = None
+    if not latest:
+        if kind == "heads":
+            if init_checkpoint:
+                init = init_checkpoint
+            elif prof.pretrained and not from_scratch:
+                init = resolve_pretrained(prof, ws)
+        else:
+            init = _parent_checkpoint(ws, stage)
+        cfg.override({"task": {"init_checkpoint": init or ""}}, is_strict=True)
+        sdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(sdir / STAGE_FILE, {
+            "stage": stage, "profile": prof.name, "planned_steps": planned,
+            "fingerprint": cfglib.fingerprint(cfg),
+            "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
+            "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
+        })
+
+    target = min(planned, stop_at_step) if stop_at_step else planned
+    if start >= target:
+        print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
+        return StageResult(stage, prof.name, "stopped: stop_at_step", start, start, planned,
+                           latest[1] if latest else None, sdir,
+                           seconds=time.perf_counter() - t_call)
+
+    from official.core import task_factory, train_lib
+    from official.modeling import performance
+    from official.vision.tasks import maskrcnn as _registers_task  # noqa: F401
+
+    performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
+    strat = pick_strategy(strategy)
+    bar = _Progress(stage, start, planned, enabled=progress)
+    with strat.scope():
+        task = task_factory.get_task(cfg.task, logging_dir=str(sdir))
+    with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
+        runner = train_lib.OrbitExperimentRunner(distribution_strategy=strat, task=task, mode="train",
+                               params=cfg, model_dir=str(sdir), train_actions=[bar])
+    controller = runner.controller
+    gstep = int(runner.trainer.global_step.numpy())
+    if gstep != start:
+        raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
+    if latest:
+        print(f"resuming stage {stage!r} from {latest[1].name} (step {start}/{planned})")
+    else:
+        # ckpt-0 records the starting weights (pretrained / parent stage) and starts
+        # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
+        with contextlib.redirect_stdout(io.StringIO()):
+            controller.save_checkpoint()
+
+    status = "finished" if target == planned else "stopped: stop_at_step"
+    bar.mark()
+    try:
+        with strat.scope():
+            while gstep < target:
+                elapsed = time.perf_counter() - t_call
+                est = bar.s_per_step or (bar.times[-1] if bar.times else 0.0)
+                if time_budget_s is not None and gstep > start and elapsed + 1.5 * est > time_budget_s:
+                    status = "stopped: time budget"
+                    break
+                with contextlib.redirect_stdout(io.StringIO()):
+                    controller.train(steps=gstep + 1, checkpoint_at_completion=False)
+                gstep = int(runner.trainer.global_step.numpy())
+            with contextlib.redirect_stdout(io.StringIO()):
+                controller.save_checkpoint()  # no-op when this step is already saved
+    finally:
+        bar.close()
+    opt = runner.trainer.optimizer
+    iters = int(opt.iterations.numpy())
+    lr = opt.learning_rate
+    lr = float(lr(opt.iterations) if callable(lr) else lr)
+    result = StageResult(stage, prof.name, status, start, gstep, planned,
+                         Path(runner.checkpoint_manager.latest_checkpoint), sdir,
+                         seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
+                         optimizer_iterations=iters, learning_rate=lr)
+    print(result)
+    return result
+
+
+def stage_status(workspace, stage: str) -> str:
+    """One line: how far a stage got (for notebooks)."""
+    sdir = stage_dir(workspace, stage)
+    info = read_stage_info(workspace, stage)
+    latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
+    if not info:
+        return f"{stage}: not started"
+    step = latest[0] if latest else 0
+    state = "finished" if step >= info["planned_steps"] else "in progress"
+    return f"{stage} [{info['profile']}]: {state}, step {step}/{info['planned_steps']}"
