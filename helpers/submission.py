@@ -1,0 +1,284 @@
+"""The course submission: ``answer.json`` (COCO results) and ``answer.zip``.
+
+``answer.json`` is a list of ``{image_id, category_id: 1, segmentation: {size: [h, w],
+counts: str}, bbox: [x, y, w, h], score}``; ``image_id`` is the COCO id that
+``test_img_ids.json`` gives the image's file name; ``bbox`` comes from the RLE.
+
+* ``build_answer(predictions, test_images, resolve=False)`` makes the entries
+  (optionally giving each pixel to the highest-scoring mask: ``resolve_overlaps``).
+* ``check_answer`` lists every problem; ``validate_answer`` raises ``SubmissionError``
+  naming them (every test image present, sizes match, scores in [0, 1], category 1,
+  known image_id, valid RLE, and pycocotools' ``COCO.loadRes`` accepts the file).
+* ``write_answer`` validates, writes ``answer.json`` atomically and zips it as
+  ``answer.zip`` (``answer.json`` at the zip root). An existing answer is never
+  replaced unless ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from helpers.atomic import atomic_path, atomic_write_json
+from helpers.coco_format import (CATEGORIES, CATEGORY_ID, Detections, RLEError, check_rle, coco_from_dataset,
+                                 decode_crop, encode_crops, load_results, result_entries, rle_bbox)
+
+ANSWER_JSON = "answer.json"
+ANSWER_ZIP = "answer.zip"
+TEST_IDS_FILE = "test_img_ids.json"
+_MAX_LISTED = 12
+
+
+class SubmissionError(ValueError):
+    """The answer (or its inputs) would not be accepted; the message lists the problems."""
+
+
+@dataclass(frozen=True)
+class TestImage:
+    file_name: str   # "TCGA-....png"
+    image_id: str    # file stem, the id used by the dataset and the prediction cache
+    coco_id: int     # the id answer.json must use
+    height: int
+    width: int
+
+
+def load_test_images(source) -> list[TestImage]:
+    """Test images from ``test_img_ids.json`` (its path, or the dataset root that holds
+    it), a ``helpers.dataset.Dataset``, or a list of ``{file_name, id, height, width}``."""
+    if hasattr(source, "test") and hasattr(source, "root"):  # helpers.dataset.Dataset
+        out = []
+        for it in source.test:
+            if it.height is None or it.width is None:
+                from helpers.dataset import image_size
+
+                h, w = image_size(it.image_path)
+            else:
+                h, w = it.height, it.width
+            out.append(TestImage(it.file_name, it.image_id, int(it.coco_id), int(h), int(w)))
+        return out
+    where = "the given list"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            path = path / TEST_IDS_FILE
+        where = str(path)
+        if not path.is_file():
+            raise SubmissionError(f"{path} not found; point at the dataset's {TEST_IDS_FILE}")
+        try:
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise SubmissionError(f"{path} is not valid JSON ({e}); re-download it") from None
+    entries = source["images"] if isinstance(source, Mapping) else source
+    out = []
+    try:
+        for e in entries:
+            name = str(e["file_name"])
+            out.append(TestImage(name, Path(name).stem, int(e["id"]), int(e["height"]), int(e["width"])))
+    except (KeyError, TypeError, ValueError) as e:
+        raise SubmissionError(f"{where}: each image needs file_name, id, height and width ({e!r})") from None
+    ids = [t.coco_id for t in out]
+    if len(set(ids)) != len(ids):
+        raise SubmissionError(f"{where}: duplicate image ids")
+    return out
+
+
+def _by_key(test_images: Sequence[TestImage]) -> dict[str, TestImage]:
+    out = {}
+    for t in test_images:
+        out[t.image_id] = t
+        out[t.file_name] = t
+    return out
+
+
+def resolve_overlaps(dets: Detections, min_area: int = 1) -> Detections:
+    """Each pixel goes to the highest-scoring mask covering it; masks left with fewer than
+    ``min_area`` pixels are dropped. Sorted by score."""
+    dets = dets.sorted()
+    if not len(dets):
+        return dets
+    h, w = dets.size
+    taken = np.zeros((h, w), bool)
+    crops, offsets, keep = [], [], []
+    for i, (rle, box) in enumerate(zip(dets.rles, dets.boxes)):
+        x, y, bw, bh = (int(v) for v in box)
+        win = (y, x, y + bh, x + bw)
+        m = decode_crop(rle, win)
+        free = m & ~taken[y:y + bh, x:x + bw]
+        taken[y:y + bh, x:x + bw] |= m
+        if free.sum() >= min_area:
+            crops.append(free)
+            offsets.append((y, x))
+            keep.append(i)
+    return Detections(encode_crops(crops, offsets, (h, w)), dets.scores[keep], (h, w))
+
+
+def build_answer(predictions: Mapping[str, Detections], test_images, resolve: bool = False,
+                 min_score: float = 0.0, max_dets: int | None = None,
+                 allow_missing: bool = False) -> list[dict]:
+    """answer.json entries for ``predictions`` ({image stem or file name: Detections}).
+
+    A prediction for an image not in test_img_ids.json, or a test image without
+    prediction (unless ``allow_missing``), raises SubmissionError.
+    """
+    images = test_images if isinstance(test_images, list) and all(isinstance(t, TestImage) for t in test_images) \
+        else load_test_images(test_images)
+    index = _by_key(images)
+    unknown = sorted(k for k in predictions if k not in index)
+    if unknown:
+        raise SubmissionError(
+            f"test image(s) {unknown[:_MAX_LISTED]} are not in {TEST_IDS_FILE}, so they have no image_id; "
+            f"add them to {TEST_IDS_FILE} (file name + COCO id) or leave them out")
+    seen: dict[str, str] = {}
+    for k in predictions:
+        t = index[k]
+        if t.file_name in seen:
+            raise SubmissionError(f"{t.file_name} is predicted twice (as {seen[t.file_name]!r} and {k!r})")
+        seen[t.file_name] = k
+    missing = [t.file_name for t in images if t.file_name not in seen]
+    if missing and not allow_missing:
+        raise SubmissionError(f"no prediction for test image(s) {missing[:_MAX_LISTED]}; predict them "
+                              "first (or pass allow_missing=True)")
+    entries: list[dict] = []
+    for t in images:
+        if t.file_name not in seen:
+            continue
+        dets = predictions[seen[t.file_name]]
+        if tuple(dets.size) != (t.height, t.width):
+            raise SubmissionError(f"predictions for {t.file_name} are {dets.size[0]}x{dets.size[1]} but "
+                                  f"{TEST_IDS_FILE} says {t.height}x{t.width}; predict at full resolution")
+        dets = dets.filter(min_score=min_score, min_area=1)
+        if resolve:
+            dets = resolve_overlaps(dets)
+        dets = dets.top(max_dets)
+        entries.extend(result_entries(t.coco_id, dets))
+    return entries
+
+
+# ---------------------------------------------------------------------------- validation
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox: bool = True) -> list[str]:
+    """Every problem of an answer, as messages (empty list = valid)."""
+    images = test_images if isinstance(test_images, list) and all(isinstance(t, TestImage) for t in test_images) \
+        else load_test_images(test_images)
+    by_id = {t.coco_id: t for t in images}
+    if not isinstance(entries, list):
+        return [f"answer must be a JSON list of result entries, got {type(entries).__name__}"]
+    problems: list[str] = []
+    present: set[int] = set()
+    required = ("image_id", "category_id", "segmentation", "bbox", "score")
+    for n, e in enumerate(entries):
+        where = f"entry {n}"
+        if not isinstance(e, Mapping):
+            problems.append(f"{where}: must be an object, got {type(e).__name__}")
+            continue
+        lacking = [k for k in required if k not in e]
+        if lacking:
+            problems.append(f"{where}: missing field(s) {lacking}")
+            continue
+        image_id = e["image_id"]
+        if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool):
+            problems.append(f"{where}: image_id must be an integer, got {image_id!r}")
+            continue
+        t = by_id.get(int(image_id))
+        if t is None:
+            problems.append(f"{where}: unknown image_id {image_id} (not in {TEST_IDS_FILE})")
+            continue
+        where = f"entry {n} ({t.file_name})"
+        present.add(t.coco_id)
+        if e["category_id"] != CATEGORY_ID or isinstance(e["category_id"], bool):
+            problems.append(f"{where}: category_id must be {CATEGORY_ID}, got {e['category_id']!r}")
+        score = e["score"]
+        if not _is_number(score) or not math.isfinite(float(score)) or not 0.0 <= float(score) <= 1.0:
+            problems.append(f"{where}: score must be a number in [0, 1], got {score!r}")
+        seg = e["segmentation"]
+        try:
+            check_rle(seg, (t.height, t.width))
+        except RLEError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        box = e["bbox"]
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box) \
+                or not all(math.isfinite(float(v)) for v in box) or box[2] < 0 or box[3] < 0:
+            problems.append(f"{where}: bbox must be [x, y, w, h] with finite numbers, w, h >= 0; got {box!r}")
+        elif check_bbox:
+            ref = rle_bbox([seg])[0]
+            if np.abs(np.asarray(box, float) - ref).max() > 1.0:
+                problems.append(f"{where}: bbox {list(box)} does not match its mask's box {ref.tolist()}")
+    if require_all:
+        absent = [t.file_name for t in images if t.coco_id not in present]
+        if absent:
+            problems.append(f"no entry for test image(s) {absent[:_MAX_LISTED]}: every test image must be present")
+    if not problems and entries:
+        gt = coco_from_dataset({"images": [{"id": t.coco_id, "file_name": t.file_name, "height": t.height,
+                                            "width": t.width} for t in images],
+                                "annotations": [], "categories": [dict(c) for c in CATEGORIES]})
+        try:
+            load_results(gt, json.loads(json.dumps(entries)))
+        except Exception as err:  # pycocotools raises AssertionError, KeyError, ...
+            problems.append(f"pycocotools COCO.loadRes rejects the answer: {type(err).__name__}: {err}")
+    return problems
+
+
+def validate_answer(entries: Any, test_images, require_all: bool = True) -> dict:
+    """Raise SubmissionError listing the problems, else return a summary
+    ``{"entries": n, "images": {file_name: count}}``."""
+    images = test_images if isinstance(test_images, list) and all(isinstance(t, TestImage) for t in test_images) \
+        else load_test_images(test_images)
+    problems = check_answer(entries, images, require_all=require_all)
+    if problems:
+        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise SubmissionError(f"invalid answer ({len(problems)} problem(s)):\n  "
+                              + "\n  ".join(problems[:_MAX_LISTED]) + more)
+    counts = {t.file_name: 0 for t in images}
+    name = {t.coco_id: t.file_name for t in images}
+    for e in entries:
+        counts[name[int(e["image_id"])]] += 1
+    return {"entries": len(entries), "images": counts}
+
+
+# ---------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class SubmissionFiles:
+    json_path: Path
+    zip_path: Path
+    summary: dict
+
+
+def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=None, overwrite: bool = False,
+                 require_all: bool = True) -> SubmissionFiles:
+    """Validate (if ``test_images`` is given), write ``answer.json`` atomically and zip it as
+    ``answer.zip``. FileExistsError if either exists and ``overwrite`` is False."""
+    out_dir = Path(out_dir)
+    json_path, zip_path = out_dir / ANSWER_JSON, out_dir / ANSWER_ZIP
+    if not overwrite:
+        existing = [str(p) for p in (json_path, zip_path) if p.exists()]
+        if existing:
+            raise FileExistsError(f"{' and '.join(existing)} already exist(s); pass overwrite=True to replace "
+                                  "the answer, or choose another folder")
+    summary = validate_answer(entries, test_images, require_all) if test_images is not None else \
+        {"entries": len(entries), "images": None}
+    atomic_write_json(json_path, entries, indent=None)
+    with atomic_path(zip_path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(json_path, arcname=ANSWER_JSON)
+    return SubmissionFiles(json_path, zip_path, summary)
+
+
+def read_answer(path: str | os.PathLike) -> list:
+    """The entries of ``answer.json`` or of the ``answer.json`` inside ``answer.zip``."""
+    path = Path(path)
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            if ANSWER_JSON not in zf.namelist():
+                raise SubmissionError(f"{path} has no {ANSWER_JSON} at its root (has {zf.namelist()[:5]})")
+            return json.loads(zf.read(ANSWER_JSON))
+    return json.loads(path.read_text(encoding="utf-8"))
