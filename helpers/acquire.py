@@ -1,0 +1,200 @@
+"""Get the dataset into a destination folder: from a local folder, a local zip,
+or a Google Drive file (id or URL, via gdown).
+
+``acquire_dataset(source, dest, manifest=...)``:
+
+* The dataset root is the folder that holds ``train/``; inside a zip (or a
+  source folder) it may also sit one level down (``dataset/train/...``).
+* Unpacking is atomic: everything goes to a temp folder next to ``dest``
+  (``.<name>.*.partial``), is checked (``open_dataset``, and the manifest if
+  given), and only then renamed to ``dest``. An interrupted run leaves at most a
+  ``*.partial`` folder, never a half-filled ``dest``.
+* An existing ``dest`` is never overwritten. If it already holds the same
+  dataset (matches the manifest; without a manifest: same files and sizes as a
+  local source, or simply a readable dataset for a Drive source, which is not
+  downloaded again) the call is a no-op. Otherwise ``DatasetError``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+from helpers.dataset import DatasetError, open_dataset
+from helpers.manifest import read_manifest, validate_against_manifest
+
+_DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")
+_IGNORED = {"__MACOSX", ".DS_Store"}
+
+
+def is_drive_source(source: str | os.PathLike) -> bool:
+    """True for a Google Drive URL or a bare Drive file id (and not an existing path)."""
+    s = str(source)
+    if re.match(r"^https?://", s):
+        return "drive.google.com" in s or "docs.google.com" in s
+    return bool(_DRIVE_ID.match(s)) and not Path(s).exists()
+
+
+def find_dataset_root(folder: str | os.PathLike) -> Path:
+    """The folder holding ``train/``: ``folder`` itself or its single child that does."""
+    folder = Path(folder)
+    if (folder / "train").is_dir():
+        return folder
+    kids = [p for p in folder.iterdir() if p.is_dir() and p.name not in _IGNORED and not p.name.startswith(".")]
+    hits = [p for p in kids if (p / "train").is_dir()]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise DatasetError(f"{folder} holds several datasets ({[p.name for p in hits]}); "
+                           "point at one of them")
+    raise DatasetError(f"no train/ folder in {folder} or one level below it (found "
+                       f"{sorted(p.name for p in folder.iterdir())[:8]}); the source must contain the course "
+                       "layout train/<ID>/images, train/<ID>/masks, test/, test_img_ids.json")
+
+
+def _listing(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
+            if p.is_file() and not any(part in _IGNORED for part in p.parts)}
+
+
+def _zip_listing(zf: zipfile.ZipFile) -> dict[str, int]:
+    files = {i.filename: i.file_size for i in zf.infolist()
+             if not i.is_dir() and not any(part in _IGNORED for part in Path(i.filename).parts)}
+    if any(n.startswith("train/") for n in files):
+        return files
+    prefixes = {n.split("/", 1)[0] for n in files if "/" in n and n.split("/", 1)[1].startswith("train/")}
+    if len(prefixes) == 1:
+        pre = prefixes.pop() + "/"
+        return {n[len(pre):]: s for n, s in files.items() if n.startswith(pre)}
+    return files
+
+
+def _load_rows(manifest) -> list[dict] | None:
+    if manifest is None:
+        return None
+    if isinstance(manifest, (str, os.PathLike)):
+        return read_manifest(manifest)
+    return list(manifest)
+
+
+def _check(root: Path, rows: list[dict] | None, what: str) -> None:
+    open_dataset(root)
+    if rows is not None:
+        try:
+            validate_against_manifest(root, rows, progress=False)
+        except DatasetError as e:
+            raise DatasetError(f"{what} does not match the manifest: {e}") from e
+
+
+def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
+                    manifest: Iterable[dict] | str | os.PathLike | None = None, quiet: bool = False) -> Path:
+    """Put the dataset from ``source`` at ``dest`` (see module doc) and return ``dest``.
+
+    ``source``: a dataset folder, a ``.zip``, or a Google Drive file id/URL of a zip.
+    ``manifest``: rows or a CSV path (e.g. the committed data_manifest.csv) to
+    check the result against (sha256 of images, mask counts, sizes).
+    """
+    dest = Path(dest)
+    rows = _load_rows(manifest)
+    drive = is_drive_source(source)
+    src = None if drive else Path(source).expanduser()
+    if src is not None and not src.exists():
+        raise DatasetError(f"source {src} not found; pass a dataset folder, a .zip, or a Google Drive "
+                           "file id/URL")
+    if dest.exists() and any(dest.iterdir()):
+        return _existing(dest, src, rows, drive)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        if drive:
+            src = _download(str(source), tmp, quiet)
+        if src.is_dir():
+            root = find_dataset_root(src)
+            shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED))
+            staged = tmp / "data"
+        elif zipfile.is_zipfile(src):
+            _extract(src, tmp / "unzipped")
+            staged = find_dataset_root(tmp / "unzipped")
+        else:
+            raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
+                               "download?); download it again")
+        _check(staged, rows, f"the dataset from {source}")
+        if dest.exists():  # an empty folder: rename onto it
+            dest.rmdir()
+        os.replace(staged, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(f"dataset ready at {dest}: {open_dataset(dest)!r}")
+    return dest
+
+
+def _existing(dest: Path, src: Path | None, rows, drive: bool) -> Path:
+    """``dest`` is not empty: no-op if it is the same dataset, else a clear error."""
+    if src is not None and src.resolve() == dest.resolve():
+        _check(dest, rows, str(dest))
+        return dest
+    try:
+        open_dataset(dest)
+    except DatasetError as e:
+        raise DatasetError(f"{dest} already exists and is not a readable dataset ({e}); nothing was "
+                           "overwritten: choose another destination or remove it yourself") from e
+    if rows is not None:
+        try:
+            validate_against_manifest(dest, rows, progress=False)
+        except DatasetError as e:
+            raise DatasetError(f"{dest} already exists and differs from the manifest ({e}); nothing was "
+                               "overwritten: choose another destination or remove it yourself") from e
+        return dest
+    if src is not None:
+        if src.is_dir():
+            want = _listing(find_dataset_root(src))
+        elif zipfile.is_zipfile(src):
+            with zipfile.ZipFile(src) as zf:
+                want = _zip_listing(zf)
+        else:
+            raise DatasetError(f"{src} is neither a folder nor a readable zip file; download it again")
+        have = _listing(dest)
+        if want != have:
+            diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+            raise DatasetError(f"{dest} already exists and differs from {src} (e.g. {diff}); nothing was "
+                               "overwritten: choose another destination or remove it yourself")
+    return dest  # Drive source and a readable dataset already there: do not download again
+
+
+def _extract(zip_path: Path, out: Path) -> None:
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise DatasetError(f"{zip_path} is corrupt (bad CRC in {bad}); download it again")
+            for info in zf.infolist():  # no absolute paths or '..' escaping the folder
+                parts = Path(info.filename).parts
+                if info.filename.startswith("/") or ".." in parts:
+                    raise DatasetError(f"{zip_path} holds an unsafe path {info.filename!r}; refusing to unpack")
+            zf.extractall(out)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{zip_path} is not a valid zip ({e}); download it again") from e
+
+
+def _download(source: str, folder: Path, quiet: bool) -> Path:
+    """Download a Drive file into ``folder`` with gdown; DatasetError with advice on failure."""
+    import gdown
+
+    out = folder / "download.zip"
+    kw = {"url": source} if source.startswith("http") else {"id": source}
+    try:
+        got = gdown.download(output=str(out), quiet=quiet, timeout=60, **kw)
+    except Exception as e:  # gdown raises DownloadError / requests errors; all mean "no file"
+        raise DatasetError(
+            f"could not download {source!r} from Google Drive ({type(e).__name__}: {e}). Check the network, "
+            "that the id/URL is right and the file is shared as 'Anyone with the link'; or download the zip "
+            "yourself and pass its local path (or the unpacked folder) as the source") from e
+    if not got or not out.is_file() or out.stat().st_size == 0:
+        raise DatasetError(f"Google Drive download of {source!r} produced no file; check the id and sharing, "
+                           "or download the zip yourself and pass its local path")
+    return out

@@ -1,0 +1,565 @@
+"""TFRecord shards that Model Garden's Mask R-CNN reads, one image per file.
+
+Layout of ``shards_dir``::
+
+    labeled-<organ>-<k:05d>-of-<n:05d>.tfrecord   train + val images (pool "labeled")
+    test-<organ>-<k:05d>-of-<n:05d>.tfrecord      test images (no objects)
+    index.json                                    written last; lists every shard
+
+One image per file, so any training subset (one organ, a split, hand-picked
+images) is just a list of files: ``select_shards``. The split lives only in
+index.json (train and val share the ``labeled`` pool), so changing the
+validation split rewrites index.json, never a shard.
+
+Each record is a tf.Example with exactly the keys of
+``official.vision.dataloaders.tf_example_decoder.TfExampleDecoder(include_mask=True)``:
+image/encoded (the source PNG bytes when the source is RGB), image/format,
+image/height, image/width, image/source_id (numeric string: the COCO id from
+test_img_ids.json for test images, ``100001 + rank`` of the sorted labeled ids
+for labeled ones; index.json maps it back to the image id), image/filename
+(= image id), image/object/bbox/{xmin,ymin,xmax,ymax} (normalised, pixel-edge
+convention: xmax = (last column + 1) / width), image/object/class/label (1),
+image/object/is_crowd (0), image/object/area (pixels), image/object/mask (one
+PNG per nucleus, values 0/1), in mask-file order. One extra key the decoder
+ignores, ``nuclei/instance_map``: a 16-bit PNG where pixel = object number
+(1-based, 0 = background); it is written only when no two masks overlap and
+gives a fast, bit-identical way to get all masks back (``read_shard(...,
+fast=True)``).
+
+Re-running ``write_shards`` skips shards whose file matches index.json (size
+and sha256) and whose content is still what the manifest asks for. Temp files
+of an interrupted run (``*.partial``), shards that do not match the index and
+shards not in the index are reported and rewritten, never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from helpers.atomic import PARTIAL_MARKER, atomic_path, atomic_write_json, is_partial
+from helpers.dataset import DatasetError, open_dataset, read_image, read_mask
+from helpers.manifest import assign_shards, pool_of, sha256_file
+
+try:
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
+
+INDEX_NAME = "index.json"
+FORMAT_VERSION = 1
+LABELED_SOURCE_ID_BASE = 100001
+INSTANCE_MAP_KEY = "nuclei/instance_map"
+SHARD_SUFFIX = ".tfrecord"
+
+
+class ShardError(RuntimeError):
+    """Shards on disk are missing, partial or differ from their sources."""
+
+
+# --------------------------------------------------------------------------- encoding helpers
+def encode_png(arr: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8/uint16 HxW or HxWx3 (RGB) array."""
+    if cv2 is not None:
+        a = arr[..., ::-1] if arr.ndim == 3 else arr  # cv2 expects BGR
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(a))
+        if not ok:
+            raise ValueError("PNG encoding failed")
+        return buf.tobytes()
+    import io
+    from PIL import Image
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, format="PNG")
+    return b.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes (grey -> HxW, colour -> HxWx3 RGB), keeping the bit depth."""
+    if cv2 is not None:
+        a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if a is None:
+            raise ValueError("not a decodable PNG")
+        return a[..., 2::-1] if a.ndim == 3 else a
+    import io
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(ymin, xmin, ymax, xmax) in pixels, max exclusive, of a non-empty bool mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _feature(tf, kind: str, values):
+    if kind == "bytes":
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if kind == "int":
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+@dataclass
+class _Encoded:
+    image_png: bytes
+    height: int
+    width: int
+    mask_pngs: list[bytes]
+    boxes: list[tuple[int, int, int, int]]
+    areas: list[int]
+    instance_map_png: bytes | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _encode_item(item, workers: int) -> _Encoded:
+    """Read one dataset item (train or test) and encode its image and masks."""
+    notes: list[str] = []
+    img = read_image(item.image_path, notes)
+    h, w = img.shape[:2]
+    if notes:  # not RGB on disk: store the converted RGB
+        image_png = encode_png(img)
+    else:
+        image_png = Path(item.image_path).read_bytes()
+    mask_paths = getattr(item, "mask_paths", ())
+    n = len(mask_paths)
+    mask_pngs: list[bytes] = [b""] * n
+    boxes: list = [None] * n
+    areas = [0] * n
+    labels = np.zeros((h, w), np.uint16) if n else None
+
+    def one(i: int):
+        m = read_mask(mask_paths[i], (h, w))
+        y0, x0, y1, x1 = mask_box(m)
+        mask_pngs[i] = encode_png(m.view(np.uint8))  # 0/1
+        boxes[i] = (y0, x0, y1, x1)
+        areas[i] = int(np.count_nonzero(m[y0:y1, x0:x1]))
+        return m[y0:y1, x0:x1]
+
+    overlap = n >= 65535
+    if n:
+        with ThreadPoolExecutor(max(1, workers)) as ex:
+            for i, crop in enumerate(ex.map(one, range(n))):
+                if overlap:
+                    continue
+                y0, x0, y1, x1 = boxes[i]
+                win = labels[y0:y1, x0:x1]
+                if np.any(win[crop]):
+                    overlap = True
+                    continue
+                win[crop] = i + 1
+    instance_map_png = encode_png(labels) if n and not overlap else None
+    if n and overlap:
+        notes.append(f"masks of {item.image_id} overlap: no {INSTANCE_MAP_KEY} (fast read falls back)")
+    return _Encoded(image_png, h, w, mask_pngs, boxes, areas, instance_map_png, notes)
+
+
+def make_example(enc: _Encoded, image_id: str, source_id: str) -> bytes:
+    """Serialized tf.Example for one image (see the module doc for the keys)."""
+    import tensorflow as tf
+
+    h, w = enc.height, enc.width
+    feats = {
+        "image/encoded": _feature(tf, "bytes", [enc.image_png]),
+        "image/format": _feature(tf, "bytes", [b"png"]),
+        "image/height": _feature(tf, "int", [h]),
+        "image/width": _feature(tf, "int", [w]),
+        "image/source_id": _feature(tf, "bytes", [source_id.encode()]),
+        "image/filename": _feature(tf, "bytes", [image_id.encode()]),
+        "image/object/bbox/ymin": _feature(tf, "float", [b[0] / h for b in enc.boxes]),
+        "image/object/bbox/xmin": _feature(tf, "float", [b[1] / w for b in enc.boxes]),
+        "image/object/bbox/ymax": _feature(tf, "float", [b[2] / h for b in enc.boxes]),
+        "image/object/bbox/xmax": _feature(tf, "float", [b[3] / w for b in enc.boxes]),
+        "image/object/class/label": _feature(tf, "int", [1] * len(enc.boxes)),
+        "image/object/is_crowd": _feature(tf, "int", [0] * len(enc.boxes)),
+        "image/object/area": _feature(tf, "float", [float(a) for a in enc.areas]),
+        "image/object/mask": _feature(tf, "bytes", enc.mask_pngs),
+    }
+    if enc.instance_map_png is not None:
+        feats[INSTANCE_MAP_KEY] = _feature(tf, "bytes", [enc.instance_map_png])
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+# --------------------------------------------------------------------------- index
+def load_index(shards_dir: str | os.PathLike) -> dict:
+    """The parsed index.json; ShardError if it is absent or unreadable."""
+    p = Path(shards_dir) / INDEX_NAME
+    if not p.is_file():
+        raise ShardError(f"{p} not found: the shards were never completed here; run "
+                         "helpers.shards.write_shards (notebook 01) first")
+    try:
+        idx = json.loads(p.read_text())
+        idx["shards"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{p} is unreadable ({e}); re-run write_shards to rebuild it") from e
+    return idx
+
+
+def _read_index_or_empty(shards_dir: Path) -> dict:
+    try:
+        return load_index(shards_dir)
+    except ShardError:
+        return {"version": FORMAT_VERSION, "shards": []}
+
+
+def source_ids(rows: Sequence[dict], ds) -> dict[str, str]:
+    """Numeric source_id per image id (see module doc)."""
+    coco = {it.image_id: it.coco_id for it in ds.test}
+    labeled = sorted(r["image_id"] for r in rows if r["split"] != "test")
+    out = {image_id: str(LABELED_SOURCE_ID_BASE + k) for k, image_id in enumerate(labeled)}
+    for r in rows:
+        if r["split"] == "test":
+            out[r["image_id"]] = str(coco[r["image_id"]])
+    return out
+
+
+def _file_matches(path: Path, entry: dict) -> bool:
+    return (path.is_file() and path.stat().st_size == entry.get("size")
+            and sha256_file(path) == entry.get("sha256"))
+
+
+@dataclass
+class WriteReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    partial_removed: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # on disk but not matching the index
+    unindexed: list[str] = field(default_factory=list)  # on disk but not in the index
+    stale_removed: list[str] = field(default_factory=list)  # from an older index, no longer wanted
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"shards: {len(self.written)} written, {len(self.skipped)} skipped (already valid)"
+        for name, lst in (("partial temp files removed", self.partial_removed),
+                          ("rewritten because they did not match index.json", self.mismatched),
+                          ("rewritten because they were not in index.json", self.unindexed),
+                          ("stale shards removed", self.stale_removed)):
+            if lst:
+                s += f"; {len(lst)} {name}: {lst[:3]}{'...' if len(lst) > 3 else ''}"
+        return s
+
+
+def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict], shards_dir: str | os.PathLike,
+                 workers: int | None = None, progress: bool = True, verbose: bool = True) -> dict:
+    """Write one TFRecord per image of ``manifest_rows`` into ``shards_dir``; return the index.
+
+    Valid shards from an earlier run are skipped; partial or unverifiable ones
+    are rewritten (see the module doc). The returned dict is index.json plus a
+    ``"report"`` key (a ``WriteReport``; not stored in the file).
+    """
+    from tqdm.auto import tqdm
+
+    shards_dir = Path(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(4, os.cpu_count() or 1)
+    rows = [dict(r) for r in manifest_rows]
+    if any(not r.get("shard") for r in rows):
+        rows = assign_shards(rows)
+    ds = open_dataset(dataset_root)
+    items = {it.image_id: it for it in (*ds.train, *ds.test)}
+    missing = [r["image_id"] for r in rows if r["image_id"] not in items]
+    if missing:
+        raise DatasetError(f"{dataset_root} lacks image(s) {missing[:5]} listed in the manifest; "
+                           "re-acquire the dataset or use its own manifest")
+    sids = source_ids(rows, ds)
+    report = WriteReport()
+
+    # 1. leftovers of an interrupted run: temp files are never read, only removed
+    for p in sorted(shards_dir.iterdir()):
+        if is_partial(p) and p.is_file():
+            p.unlink()
+            report.partial_removed.append(p.name)
+    old = {e["file"]: e for e in _read_index_or_empty(shards_dir)["shards"]}
+
+    # 2. decide what to write
+    entries, todo = [], []
+    for r in sorted(rows, key=lambda r: r["shard"]):
+        it = items[r["image_id"]]
+        want = {"file": r["shard"], "image_id": r["image_id"], "organ": r["organ"], "split": r["split"],
+                "pool": pool_of(r["split"]), "source_id": sids[r["image_id"]], "n_nuclei": r["n_nuclei"],
+                "height": r["height"], "width": r["width"], "image_sha256": r["sha256"],
+                "format_version": FORMAT_VERSION}
+        path = shards_dir / r["shard"]
+        prev = old.get(r["shard"])
+        same_content = prev is not None and all(prev.get(k) == v for k, v in want.items() if k != "split")
+        if same_content and _file_matches(path, prev):
+            entries.append({**prev, **want})
+            report.skipped.append(r["shard"])
+            continue
+        if path.exists():
+            (report.mismatched if prev is not None else report.unindexed).append(r["shard"])
+        todo.append((r, it, want, path))
+
+    # 3. write (atomically: temp file + rename)
+    import tensorflow as tf
+
+    bar = tqdm(total=sum(max(1, r["n_nuclei"]) for r, *_ in todo), desc="write shards", unit="mask",
+               disable=not progress or not todo)
+    try:
+        for r, it, want, path in todo:
+            bar.set_postfix_str(r["image_id"])
+            if it.image_id != r["image_id"]:  # pragma: no cover - defensive
+                raise ShardError(f"internal error: {it.image_id} != {r['image_id']}")
+            n_files = len(getattr(it, "mask_paths", ()))
+            if n_files != r["n_nuclei"]:
+                raise DatasetError(f"{Path(it.image_path).parent.parent / 'masks'} holds {n_files} masks but "
+                                   f"the manifest says {r['n_nuclei']}; re-acquire the dataset or rebuild "
+                                   "the manifest")
+            if sha256_file(it.image_path) != r["sha256"]:
+                raise DatasetError(f"{it.image_path}: sha256 does not match the manifest; re-acquire "
+                                   "the dataset or rebuild the manifest")
+            enc = _encode_item(it, workers)
+            if (enc.height, enc.width) != (r["height"], r["width"]):
+                raise DatasetError(f"{it.image_path} is {enc.width}x{enc.height} but the manifest says "
+                                   f"{r['width']}x{r['height']}")
+            report.notes.extend(enc.notes)
+            data = make_example(enc, r["image_id"], want["source_id"])
+            with atomic_path(path) as tmp:
+                with tf.io.TFRecordWriter(str(tmp)) as w:
+                    w.write(data)
+            entries.append({**want, "size": path.stat().st_size, "sha256": sha256_file(path),
+                            "instance_map": enc.instance_map_png is not None})
+            report.written.append(path.name)
+            bar.update(max(1, r["n_nuclei"]))
+    finally:
+        bar.close()
+
+    # 4. shards of an older index that are no longer wanted (ours: we listed them)
+    wanted = {e["file"] for e in entries}
+    for name in sorted(set(old) - wanted):
+        p = shards_dir / name
+        if p.is_file() and p.suffix == SHARD_SUFFIX and not is_partial(p):
+            p.unlink()
+            report.stale_removed.append(name)
+
+    # 5. index.json last
+    entries.sort(key=lambda e: e["file"])
+    index = {"version": FORMAT_VERSION, "dataset_root": str(Path(dataset_root).resolve()),
+             "n_shards": len(entries), "n_nuclei": sum(e["n_nuclei"] for e in entries),
+             "shards": entries}
+    atomic_write_json(shards_dir / INDEX_NAME, index)
+    if verbose:
+        print(report.summary())
+    return {**index, "report": report}
+
+
+# --------------------------------------------------------------------------- selection
+def select_shards(shards_dir: str | os.PathLike, image_ids: Iterable[str] | None = None,
+                  organs: Iterable[str] | None = None, splits: Sequence[str] | None = ("train",)) -> list[Path]:
+    """Shard files for a training subset, from index.json.
+
+    Filters combine (AND): ``splits`` (None = all; e.g. ("train", "val") for the
+    final model), ``organs`` (e.g. ["prostate"]) and ``image_ids`` (hand-picked).
+    Every selected file must exist with the size index.json records (a shard
+    being rewritten is never handed out): ShardError otherwise. Unknown ids or
+    organs are an error too (a typo would silently train on nothing).
+    """
+    shards_dir = Path(shards_dir)
+    entries = load_index(shards_dir)["shards"]
+    sel = entries
+    if splits is not None:
+        sel = [e for e in sel if e["split"] in set(splits)]
+    if organs is not None:
+        organs = set([organs] if isinstance(organs, str) else organs)
+        known = {e["organ"] for e in entries}
+        if organs - known:
+            raise ShardError(f"organ(s) {sorted(organs - known)} not in {shards_dir / INDEX_NAME}; "
+                             f"known: {sorted(known)}")
+        sel = [e for e in sel if e["organ"] in organs]
+    if image_ids is not None:
+        image_ids = set([image_ids] if isinstance(image_ids, str) else image_ids)
+        known = {e["image_id"] for e in entries}
+        if image_ids - known:
+            raise ShardError(f"image id(s) {sorted(image_ids - known)[:5]} not in {shards_dir / INDEX_NAME}")
+        sel = [e for e in sel if e["image_id"] in image_ids]
+    out = []
+    for e in sel:
+        p = shards_dir / e["file"]
+        if not p.is_file() or p.stat().st_size != e["size"]:
+            raise ShardError(f"{p} is missing or does not match {INDEX_NAME} (interrupted run?); "
+                             "re-run write_shards to rewrite it")
+        out.append(p)
+    return out
+
+
+def source_id_map(shards_dir: str | os.PathLike) -> dict[str, str]:
+    """{source_id: image_id} from index.json (Model Garden reports source_id)."""
+    return {e["source_id"]: e["image_id"] for e in load_index(shards_dir)["shards"]}
+
+
+# --------------------------------------------------------------------------- reading
+_DECODER = None
+
+
+def _mg_decoder():
+    global _DECODER
+    if _DECODER is None:
+        from official.vision.dataloaders.tf_example_decoder import TfExampleDecoder
+        _DECODER = TfExampleDecoder(include_mask=True)
+    return _DECODER
+
+
+def _records(path: Path) -> list[bytes]:
+    import tensorflow as tf
+
+    if is_partial(path):
+        raise ShardError(f"{path} is a temp file of an interrupted run; never read it: re-run write_shards")
+    return [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _parse_extra(record: bytes) -> dict:
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(record)
+    f = ex.features.feature
+    out = {"image_id": f["image/filename"].bytes_list.value[0].decode(),
+           "instance_map_png": f[INSTANCE_MAP_KEY].bytes_list.value[0] if INSTANCE_MAP_KEY in f else None}
+    return out
+
+
+def masks_from_instance_map(labels: np.ndarray, boxes_px: np.ndarray) -> np.ndarray:
+    """(N,H,W) bool masks from a label map and pixel boxes (ymin,xmin,ymax,xmax)."""
+    n = len(boxes_px)
+    out = np.zeros((n, *labels.shape), dtype=bool)
+    for i, (y0, x0, y1, x1) in enumerate(np.asarray(boxes_px, dtype=np.int64)):
+        out[i, y0:y1, x0:x1] = labels[y0:y1, x0:x1] == i + 1
+    return out
+
+
+def read_shard(path: str | os.PathLike, fast: bool = False) -> dict:
+    """Decode a one-image shard.
+
+    Default: with Model Garden's ``TfExampleDecoder(include_mask=True)`` (proof that
+    Model Garden can read it). ``fast=True``: masks from ``nuclei/instance_map``
+    (same bits, much faster; falls back to the per-instance PNGs without it).
+    Returns numpy: image (H,W,3 uint8), masks (N,H,W bool), boxes (N,4 float32
+    pixels ymin,xmin,ymax,xmax), boxes_normalized, classes, areas, is_crowd,
+    source_id (str), image_id (str).
+    """
+    path = Path(path)
+    recs = _records(path)
+    if len(recs) != 1:
+        raise ShardError(f"{path} holds {len(recs)} records, expected 1; re-run write_shards")
+    extra = _parse_extra(recs[0])
+    if not fast:
+        import tensorflow as tf
+
+        d = _mg_decoder().decode(tf.constant(recs[0]))
+        h, w = int(d["height"]), int(d["width"])
+        bn = d["groundtruth_boxes"].numpy()
+        masks = d["groundtruth_instance_masks"].numpy()
+        if masks.size and not np.isin(masks, (0.0, 1.0)).all():
+            raise ShardError(f"{path}: mask values are not 0/1")
+        return {"image": d["image"].numpy(), "masks": masks.astype(bool), "boxes_normalized": bn,
+                "boxes": (bn * np.array([h, w, h, w], np.float32)).round().astype(np.float32),
+                "classes": d["groundtruth_classes"].numpy(), "areas": d["groundtruth_area"].numpy(),
+                "is_crowd": d["groundtruth_is_crowd"].numpy(),
+                "source_id": d["source_id"].numpy().decode(), "image_id": extra["image_id"]}
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(recs[0]).features.feature
+    h, w = ex["image/height"].int64_list.value[0], ex["image/width"].int64_list.value[0]
+    bn = np.stack([np.array(ex[f"image/object/bbox/{k}"].float_list.value, np.float32)
+                   for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
+    boxes = (bn * np.array([h, w, h, w], np.float32)).round()
+    if extra["instance_map_png"] is not None:
+        masks = masks_from_instance_map(decode_png(extra["instance_map_png"]), boxes)
+    else:
+        pngs = ex["image/object/mask"].bytes_list.value
+        masks = np.zeros((len(pngs), h, w), bool)
+        for i, b in enumerate(pngs):
+            masks[i] = decode_png(b) > 0
+    return {"image": decode_png(ex["image/encoded"].bytes_list.value[0]), "masks": masks,
+            "boxes": boxes.astype(np.float32), "boxes_normalized": bn,
+            "classes": np.array(ex["image/object/class/label"].int64_list.value),
+            "areas": np.array(ex["image/object/area"].float_list.value, np.float32),
+            "is_crowd": np.array(ex["image/object/is_crowd"].int64_list.value).astype(bool),
+            "source_id": ex["image/source_id"].bytes_list.value[0].decode(), "image_id": extra["image_id"]}
+
+
+# --------------------------------------------------------------------------- verification
+def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike, progress: bool = True,
+                  workers: int | None = None, chunk: int = 64) -> dict:
+    """Check every shard in index.json bit-exactly against the source PNGs.
+
+    Per shard: file size and sha256 as indexed; the image decodes to the source
+    pixels; every ``image/object/mask`` decoded with ``tf.io.decode_png`` (what
+    Model Garden uses) holds only 0/1 and equals the source mask; boxes and
+    areas match the masks; the instance map (if any) gives the same masks.
+    Raises ShardError on the first difference; returns counts.
+    """
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    shards_dir = Path(shards_dir)
+    workers = workers or min(4, os.cpu_count() or 1)
+    entries = load_index(shards_dir)["shards"]
+    ds = open_dataset(dataset_root)
+    items = {it.image_id: it for it in (*ds.train, *ds.test)}
+    n_masks = 0
+    bar = tqdm(total=sum(max(1, e["n_nuclei"]) for e in entries), desc="verify shards", unit="mask",
+               disable=not progress)
+    pool = ThreadPoolExecutor(workers)
+    try:
+        for e in entries:
+            path = shards_dir / e["file"]
+            if not _file_matches(path, e):
+                raise ShardError(f"{path} does not match {INDEX_NAME} (size/sha256); re-run write_shards")
+            it = items.get(e["image_id"])
+            if it is None:
+                raise ShardError(f"{path} holds {e['image_id']}, which is not in {dataset_root}")
+            (rec,) = _records(path)
+            f = tf.train.Example.FromString(rec).features.feature
+            src_img = read_image(it.image_path)
+            img = tf.io.decode_png(f["image/encoded"].bytes_list.value[0], channels=3).numpy()
+            if not np.array_equal(img, src_img):
+                raise ShardError(f"{path}: image differs from {it.image_path}")
+            h, w = img.shape[:2]
+            pngs = list(f["image/object/mask"].bytes_list.value)
+            paths = getattr(it, "mask_paths", ())
+            if len(pngs) != len(paths) or len(pngs) != e["n_nuclei"]:
+                raise ShardError(f"{path}: {len(pngs)} masks but {len(paths)} mask files for {it.image_id}")
+            bn = np.stack([np.array(f[f"image/object/bbox/{k}"].float_list.value, np.float32)
+                           for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
+            boxes = (bn * np.array([h, w, h, w], np.float32)).round().astype(np.int64)
+            areas = np.array(f["image/object/area"].float_list.value)
+            labels = None
+            if INSTANCE_MAP_KEY in f:
+                labels = tf.io.decode_png(f[INSTANCE_MAP_KEY].bytes_list.value[0], dtype=tf.uint16).numpy()[..., 0]
+            dec = tf.data.Dataset.from_tensor_slices(tf.constant(pngs or [b""])[: len(pngs)]).map(
+                lambda b: tf.io.decode_png(b, channels=1)[..., 0], num_parallel_calls=tf.data.AUTOTUNE
+            ).batch(chunk)
+            start = 0
+            for batch in dec:
+                got = batch.numpy()
+                idx = range(start, start + len(got))
+                src = list(pool.map(lambda i: read_mask(paths[i], (h, w)), idx))
+                for j, i in enumerate(idx):
+                    g = got[j]
+                    if g.max() != 1 or g.min() != 0 or not np.array_equal(g == 1, src[j]):
+                        raise ShardError(f"{path}: mask {i} differs from {paths[i]} (or is not 0/1)")
+                    if tuple(boxes[i]) != mask_box(src[j]) or int(areas[i]) != int(src[j].sum()):
+                        raise ShardError(f"{path}: box/area of mask {i} do not match {paths[i]}")
+                    if labels is not None:
+                        y0, x0, y1, x1 = boxes[i]
+                        crop = labels[y0:y1, x0:x1] == i + 1
+                        if int(crop.sum()) != int(areas[i]) or not np.array_equal(crop, src[j][y0:y1, x0:x1]):
+                            raise ShardError(f"{path}: {INSTANCE_MAP_KEY} differs from {paths[i]}")
+                start += len(got)
+                bar.update(len(got))
+            if labels is not None and int(np.count_nonzero(labels)) != int(areas.sum()):
+                raise ShardError(f"{path}: {INSTANCE_MAP_KEY} has pixels outside every mask")
+            n_masks += len(pngs)
+            if not pngs:
+                bar.update(1)
+    finally:
+        bar.close()
+        pool.shutdown()
+    return {"shards": len(entries), "masks": n_masks}
