@@ -66,6 +66,20 @@ def _figure(image_shape, scale: float = 8.0) -> tuple[Figure, object]:
     return fig, ax
 
 
+def eval_overlay_array(image: np.ndarray, gt_rles: Sequence[dict], dets: Detections, match) -> np.ndarray:
+    """The overlay of ``eval_overlay`` as a float RGB array in [0, 1] (H, W, 3)."""
+    if len(match.tp) != len(dets) or len(match.gt_matched) != len(gt_rles):
+        raise ValueError(f"match is for {len(match.tp)} predictions / {len(match.gt_matched)} GT, got "
+                         f"{len(dets)} / {len(gt_rles)}; pass the same predictions and GT as to evaluate()")
+    canvas = _as_float_rgb(image).copy()
+    if tuple(canvas.shape[:2]) != tuple(dets.size):
+        raise ValueError(f"image is {canvas.shape[:2]} but predictions are for {dets.size}")
+    _paint(canvas, [r for r, ok in zip(gt_rles, match.gt_matched) if not ok], COLORS["missed"])
+    _paint(canvas, [dets.rles[i] for i in np.flatnonzero(match.fp)], COLORS["fp"])
+    _paint(canvas, [dets.rles[i] for i in np.flatnonzero(match.tp)], COLORS["tp"])
+    return np.clip(canvas, 0, 1)
+
+
 def eval_overlay(image: np.ndarray, gt_rles: Sequence[dict], dets: Detections, match,
                  title: str | None = None) -> Figure:
     """TP (green) / FP (red) predictions and missed GT (blue) at IoU 0.5.
@@ -73,17 +87,10 @@ def eval_overlay(image: np.ndarray, gt_rles: Sequence[dict], dets: Detections, m
     ``match`` is ``EvalResult.matches[image_id]``; predictions that COCO did not
     evaluate (beyond the maxDets cap) are not drawn.
     """
-    if len(match.tp) != len(dets) or len(match.gt_matched) != len(gt_rles):
-        raise ValueError(f"match is for {len(match.tp)} predictions / {len(match.gt_matched)} GT, got "
-                         f"{len(dets)} / {len(gt_rles)}; pass the same predictions and GT as to evaluate()")
-    canvas = _as_float_rgb(image).copy()
-    missed = [r for r, ok in zip(gt_rles, match.gt_matched) if not ok]
-    _paint(canvas, missed, COLORS["missed"])
-    _paint(canvas, [dets.rles[i] for i in np.flatnonzero(match.fp)], COLORS["fp"])
-    _paint(canvas, [dets.rles[i] for i in np.flatnonzero(match.tp)], COLORS["tp"])
+    canvas = eval_overlay_array(image, gt_rles, dets, match)
     fig, ax = _figure(canvas.shape)
-    ax.imshow(np.clip(canvas, 0, 1), interpolation="nearest")
-    n_tp, n_fp, n_missed = int(match.tp.sum()), int(match.fp.sum()), len(missed)
+    ax.imshow(canvas, interpolation="nearest")
+    n_tp, n_fp, n_missed = int(match.tp.sum()), int(match.fp.sum()), int((~match.gt_matched).sum())
     counts = f"TP {n_tp}  FP {n_fp}  missed {n_missed}  (IoU 0.5)"
     fig.suptitle(f"{title}\n{counts}" if title else counts, fontsize=9, y=0.995, va="top")
     ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in ("tp", "fp", "missed")],
