@@ -190,8 +190,14 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
 
     rows: list[dict] = []
     if per_image:
+        # COCOeval.accumulate(p) indexes evalImgs by the position in p.imgIds, not in the
+        # evaluated list, so accumulate one image by showing it only that image's entry.
+        all_eval_imgs, all_pe = E.evalImgs, E._paramsEval
         for i, image_id in enumerate(image_ids):
-            p = copy.deepcopy(E.params)
+            E.evalImgs = [all_eval_imgs[i]]
+            E._paramsEval = copy.copy(all_pe)
+            E._paramsEval.imgIds = [i + 1]
+            p = copy.copy(E.params)
             p.imgIds = [i + 1]
             with contextlib.redirect_stdout(io.StringIO()):
                 E.accumulate(p)
@@ -203,8 +209,7 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
             row[f"AP50@{max_dets[-1]}"] = stats[f"AP50@{max_dets[-1]}"]
             row.update({"TP50": int(m.tp.sum()), "FP50": int(m.fp.sum()), "missed50": int(m.missed.sum())})
             rows.append(row)
-        with contextlib.redirect_stdout(io.StringIO()):
-            E.accumulate()  # leave E in its all-images state
+        E.evalImgs, E._paramsEval = all_eval_imgs, all_pe
     return EvalResult(summary, rows, matches, max_dets)
 
 
