@@ -1,0 +1,197 @@
+"""Build a trained stage's Mask R-CNN for prediction and run it on full-resolution images.
+
+    model, params = load_model(ws, "all")            # newest complete checkpoint
+    det = predict_image(model, params, image)        # uint8 HxWx3, any size
+    det["boxes"], det["scores"], det["masks"]        # box-relative mask probabilities
+    for i, m in iter_pasted_masks(det): ...          # full-size bool masks, one at a time
+
+The architecture comes from the config stored with the stage's checkpoints
+(``stage.json``), so a model is always rebuilt exactly as it was trained; only
+the input size changes (prediction runs on the whole image, padded to a
+multiple of 2^max_level, never resized).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from helpers import checkpoints as ckpts
+from helpers import config as cfglib
+from helpers.workspace import Workspace, get_workspace
+
+
+class CheckpointNotFound(FileNotFoundError):
+    pass
+
+
+def _ws(workspace) -> Workspace:
+    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)
+
+
+def stage_params(workspace, stage: str, profile: str | None = None):
+    """The stage's training ExperimentConfig, rebuilt from its ``stage.json``."""
+    from official.core import exp_factory
+    from official.vision.configs import maskrcnn as _registers  # noqa: F401
+
+    sdir = _ws(workspace).checkpoints / stage
+    info_path = sdir / "stage.json"
+    if not info_path.is_file():
+        raise CheckpointNotFound(f"{info_path} not found: stage {stage!r} has not been trained "
+                                 "in this workspace (run notebook 02/03 first)")
+    info = json.loads(info_path.read_text())
+    if profile and info["profile"] != profile:
+        raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
+                         f"{info['profile']!r}, not {profile!r}")
+    params = exp_factory.get_exp_config(cfglib.BASE_EXPERIMENT)
+    params.override(info["config"], is_strict=False)
+    return params, info
+
+
+def resolve_checkpoint(workspace, stage: str, checkpoint=None) -> Path:
+    """A checkpoint prefix: newest complete one (None), a step (int) or a path."""
+    sdir = _ws(workspace).checkpoints / stage
+    if checkpoint is None:
+        latest = ckpts.latest_complete(sdir, repair=False)
+        if not latest:
+            raise CheckpointNotFound(f"no complete checkpoint in {sdir}; train stage {stage!r} first")
+        return latest[1]
+    prefix = sdir / f"ckpt-{checkpoint}" if isinstance(checkpoint, int) else Path(checkpoint)
+    if prefix.suffix in (".index",):
+        prefix = prefix.with_suffix("")
+    reason = ckpts.check_checkpoint(prefix)
+    if reason:
+        raise CheckpointNotFound(f"{prefix} cannot be used: {reason}")
+    return prefix
+
+
+def load_model(workspace, stage: str, profile: str | None = None, checkpoint=None,
+               image_size: int | None = None, min_score: float | None = None,
+               max_detections: int | None = None):
+    """``(model, params)`` for prediction, restored from a complete checkpoint.
+
+    Args:
+      workspace: Workspace or path.
+      stage: "heads", "all" or "specialist-<name>".
+      profile: optional check that the stage was trained with this profile.
+      checkpoint: None (newest complete), a step number, or a checkpoint prefix.
+      image_size: side of the dummy input the model is built with; default the
+        profile's ``predict_size``. Any image size works afterwards.
+      min_score: the detection generator's score floor (Model Garden default 0.05).
+      max_detections: override the profile's ``max_num_detections``.
+    Returns the Keras model (weights restored) and its ExperimentConfig; the
+    restored checkpoint path is ``params.task.init_checkpoint``.
+    """
+    import tensorflow as tf
+    import tf_keras
+    from official.vision.modeling import factory
+
+    params, info = stage_params(workspace, stage, profile)
+    prefix = resolve_checkpoint(workspace, stage, checkpoint)
+    size = int(image_size or cfglib.get_profile(info["profile"]).predict_size)
+    stride = 2 ** params.task.model.max_level
+    size = -(-size // stride) * stride
+    params.override({
+        "runtime": {"mixed_precision_dtype": "float32"},
+        "task": {"model": {"input_size": [size, size, 3]}, "freeze_backbone": False,
+                 "init_checkpoint": str(prefix), "init_checkpoint_modules": "all"},
+    }, is_strict=True)
+    det = {}
+    if min_score is not None:
+        det["pre_nms_score_threshold"] = float(min_score)
+    if max_detections is not None:
+        det["max_num_detections"] = int(max_detections)
+    if det:
+        params.override({"task": {"model": {"detection_generator": det}}}, is_strict=True)
+    tf_keras.mixed_precision.set_global_policy("float32")
+    # Model Garden's factory, as MaskRCNNTask.build_model uses it, but with a
+    # free input height/width so any padded image size can be fed.
+    model = factory.build_maskrcnn(
+        input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]),
+        model_config=params.task.model)
+    _ = model(tf.zeros([1, size, size, 3]), image_shape=tf.constant([[size, size]], tf.float32),
+              training=False)
+    status = tf.train.Checkpoint(model=model).read(str(prefix))
+    status.expect_partial().assert_existing_objects_matched()
+    return model, params
+
+
+def _infer_fn(model):
+    import tensorflow as tf
+
+    fn = getattr(model, "_nuclei_infer", None)
+    if fn is None:
+        @tf.function  # one trace per padded image size (anchors need static shapes)
+        def fn(images, image_shape):
+            out = model(images, image_shape=image_shape, training=False)
+            return {k: out[k] for k in ("detection_boxes", "detection_scores", "detection_classes",
+                                        "num_detections", "detection_masks") if k in out}
+        model._nuclei_infer = fn
+    return fn
+
+
+def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05,
+                  paste: bool = False) -> dict:
+    """Run the model on one full-resolution image (padded, never resized).
+
+    Args:
+      image: uint8 array (H, W, 3).
+      score_threshold: drop detections scoring below this.
+      paste: also return ``full_masks`` (N, H, W) bool; N x H x W bytes, so for
+        many detections prefer :func:`iter_pasted_masks`.
+    Returns a dict of numpy arrays, sorted by descending score:
+      boxes (N, 4) float [ymin, xmin, ymax, xmax] in image pixels;
+      scores (N,); classes (N,) int (1 = nucleus);
+      masks (N, m, m) float32 mask probabilities relative to each box;
+      image_shape (H, W); and full_masks when ``paste``.
+    """
+    import tensorflow as tf
+    from official.vision.ops import preprocess_ops
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    stride = 2 ** params.task.model.max_level
+    x = preprocess_ops.normalize_image(tf.convert_to_tensor(image))
+    padded = preprocess_ops.compute_padded_size([h, w], stride)
+    x, info = preprocess_ops.resize_and_crop_image(x, [h, w], padded_size=padded)
+    out = _infer_fn(model)(x[None], info[1][None])
+    n = int(out["num_detections"][0])
+    scale = info[2].numpy()  # 1.0: the image is only padded
+    boxes = out["detection_boxes"][0, :n].numpy() / np.tile(scale, 2)
+    scores = out["detection_scores"][0, :n].numpy()
+    keep = scores >= score_threshold
+    order = np.argsort(-scores[keep], kind="stable")
+    res = {
+        "boxes": boxes[keep][order].astype(np.float32),
+        "scores": scores[keep][order].astype(np.float32),
+        "classes": out["detection_classes"][0, :n].numpy()[keep][order].astype(np.int32),
+        "masks": out["detection_masks"][0, :n].numpy()[keep][order].astype(np.float32),
+        "image_shape": (h, w),
+    }
+    if paste:
+        res["full_masks"] = paste_masks(res)
+    return res
+
+
+def paste_masks(det: dict, indices=None) -> np.ndarray:
+    """Full-size bool masks (k, H, W) for ``indices`` (default all), with Model Garden's paster."""
+    from official.vision.ops import mask_ops
+
+    h, w = det["image_shape"]
+    idx = np.arange(len(det["scores"])) if indices is None else np.asarray(indices)
+    if idx.size == 0:
+        return np.zeros((0, h, w), dtype=bool)
+    b = det["boxes"][idx]
+    xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], axis=1)
+    return mask_ops.paste_instance_masks(det["masks"][idx], xywh, h, w).astype(bool)
+
+
+def iter_pasted_masks(det: dict, chunk: int = 64):
+    """Yield ``(i, full-size bool mask)`` for every detection, pasting ``chunk`` at a time."""
+    for s in range(0, len(det["scores"]), chunk):
+        ids = np.arange(s, min(s + chunk, len(det["scores"])))
+        for i, m in zip(ids, paste_masks(det, ids)):
+            yield int(i), m
