@@ -1,0 +1,185 @@
+import numpy as np
+import pytest
+
+from helpers.coco_format import Detections, decode_rles, encode_crops, rle_iou
+from helpers.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
+                              merge_detections, merge_tiles, route, tile_grid)
+
+H = W = 120
+BREAST, PROSTATE, COLON = "TCGA-A7-D000-01Z-00-DX1", "TCGA-G9-D002-01Z-00-DX1", "TCGA-AY-D100-01Z-00-DX1"
+
+
+def disk(cy, cx, r, size=(H, W)):
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def dets(masks, scores):
+    return Detections.from_masks(np.stack(masks), scores)
+
+
+def marker(value):
+    """A one-mask Detections whose score identifies where it came from."""
+    return dets([disk(10, 10, 3)], [value])
+
+
+# ----------------------------------------------------------------------------- route
+def test_route_by_organ_and_by_image():
+    per_model = {"main": {i: marker(0.1) for i in (BREAST, PROSTATE, COLON)},
+                 "colon": {COLON: marker(0.2)}, "prostate": {PROSTATE: marker(0.3), BREAST: marker(0.4)}}
+    router = Router(default="main", by_organ={"colon": "colon", "prostate": "prostate"})
+    out = route(per_model, router, [BREAST, PROSTATE, COLON])
+    assert {i: float(d.scores[0]) for i, d in out.items()} == {BREAST: 0.1, PROSTATE: 0.3, COLON: 0.2}
+    assert router.table([BREAST, COLON]) == {BREAST: "main", COLON: "colon"}
+    # listing images wins over organ, plain dict tables work too
+    router = Router(default="main", by_organ={"colon": "colon"}, by_image={BREAST: "prostate"})
+    assert route(per_model, router, [BREAST])[BREAST].scores[0] == pytest.approx(0.4)
+    out = route(per_model, {BREAST: "prostate", COLON: "colon"})
+    assert {i: float(d.scores[0]) for i, d in out.items()} == {BREAST: 0.4, COLON: 0.2}
+
+
+def test_route_with_manifest(tmp_path):
+    from helpers.demo_data import make_demo_dataset
+    from helpers.manifest import read_manifest
+
+    root = make_demo_dataset(tmp_path / "d", n_train=3, n_test=1, size=64)
+    rows = read_manifest(root / "data_manifest.csv")
+    ids = [r["image_id"] for r in rows]
+    organs = {r["image_id"]: r["organ"] for r in rows}
+    target = sorted(set(organs.values()))[0]
+    router = Router.from_manifest(rows, default="main", by_organ={target: "special"})
+    per_model = {"main": {i: marker(0.1) for i in ids}, "special": {i: marker(0.9) for i in ids}}
+    out = route(per_model, router, ids)
+    for i in ids:
+        assert out[i].scores[0] == pytest.approx(0.9 if organs[i] == target else 0.1)
+    with pytest.raises(RouteError, match="organ"):
+        Router.from_manifest(rows, default="main", by_organ={"spleen": "special"})
+    with pytest.raises(RouteError, match="not in the manifest"):
+        Router.from_manifest(rows, default="main", by_image={"TCGA-ZZ-0000-01Z-00-DX1": "special"})
+
+
+def test_route_bad_tables():
+    per_model = {"main": {BREAST: marker(0.1), PROSTATE: marker(0.1)}}
+    with pytest.raises(RouteError, match="unknown model"):
+        route(per_model, Router(default="main", by_organ={"colon": "colon-specialist"}), [BREAST])
+    with pytest.raises(RouteError, match="unknown image"):
+        route(per_model, Router(default="main", by_image={"TCGA-ZZ-0000": "main"}), [BREAST])
+    with pytest.raises(RouteError, match="unknown organ"):
+        route(per_model, Router(default="main", by_organ={"colonn": "main"}), [BREAST])
+    with pytest.raises(RouteError, match="no prediction"):
+        route(per_model, Router(default="main"), [COLON])
+    with pytest.raises(RouteError, match="no default"):
+        route(per_model, Router(by_organ={"breast": "main"}), [BREAST, PROSTATE])
+
+
+# ----------------------------------------------------------------------------- merge
+def two_models():
+    """Model A and B both find nuclei 1-3 (B slightly shifted); 2 and 3 touch each other.
+    Only A finds nucleus 4, only B nucleus 5."""
+    n1, n2, n3 = disk(30, 30, 8), disk(70, 40, 8), disk(70, 57, 8)  # n2, n3 distinct neighbours
+    n4, n5 = disk(100, 100, 6), disk(20, 95, 6)
+    a = dets([n1, n2, n3, n4], [0.9, 0.8, 0.85, 0.6])
+    b = dets([np.roll(n1, 1, 1), np.roll(n2, 1, 0), n3, n5], [0.7, 0.9, 0.8, 0.5])
+    return a, b, [n1, n2, n3, n4, n5]
+
+
+@pytest.mark.parametrize("method", ["nms", "wmf"])
+def test_merge_removes_duplicates_keeps_neighbours(method):
+    a, b, truth = two_models()
+    merged = merge_detections([a, b], method=method, iou_threshold=0.5)
+    assert len(merged) == 5
+    iou = rle_iou(merged.rles, Detections.from_masks(np.stack(truth), [1] * 5).rles)
+    assert (iou.max(axis=0) > 0.8).all()  # every nucleus once, close to its mask
+    assert ((iou > 0.5).sum(axis=0) == 1).all()
+    assert np.all(np.diff(merged.scores) <= 0)
+    # the threshold is a knob: at 0.99 only the identical copies of nucleus 3 are fused
+    assert len(merge_detections([a, b], method=method, iou_threshold=0.99)) == 7
+
+
+def test_nms_keeps_best_scoring_mask():
+    a, b, _ = two_models()
+    merged = merge_detections([a, b], method="nms")
+    assert merged.scores.tolist() == [0.9, 0.9, 0.85, 0.6, 0.5]
+    assert merged.rles[0] == a.rles[0] or merged.rles[0] == b.rles[1]
+
+
+def test_wmf_votes_pixels_and_rescales_scores():
+    base = disk(60, 60, 10)
+    parts = [dets([base], [0.9]), dets([np.roll(base, 2, 1)], [0.9]), dets([base], [0.9])]
+    merged = merge_detections(parts, method="wmf")
+    assert len(merged) == 1
+    assert np.array_equal(decode_rles(merged.rles)[0], base)  # 2 of 3 votes
+    assert merged.scores[0] == pytest.approx(0.9)
+    # found by one source of two -> half the score
+    lone = merge_detections([dets([base], [0.8]), Detections.empty((H, W))], method="wmf")
+    assert lone.scores[0] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="unknown"):
+        merge_detections(parts, method="mean")
+
+
+# ----------------------------------------------------------------------------- tiles
+def test_tile_grid_covers_with_overlap():
+    wins = tile_grid(1000, 1500, tile=512, overlap=64)
+    cover = np.zeros((1000, 1500), int)
+    for y0, x0, y1, x1 in wins:
+        assert y1 - y0 <= 512 and x1 - x0 <= 512
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    xs = sorted({w[1] for w in wins})
+    assert all(b - a <= 512 - 64 for a, b in zip(xs, xs[1:]))
+    assert tile_grid(500, 400, tile=512) == [(0, 0, 500, 400)]
+
+
+def tile_dets(masks, window, scores):
+    """What the model sees of each mask inside the tile, pasted back to image coordinates."""
+    y0, x0, y1, x1 = window
+    crops = [m[y0:y1, x0:x1] for m in masks]
+    keep = [i for i, c in enumerate(crops) if c.any()]
+    return Detections(encode_crops([crops[i] for i in keep], [(y0, x0)] * len(keep), (H, W)),
+                      [scores[i] for i in keep], (H, W))
+
+
+def test_merge_tiles_unites_nuclei_cut_by_borders():
+    left, right = (0, 0, H, 70), (0, 50, H, W)  # overlap zone x in [50, 70)
+    cut_a = disk(30, 68, 9)    # crosses the left tile's border (x=70) inside the zone
+    cut_b = disk(90, 52, 9)    # crosses the right tile's border (x=50)
+    wide = disk(60, 60, 14)    # spans the whole zone: cut in both tiles
+    n_left, n_right = disk(20, 15, 7), disk(100, 105, 7)
+    pair = [disk(105, 58, 5), disk(105, 69, 5)]  # two touching distinct nuclei inside the zone
+    truth = [cut_a, cut_b, wide, n_left, n_right, *pair]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4]
+    a = tile_dets(truth, left, scores)
+    b = tile_dets(truth, right, scores)
+    assert len(a) + len(b) > len(truth)  # naive pooling would double nuclei
+    merged = merge_tiles([a, b], [left, right])
+    assert len(merged) == len(truth)
+    got = decode_rles(merged.rles)
+    for m in truth:  # each nucleus exactly once, whole again
+        matches = [g for g in got if (g & m).sum() > 0.5 * m.sum()]
+        assert len(matches) == 1 and np.array_equal(matches[0], m)
+    with pytest.raises(ValueError, match="windows"):
+        merge_tiles([a, b], [left])
+
+
+# ----------------------------------------------------------------------------- compare
+def test_compare_picks_best_and_allows_override():
+    a, b, truth = two_models()
+    gt = {"img": list(Detections.from_masks(np.stack(truth), [1] * 5).rles)}
+    junk = dets([disk(60, 100, 5)], [0.99])
+    per_model = {"A": {"img": a}, "B": {"img": b}, "bad": {"img": Detections.concat([junk, b.subset([3])])}}
+    cmp = compare(per_model, gt, router=Router(default="A"), progress=False)
+    names = [r["strategy"] for r in cmp.rows]
+    assert set(names) == {"A", "B", "bad", "route", "merge-nms", "merge-wmf"}
+    assert cmp.best.startswith("merge") and cmp.chosen == cmp.best  # only merge finds all 5
+    assert cmp.rows[-1]["strategy"] == "bad"
+    assert cmp.choose("A").kind == "single" and cmp.strategy.name == "A"
+    assert "<- chosen" in cmp.format()
+    with pytest.raises(EnsembleError, match="choose one of"):
+        cmp.choose("nope")
+    # the chosen strategy replays on other (test) images
+    test_preds = {"A": {"t": a}, "B": {"t": b}, "bad": {"t": a}}
+    out = cmp.strategies[cmp.best].apply(test_preds)
+    assert list(out) == ["t"] and len(out["t"]) == 5
+    with pytest.raises(EnsembleError, match="no prediction"):
+        Strategy("m", "merge", ("A", "B")).apply({"A": {"t": a}, "B": {}}, ["t"])
+    assert [s.name for s in default_strategies(["A"])] == ["A"]
