@@ -1,0 +1,180 @@
+import copy
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from helpers.coco_format import Detections, decode_rles
+from helpers.submission import (SubmissionError, build_answer, check_answer, load_test_images, read_answer,
+                                resolve_overlaps, validate_answer, write_answer)
+
+A, B = "TCGA-E2-D100-01Z-00-DX1", "TCGA-G9-D101-01Z-00-DX1"
+SIZE = (48, 64)
+
+
+@pytest.fixture()
+def test_ids(tmp_path):
+    # ids deliberately not in file order
+    spec = {"images": [{"file_name": f"{B}.png", "id": 7, "height": SIZE[0], "width": SIZE[1]},
+                       {"file_name": f"{A}.png", "id": 3, "height": SIZE[0], "width": SIZE[1]}]}
+    path = tmp_path / "test_img_ids.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def boxes_dets(boxes, scores, size=SIZE):
+    m = np.zeros((len(boxes),) + size, bool)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        m[i, y0:y1, x0:x1] = True
+    return Detections.from_masks(m, scores)
+
+
+def preds():
+    return {A: boxes_dets([(2, 2, 10, 12), (20, 30, 30, 40)], [0.9, 0.4]),
+            f"{B}.png": boxes_dets([(5, 5, 15, 15)], [0.7])}  # file names work as keys too
+
+
+def test_build_and_write_answer(test_ids, tmp_path):
+    entries = build_answer(preds(), test_ids)
+    assert [e["image_id"] for e in entries] == [7, 3, 3]  # order of test_img_ids.json
+    assert entries[1]["bbox"] == [2.0, 2.0, 10.0, 8.0]
+    assert all(e["category_id"] == 1 and isinstance(e["segmentation"]["counts"], str) for e in entries)
+    files = write_answer(entries, tmp_path / "sub", test_ids)
+    assert files.summary == {"entries": 3, "images": {f"{B}.png": 1, f"{A}.png": 2}}
+    with zipfile.ZipFile(files.zip_path) as zf:
+        assert zf.namelist() == ["answer.json"]
+    assert read_answer(files.zip_path) == read_answer(files.json_path) == json.loads(json.dumps(entries))
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "height": SIZE[0], "width": SIZE[1]} for i in (3, 7)],
+                  "categories": [{"id": 1, "name": "nucleus"}], "annotations": []}
+    gt.createIndex()
+    assert len(gt.loadRes(str(files.json_path)).getAnnIds()) == 3
+
+
+def test_never_overwrites_unless_asked(test_ids, tmp_path):
+    entries = build_answer(preds(), test_ids)
+    files = write_answer(entries, tmp_path, test_ids)
+    before = files.json_path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_answer(entries[:2], tmp_path, test_ids)
+    assert files.json_path.read_bytes() == before
+    write_answer(entries[:2], tmp_path, test_ids, overwrite=True)
+    assert len(read_answer(files.zip_path)) == 2
+
+
+def test_invalid_answer_is_not_written(test_ids, tmp_path):
+    entries = build_answer(preds(), test_ids)
+    entries[0]["score"] = 2.0
+    with pytest.raises(SubmissionError, match=r"score must be a number in \[0, 1\]"):
+        write_answer(entries, tmp_path, test_ids)
+    assert not (tmp_path / "answer.json").exists() and not (tmp_path / "answer.zip").exists()
+
+
+def test_bad_predictions(test_ids):
+    with pytest.raises(SubmissionError, match="not in test_img_ids.json"):
+        build_answer({**preds(), "TCGA-ZZ-0000-01Z-00-DX1": preds()[A]}, test_ids)
+    with pytest.raises(SubmissionError, match=rf"no prediction for test image\(s\) \['{B}.png'\]"):
+        build_answer({A: preds()[A]}, test_ids)
+    assert len(build_answer({A: preds()[A]}, test_ids, allow_missing=True)) == 2
+    with pytest.raises(SubmissionError, match="48x64"):
+        build_answer({A: boxes_dets([(1, 1, 5, 5)], [0.5], size=(64, 64)), B: preds()[f"{B}.png"]}, test_ids)
+    with pytest.raises(SubmissionError, match="predicted twice"):
+        build_answer({**preds(), B: preds()[A]}, test_ids)
+
+
+def _break(kind, entries):
+    e = entries[1]
+    if kind == "wrong_size":
+        e["segmentation"]["size"] = [SIZE[0], SIZE[1] + 1]
+    elif kind == "score_high":
+        e["score"] = 1.01
+    elif kind == "score_negative":
+        e["score"] = -0.1
+    elif kind == "score_nan":
+        e["score"] = float("nan")
+    elif kind == "score_text":
+        e["score"] = "0.5"
+    elif kind == "unknown_image":
+        e["image_id"] = 99
+    elif kind == "image_id_text":
+        e["image_id"] = "3"
+    elif kind == "category":
+        e["category_id"] = 2
+    elif kind == "missing_field":
+        del e["segmentation"]
+    elif kind == "counts_garbage":
+        e["segmentation"]["counts"] = "\x7f\x7f"
+    elif kind == "counts_wrong_total":
+        other = Detections.from_masks(np.ones((1, SIZE[0], SIZE[1] + 1), bool), [1.0])
+        e["segmentation"]["counts"] = other.rles[0]["counts"]  # runs add up to 48*65
+    elif kind == "bbox_shape":
+        e["bbox"] = [1, 2, 3]
+    elif kind == "bbox_mismatch":
+        e["bbox"] = [30.0, 30.0, 5.0, 5.0]
+    elif kind == "not_a_dict":
+        entries[1] = [1, 2]
+    elif kind == "image_missing":
+        return [x for x in entries if x["image_id"] != 7]
+    elif kind == "not_a_list":
+        return {"annotations": entries}
+    return entries
+
+
+MALFORMED = {"wrong_size": "does not match the image size", "score_high": "score", "score_negative": "score",
+             "score_nan": "score", "score_text": "score", "unknown_image": "unknown image_id 99",
+             "image_id_text": "image_id must be an integer", "category": "category_id must be 1",
+             "missing_field": "missing field", "counts_garbage": "RLE alphabet", "counts_wrong_total": "cover",
+             "bbox_shape": "bbox must be", "bbox_mismatch": "does not match its mask", "not_a_dict": "object",
+             "image_missing": "every test image must be present", "not_a_list": "JSON list"}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_validator_rejects_each_malformed_kind(kind, test_ids):
+    good = build_answer(preds(), test_ids)
+    assert check_answer(good, test_ids) == []
+    bad = _break(kind, copy.deepcopy(good))
+    problems = check_answer(bad, test_ids)
+    assert len(problems) == 1 and MALFORMED[kind] in problems[0], problems
+    with pytest.raises(SubmissionError, match="invalid answer"):
+        validate_answer(bad, test_ids)
+
+
+def test_resolve_overlaps_gives_each_pixel_to_best_score():
+    d = boxes_dets([(0, 0, 20, 20), (10, 10, 30, 30), (12, 12, 18, 18), (40, 40, 45, 45)],
+                   [0.5, 0.9, 0.3, 0.2])
+    r = resolve_overlaps(d)
+    m = decode_rles(r.rles)
+    assert r.scores.tolist() == [0.9, 0.5, 0.2]  # the 0.3 mask lies inside the 0.9 one -> empty, dropped
+    assert m.sum(axis=0).max() == 1
+    assert m[0].sum() == 400 and m[1].sum() == 400 - 100 and m[1, 15, 15] == 0
+    entries = build_answer({A: d, B: d}, [*load_test_images(SPEC_LIST)], resolve=True)
+    assert len(entries) == 6
+
+
+SPEC_LIST = [{"file_name": f"{A}.png", "id": 1, "height": SIZE[0], "width": SIZE[1]},
+             {"file_name": f"{B}.png", "id": 2, "height": SIZE[0], "width": SIZE[1]}]
+
+
+def test_load_test_images_sources(test_ids, tmp_path):
+    imgs = load_test_images(test_ids)
+    assert [(t.image_id, t.coco_id) for t in imgs] == [(B, 7), (A, 3)]
+    assert load_test_images(test_ids.parent) == imgs
+    with pytest.raises(SubmissionError, match="not found"):
+        load_test_images(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [{"file_name": "x.png"}]}')
+    with pytest.raises(SubmissionError, match="needs file_name, id, height and width"):
+        load_test_images(bad)
+
+
+@pytest.mark.realdata
+def test_real_test_img_ids(real_data):
+    imgs = load_test_images(real_data / "test_img_ids.json")
+    assert len(imgs) == 6 and all((t.height, t.width) == (1000, 1000) for t in imgs)
+    assert {t.file_name for t in imgs} == {p.name for p in (real_data / "test").glob("*.png")}
+    from helpers.dataset import open_dataset
+
+    assert load_test_images(open_dataset(real_data)) == imgs
