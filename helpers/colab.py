@@ -61,12 +61,24 @@ def colab_install_commands(tf_version: str) -> list[list[str]]:
     ]]
 
 
+def _inline_figures() -> None:
+    """In a notebook kernel, show returned matplotlib Figures inline (also under papermill)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None and getattr(ip, "kernel", None) is not None:
+        ip.run_line_magic("matplotlib", "inline")
+
+
 def setup(install: bool = True) -> dict:
     """Notebook setup cell: on Colab install what is missing and mount Drive.
 
     Returns a small dict describing the runtime, for the notebook to show.
     """
     info = {"colab": in_colab(), "python": sys.version.split()[0]}
+    _inline_figures()
     if not info["colab"]:
         return info
     if install and importlib.util.find_spec("official") is None:

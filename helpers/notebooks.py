@@ -48,13 +48,15 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     params.setdefault("workspace_root", str(ws.root))
     out = ws.runs / notebook.name
     with atomic_path(out) as tmp:
+        work = tmp.with_name(tmp.name + ".ipynb")  # papermill wants the .ipynb suffix
         try:
-            pm.execute_notebook(str(notebook), str(tmp), parameters=params, kernel_name="python3",
+            pm.execute_notebook(str(notebook), str(work), parameters=params, kernel_name="python3",
                                 cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
         except BaseException:
-            if tmp.exists():
-                os.replace(tmp, ws.runs / f"{notebook.stem}.failed.ipynb")
+            if work.exists():
+                os.replace(work, ws.runs / f"{notebook.stem}.failed.ipynb")
             raise
+        os.replace(work, tmp)
     return out
 
 

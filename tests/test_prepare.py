@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from helpers import manifest as mf
+from helpers import prepare, shards
+from helpers.dataset import DatasetError
+
+
+def test_demo_dataset_prepared_and_split(workspace):
+    root, manifest_path = prepare.get_dataset(workspace, "", "demo")
+    rows = prepare.check_dataset(root, manifest_path)
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    rows = prepare.choose_split(workspace, rows, val_ids=[rows[0]["image_id"]])
+    saved = prepare.workspace_manifest(workspace)
+    assert [r["image_id"] for r in saved if r["split"] == "val"] == [rows[0]["image_id"]]
+    per = prepare.nuclei_per_organ(saved)
+    assert sum(sum(v.values()) for v in per.values()) == sum(r["n_nuclei"] for r in saved)
+    # n_val=0: everything labeled trains (the final model)
+    rows = prepare.choose_split(workspace, rows, n_val=0)
+    assert not mf.split_ids(prepare.workspace_manifest(workspace), "val")
+
+
+def test_real_profile_without_source_says_what_to_do(workspace):
+    with pytest.raises(DatasetError, match="data_source is empty"):
+        prepare.get_dataset(workspace, "", "colab")
+
+
+def test_later_notebooks_need_notebook_01(workspace):
+    with pytest.raises(DatasetError, match="run notebook 01"):
+        prepare.workspace_manifest(workspace)
+
+
+def test_figures_show_every_nucleus(workspace):
+    root, manifest_path = prepare.get_dataset(workspace, "", "demo")
+    rows = mf.read_manifest(manifest_path)
+    fig = prepare.samples_figure(root, n=2)
+    assert len(fig.axes) == 4
+    titles = [ax.get_title() for ax in fig.axes]
+    first = next(r for r in rows if r["image_id"] == titles[0])
+    assert titles[1] == f"{first['n_nuclei']} nuclei"
+    fig = prepare.organ_figure(rows)
+    heights = sum(p.get_height() for p in fig.axes[0].patches)
+    assert heights == sum(r["n_nuclei"] for r in rows if r["split"] != "test")
+
+
+def test_notebook_01_runs_headless_and_writes_valid_shards(tmp_path):
+    from helpers.notebooks import run_notebook, NOTEBOOK_DIR
+
+    ws_root = tmp_path / "ws"
+    out = run_notebook(NOTEBOOK_DIR / "01_prepare_shards.ipynb", {"profile": "demo"}, ws_root)
+    nb = json.loads(out.read_text())
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the samples and the organ chart are shown
+    index = shards.load_index(ws_root / "shards")
+    assert index["n_shards"] == 8
+    shards.verify_shards(ws_root / "shards", ws_root / "data" / "demo", progress=False)
+    # re-running skips the valid shards and rewrites nothing
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (ws_root / "shards").glob("*.tfrecord")}
+    run_notebook(NOTEBOOK_DIR / "01_prepare_shards.ipynb", {"profile": "demo"}, ws_root)
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in (ws_root / "shards").glob("*.tfrecord")}
+    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                   for o in c.get("outputs", []))
+    assert "0 written, 8 skipped" in text
