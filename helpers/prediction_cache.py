@@ -127,17 +127,24 @@ class PredictionCache:
         return atomic_write_json(self.path(k), obj, indent=None)
 
     def get_or_compute(self, key: CacheKey | tuple, fn: Callable[[], Detections],
-                       meta: Mapping | None = None) -> Detections:
+                       meta: Mapping | None = None, on_stale: str = "recompute") -> Detections:
         """Cached Detections for ``key``, or ``fn()`` saved then returned.
 
-        A corrupt or (with ``meta``) stale file is recomputed and replaced, never read.
+        A corrupt file is recomputed and replaced (with a warning), never read. A stale
+        file (its ``meta`` differs from ``meta``, e.g. another checkpoint) is recomputed
+        too, or raises CacheError with ``on_stale="error"``.
         """
+        if on_stale not in ("recompute", "error"):
+            raise ValueError(f"on_stale must be 'recompute' or 'error', not {on_stale!r}")
         k = CacheKey.of(key)
         path = self.path(k)
         if path.exists():
             try:
                 return self._read(k, meta)
             except CacheError as e:
+                if on_stale == "error" and str(e).startswith("stale"):
+                    raise CacheError(f"{e}; use another model name, or pass on_stale='recompute' "
+                                     "to replace it") from None
                 warnings.warn(f"{e}; recomputing", stacklevel=2)
         dets = fn()
         self.save(k, dets, meta)
@@ -169,3 +176,7 @@ class PredictionCache:
         if image_ids is None:
             image_ids = [k.image_id for k in self.keys(model) if k.tta == tta]
         return {i: self.load((model, i, tta)) for i in image_ids}
+
+    def load_models(self, models, image_ids, tta: str | None = None) -> dict[str, dict[str, Detections]]:
+        """``{model: {image_id: Detections}}``, the input of ``helpers.ensemble``."""
+        return {m: self.load_model(m, image_ids, tta) for m in models}

@@ -102,6 +102,10 @@ def test_stale_meta_is_recomputed(workspace):
         warnings.simplefilter("error")
         cache.get_or_compute(key, fn, meta={"checkpoint": "ckpt-2"})
     assert fn.calls == 1
+    with pytest.raises(CacheError, match="stale.*another model name"):
+        cache.get_or_compute(key, fn, meta={"checkpoint": "ckpt-3"}, on_stale="error")
+    assert fn.calls == 1 and cache.has(key, meta={"checkpoint": "ckpt-2"})
+    assert cache.load_models(["main"], [IMG])["main"][IMG].rles == fn.value.rles
 
 
 def test_partial_files_are_ignored_and_names_checked(workspace):
