@@ -114,3 +114,19 @@ def test_load_ground_truth(demo_gt):
     assert {i: len(v) for i, v in loaded.items()} == {i: len(gt[i]) for i in ids}
     with pytest.raises(EvaluationError, match="training pool"):
         load_ground_truth(ds, ["TCGA-ZZ-0000-01Z-00-DX1"], progress=False)
+
+
+@pytest.mark.realdata
+def test_real_image_perfect_and_capped(real_data):
+    """One real 1000x1000 image: GT as predictions scores 1.0 at maxDets 1000; ranking
+    all nuclei with maxDets 100 cannot reach it (the image has more than 100 nuclei)."""
+    from helpers.dataset import open_dataset
+
+    ds = open_dataset(real_data)
+    item = min(ds.train, key=lambda it: it.n_nuclei)
+    gt = load_ground_truth(ds, [item.image_id], progress=False)
+    rles = gt[item.image_id]
+    assert len(rles) == item.n_nuclei > 100
+    res = evaluate({item.image_id: Detections(rles, np.linspace(1, 0.1, len(rles)), (1000, 1000))}, gt)
+    assert res.summary["AP@1000"] == pytest.approx(1.0)
+    assert res.summary["AP@100"] < 0.5
