@@ -18,8 +18,10 @@ do not overlap), in row chunks so memory stays bounded.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -368,6 +370,55 @@ class Strategy:
                                                  self.method, self.iou_threshold, max_dets=self.max_dets)
             return out
         raise ValueError(f"unknown strategy kind {self.kind!r}")
+
+
+def strategy_to_json(strategy: Strategy) -> dict:
+    r = strategy.router
+    return {"name": strategy.name, "kind": strategy.kind, "models": list(strategy.models),
+            "method": strategy.method, "iou_threshold": strategy.iou_threshold, "max_dets": strategy.max_dets,
+            "router": None if r is None else {"default": r.default, "by_organ": dict(r.by_organ),
+                                              "by_image": dict(r.by_image), "organs": r.organs}}
+
+
+def strategy_from_json(obj: Mapping) -> Strategy:
+    try:
+        r = obj.get("router")
+        router = None if r is None else Router(r.get("default"), dict(r.get("by_organ") or {}),
+                                               dict(r.get("by_image") or {}), r.get("organs"))
+        return Strategy(str(obj["name"]), str(obj["kind"]), tuple(obj["models"]), router,
+                        str(obj.get("method", "wmf")), float(obj.get("iou_threshold", 0.5)), obj.get("max_dets"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EnsembleError(f"not a saved ensemble strategy ({type(e).__name__}: {e})") from None
+
+
+def save_strategy(strategy: Strategy, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Record the chosen strategy (notebook 04) for the submission (notebook 05), atomically.
+    An existing file with a different strategy is kept unless ``overwrite``."""
+    from helpers.atomic import atomic_write_json
+
+    path = Path(path)
+    obj = strategy_to_json(strategy)
+    if path.exists() and not overwrite:
+        try:
+            same = json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(obj))
+        except ValueError:
+            same = False
+        if not same:
+            raise FileExistsError(f"{path} already records another ensemble choice; pass overwrite=True "
+                                  "to replace it")
+        return path
+    return atomic_write_json(path, obj)
+
+
+def load_strategy(path: str | os.PathLike) -> Strategy:
+    path = Path(path)
+    if not path.is_file():
+        raise EnsembleError(f"{path} not found; run notebook 04 (evaluate + choose) first")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise EnsembleError(f"{path} is not valid JSON ({e}); re-run notebook 04 to write it again") from None
+    return strategy_from_json(obj)
 
 
 def default_strategies(models: Sequence[str], router: Router | None = None,

@@ -3,7 +3,7 @@ import pytest
 
 from helpers.coco_format import Detections, decode_rles, encode_crops, rle_iou
 from helpers.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
-                              merge_detections, merge_tiles, route, tile_grid)
+                              load_strategy, merge_detections, merge_tiles, route, save_strategy, tile_grid)
 
 H = W = 120
 BREAST, PROSTATE, COLON = "TCGA-A7-D000-01Z-00-DX1", "TCGA-G9-D002-01Z-00-DX1", "TCGA-AY-D100-01Z-00-DX1"
@@ -183,3 +183,22 @@ def test_compare_picks_best_and_allows_override():
     with pytest.raises(EnsembleError, match="no prediction"):
         Strategy("m", "merge", ("A", "B")).apply({"A": {"t": a}, "B": {}}, ["t"])
     assert [s.name for s in default_strategies(["A"])] == ["A"]
+
+
+def test_strategy_saved_for_the_submission(tmp_path):
+    a, b, _ = two_models()
+    router = Router(default="A", by_organ={"colon": "B"}, by_image={BREAST: "B"})
+    path = tmp_path / "choice.json"
+    for s in [Strategy("route", "route", ("A", "B"), router=router),
+              Strategy("merge-nms", "merge", ("A", "B"), method="nms", iou_threshold=0.4, max_dets=1000)]:
+        save_strategy(s, path, overwrite=True)
+        assert load_strategy(path) == s
+    save_strategy(load_strategy(path), path)  # same choice again: fine
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_strategy(Strategy("A", "single", ("A",)), path)
+    assert load_strategy(path).name == "merge-nms"
+    with pytest.raises(EnsembleError, match="notebook 04"):
+        load_strategy(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text('{"name": "x"}')
+    with pytest.raises(EnsembleError, match="not a saved ensemble strategy"):
+        load_strategy(tmp_path / "bad.json")
