@@ -486,7 +486,7 @@ def read_shard(path: str | os.PathLike, fast: bool = False) -> dict:
 
 # --------------------------------------------------------------------------- verification
 def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike, progress: bool = True,
-                  workers: int | None = None, chunk: int = 64) -> dict:
+                  workers: int | None = None) -> dict:
     """Check every shard in index.json bit-exactly against the source PNGs.
 
     Per shard: file size and sha256 as indexed; the image decodes to the source
@@ -533,27 +533,22 @@ def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike
             labels = None
             if INSTANCE_MAP_KEY in f:
                 labels = tf.io.decode_png(f[INSTANCE_MAP_KEY].bytes_list.value[0], dtype=tf.uint16).numpy()[..., 0]
-            dec = tf.data.Dataset.from_tensor_slices(tf.constant(pngs or [b""])[: len(pngs)]).map(
-                lambda b: tf.io.decode_png(b, channels=1)[..., 0], num_parallel_calls=tf.data.AUTOTUNE
-            ).batch(chunk)
-            start = 0
-            for batch in dec:
-                got = batch.numpy()
-                idx = range(start, start + len(got))
-                src = list(pool.map(lambda i: read_mask(paths[i], (h, w)), idx))
-                for j, i in enumerate(idx):
-                    g = got[j]
-                    if g.max() != 1 or g.min() != 0 or not np.array_equal(g == 1, src[j]):
-                        raise ShardError(f"{path}: mask {i} differs from {paths[i]} (or is not 0/1)")
-                    if tuple(boxes[i]) != mask_box(src[j]) or int(areas[i]) != int(src[j].sum()):
-                        raise ShardError(f"{path}: box/area of mask {i} do not match {paths[i]}")
-                    if labels is not None:
-                        y0, x0, y1, x1 = boxes[i]
-                        crop = labels[y0:y1, x0:x1] == i + 1
-                        if int(crop.sum()) != int(areas[i]) or not np.array_equal(crop, src[j][y0:y1, x0:x1]):
-                            raise ShardError(f"{path}: {INSTANCE_MAP_KEY} differs from {paths[i]}")
-                start += len(got)
-                bar.update(len(got))
+            def check(i: int) -> None:
+                g = tf.io.decode_png(pngs[i], channels=1).numpy()[..., 0]  # what Model Garden does
+                src = read_mask(paths[i], (h, w))
+                if g.shape != (h, w) or g.max() != 1 or not np.array_equal(g == 1, src) or \
+                        np.count_nonzero(g) != np.count_nonzero(src):
+                    raise ShardError(f"{path}: mask {i} differs from {paths[i]} (or is not 0/1)")
+                if tuple(boxes[i]) != mask_box(src) or int(areas[i]) != int(np.count_nonzero(src)):
+                    raise ShardError(f"{path}: box/area of mask {i} do not match {paths[i]}")
+                if labels is not None:
+                    y0, x0, y1, x1 = boxes[i]
+                    crop = labels[y0:y1, x0:x1] == i + 1
+                    if int(crop.sum()) != int(areas[i]) or not np.array_equal(crop, src[y0:y1, x0:x1]):
+                        raise ShardError(f"{path}: {INSTANCE_MAP_KEY} differs from {paths[i]}")
+                bar.update(1)
+
+            list(pool.map(check, range(len(pngs))))
             if labels is not None and int(np.count_nonzero(labels)) != int(areas.sum()):
                 raise ShardError(f"{path}: {INSTANCE_MAP_KEY} has pixels outside every mask")
             n_masks += len(pngs)
