@@ -178,3 +178,56 @@ def test_real_test_img_ids(real_data):
     from helpers.dataset import open_dataset
 
     assert load_test_images(open_dataset(real_data)) == imgs
+
+
+def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
+    """What notebooks 04 and 05 do, with stand-in model outputs: cache per model, compare
+    on the validation split, record the choice, apply it to the test images, submit."""
+    from helpers.dataset import open_dataset, read_image
+    from helpers.demo_data import make_demo_dataset
+    from helpers.ensemble import Router, compare, load_strategy, save_strategy
+    from helpers.evaluate import load_ground_truth
+    from helpers.manifest import read_manifest, split_ids
+    from helpers.overlays import prediction_overlay, score_histogram
+    from helpers.prediction_cache import PredictionCache
+
+    root = make_demo_dataset(tmp_path / "demo", n_train=4, n_test=2, size=128)
+    ds = open_dataset(root)
+    rows = read_manifest(root / "data_manifest.csv")
+    val = split_ids(rows, "val") or [ds.train_ids[0]]
+    gt = load_ground_truth(ds, val, progress=False)
+    rng = np.random.default_rng(0)
+    cache = PredictionCache(workspace.predictions)
+
+    def fake_model(image_id, quality):
+        if image_id in gt and quality == "good":
+            rles = gt[image_id]
+            return Detections(rles, rng.uniform(0.5, 1.0, len(rles)), rles[0]["size"])
+        size = (128, 128)
+        m = np.zeros((5,) + size, bool)
+        for k in range(5):
+            y, x = rng.integers(0, 110, 2)
+            m[k, y:y + 12, x:x + 12] = True
+        return Detections.from_masks(m, rng.uniform(0, 1, 5))
+
+    images = val + ds.test_ids
+    for model, quality in (("all", "good"), ("heads", "bad")):
+        for image_id in images:
+            cache.get_or_compute((model, image_id), lambda: fake_model(image_id, quality))
+    per_model = cache.load_models(["all", "heads"], images)
+
+    cmp = compare({m: {i: p[i] for i in val} for m, p in per_model.items()}, gt,
+                  router=Router.from_manifest(rows, default="heads"), progress=False)
+    assert cmp.rows[0]["AP@100"] == pytest.approx(1.0) and cmp.best == "all"
+    choice = workspace.runs / "ensemble.json"
+    save_strategy(cmp.strategy, choice)
+
+    test_preds = load_strategy(choice).apply(per_model, ds.test_ids)
+    entries = build_answer(test_preds, ds, resolve=True)
+    files = write_answer(entries, workspace.submission, ds)
+    assert set(files.summary["images"]) == {it.file_name for it in ds.test}
+    assert validate_answer(read_answer(files.zip_path), root / "test_img_ids.json")["entries"] == len(entries)
+    item = ds.test[0]
+    fig = prediction_overlay(read_image(item.image_path), test_preds[item.image_id], title=item.file_name)
+    assert "5 detections" in fig._suptitle.get_text()
+    score_histogram(test_preds)
