@@ -90,7 +90,7 @@ def main(argv=None):
     assert [r["counts"] for r in rles] == [r["counts"].decode() for r in ref] == [r["counts"] for r in rles_c]
     del full
     print(f"[encode] {args.masks} masks {SIZE}x{SIZE}, RLE + bbox (best of {args.repeat}):")
-    print(f"  encode_masks (full masks, bbox bands) : {t_ours:6.3f} s  = {args.masks / t_ours:7.0f} masks/s"
+    print(f"  encode_masks (full masks, band runs)  : {t_ours:6.3f} s  = {args.masks / t_ours:7.0f} masks/s"
           f"  ({t_ours / 2.0:.2f} x the 2 s target)")
     print(f"  naive pycocotools on Fortran stack    : {t_naive:6.3f} s  -> ours is {t_naive / t_ours:.1f}x faster")
     print(f"  encode_crops (box crops, no full mask): {t_crops:6.3f} s  = {t_ours / t_crops:.1f}x faster than "

@@ -113,3 +113,13 @@ def test_result_entries_and_gt_dataset_load_in_pycocotools():
     res = load_results(gt, entries)
     assert len(res.getAnnIds()) == 3
     assert len(load_results(gt, []).getAnnIds()) == 0
+
+
+def test_encode_equals_pycocotools_on_edge_cases():
+    """Masks touching every border, single pixels, full columns, 1xN and Nx1 images."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        m = rng.random((h, w)) > rng.uniform(0.1, 0.9)
+        ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+        assert encode_masks(m[None])[0]["counts"] == ref, m
