@@ -1,0 +1,239 @@
+"""Predict nuclei with a trained stage, at full resolution, cached per (model, image, augmentation).
+
+    preds = predict_stage(ws, "all", image_ids, tta=("hflip", "vflip"))   # {image_id: Detections}
+
+* Images come from the shards (notebook 01), so Drive's many small PNGs are never read.
+* The whole image goes through the model, padded to the model's stride, never resized.
+  Images larger than ``tile`` are cut into overlapping tiles and nuclei cut by a tile
+  border are joined (``ensemble.merge_tiles``), not doubled.
+* Model Garden's box-relative masks are pasted with its own paster
+  (``helpers.model.paste_masks``) and stored as RLE.
+* Test-time augmentation: each of ``AUGMENTATIONS`` is predicted on the transformed
+  image, mapped back, and all are fused by mask IoU (``ensemble.merge_detections``).
+* Every (model, image, augmentation) is cached in ``predictions/<model>/`` with the
+  checkpoint it came from; re-running computes nothing twice, and a newer checkpoint
+  makes the old entries stale (recomputed).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from helpers import shards as shardlib
+from helpers.coco_format import Detections, encode_masks
+from helpers.ensemble import merge_detections, merge_tiles, tile_grid
+from helpers.prediction_cache import PredictionCache
+from helpers.workspace import Workspace, get_workspace
+
+# name -> (forward on an (H, W, C) image, inverse on (N, H, W) masks)
+AUGMENTATIONS: dict[str, tuple[Callable, Callable]] = {
+    "hflip": (lambda im: im[:, ::-1], lambda m: m[:, :, ::-1]),
+    "vflip": (lambda im: im[::-1], lambda m: m[:, ::-1]),
+    "rot90": (lambda im: np.rot90(im, 1), lambda m: np.rot90(m, -1, axes=(1, 2))),
+    "rot180": (lambda im: np.rot90(im, 2), lambda m: np.rot90(m, -2, axes=(1, 2))),
+    "rot270": (lambda im: np.rot90(im, 3), lambda m: np.rot90(m, -3, axes=(1, 2))),
+}
+
+
+class PredictionError(ValueError):
+    pass
+
+
+def _ws(workspace) -> Workspace:
+    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)
+
+
+# --------------------------------------------------------------------------- inputs from the shards
+def _entries(ws: Workspace, image_ids: Sequence[str]) -> list[dict]:
+    index = shardlib.load_index(ws.shards)
+    by_id = {e["image_id"]: e for e in index["shards"]}
+    unknown = [i for i in image_ids if i not in by_id]
+    if unknown:
+        raise PredictionError(f"image(s) {unknown[:5]} are not in {ws.shards / shardlib.INDEX_NAME}; "
+                              "run notebook 01 on a dataset that holds them")
+    return [by_id[i] for i in image_ids]
+
+
+def split_ids(workspace, *splits: str) -> list[str]:
+    """Image ids of the given splits ("train", "val", "test") as recorded in the shard index."""
+    index = shardlib.load_index(_ws(workspace).shards)
+    return sorted(e["image_id"] for e in index["shards"] if e["split"] in splits)
+
+
+def load_image(workspace, image_id: str) -> np.ndarray:
+    """The uint8 (H, W, 3) image of ``image_id``, read from its shard."""
+    import tensorflow as tf
+
+    ws = _ws(workspace)
+    (entry,) = _entries(ws, [image_id])
+    path = shardlib.select_shards(ws.shards, image_ids=[image_id], splits=None)[0]
+    (record,) = list(tf.data.TFRecordDataset(str(path)).take(1).as_numpy_iterator())
+    feat = tf.train.Example.FromString(record).features.feature
+    image = tf.io.decode_png(feat["image/encoded"].bytes_list.value[0], channels=3).numpy()
+    if image.shape[:2] != (entry["height"], entry["width"]):
+        raise PredictionError(f"{path}: image is {image.shape[:2]}, index says "
+                              f"{(entry['height'], entry['width'])}; re-run notebook 01")
+    return image
+
+
+def load_images(workspace, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    return {i: load_image(workspace, i) for i in image_ids}
+
+
+def load_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dict]]:
+    """``{image_id: [RLE, ...]}`` of the labeled images, from their shards."""
+    ws = _ws(workspace)
+    out = {}
+    for e in _entries(ws, image_ids):
+        if e["split"] == "test":
+            raise PredictionError(f"{e['image_id']} is a test image: it has no ground truth")
+        rec = shardlib.read_shard(ws.shards / e["file"], fast=True)
+        out[e["image_id"]] = encode_masks(rec["masks"])
+    return out
+
+
+# --------------------------------------------------------------------------- one image
+def _detections_from_model(det: dict, offset: tuple[int, int], size: tuple[int, int],
+                           inverse: Callable | None = None, chunk: int = 64) -> Detections:
+    """Paste Model Garden's box-relative masks (in chunks), map them back through ``inverse``,
+    and place them at ``offset`` in an image of ``size``."""
+    from helpers.model import paste_masks
+
+    crops, offsets, scores = [], [], []
+    n = len(det["scores"])
+    for s in range(0, n, chunk):
+        idx = np.arange(s, min(s + chunk, n))
+        masks = paste_masks(det, idx)
+        if inverse is not None:
+            masks = inverse(masks)
+        for i, m in zip(idx, masks):
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if not len(rows):
+                continue  # a mask below 0.5 everywhere: nothing to keep
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            crops.append(np.ascontiguousarray(m[y0:y1, x0:x1]))
+            offsets.append((offset[0] + y0, offset[1] + x0))
+            scores.append(float(det["scores"][i]))
+    if not crops:
+        return Detections.empty(size)
+    return Detections.from_crops(crops, offsets, scores, size)
+
+
+def predict_detections(model, params, image: np.ndarray, augmentation: str | None = None,
+                       tile: int = 1024, overlap: int = 128, score_threshold: float = 0.05,
+                       max_dets: int | None = None) -> Detections:
+    """Detections of one image (optionally augmented, mapped back to the original frame).
+
+    Images up to ``tile`` pixels a side go through the model whole; larger ones in
+    overlapping tiles whose border-cut nuclei are joined.
+    """
+    from helpers.model import predict_image
+
+    if augmentation is not None and augmentation not in AUGMENTATIONS:
+        raise PredictionError(f"augmentation {augmentation!r} unknown; use one of {list(AUGMENTATIONS)}")
+    forward, inverse = AUGMENTATIONS[augmentation] if augmentation else (None, None)
+    size = tuple(image.shape[:2])
+    view = np.ascontiguousarray(forward(image)) if forward else image
+    vh, vw = view.shape[:2]
+    windows = tile_grid(vh, vw, tile, overlap)
+    parts = []
+    for (y0, x0, y1, x1) in windows:
+        det = predict_image(model, params, np.ascontiguousarray(view[y0:y1, x0:x1]),
+                            score_threshold=score_threshold)
+        if len(windows) == 1:
+            parts.append(_detections_from_model(det, (0, 0), size, inverse))
+        else:  # place the tile in the augmented frame, then map the whole frame back
+            full = _detections_from_model(det, (y0, x0), (vh, vw))
+            if inverse is not None and len(full):
+                full = Detections.from_masks(inverse(full.masks), full.scores)
+            parts.append(full)
+    if len(windows) == 1:
+        out = parts[0]
+    else:
+        back = [(tuple(_map_window(w, augmentation, vh, vw))) for w in windows]
+        out = merge_tiles(parts, back)
+    return out.sorted().top(max_dets)
+
+
+def _map_window(window, augmentation, vh, vw):
+    """A tile window of the augmented frame, in the original frame's coordinates."""
+    y0, x0, y1, x1 = window
+    m = np.zeros((1, vh, vw), bool)
+    m[0, y0:y1, x0:x1] = True
+    if augmentation:
+        m = AUGMENTATIONS[augmentation][1](m)
+    rows, cols = np.flatnonzero(m[0].any(1)), np.flatnonzero(m[0].any(0))
+    return rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+
+
+# --------------------------------------------------------------------------- a stage over many images
+def _checkpoint_meta(prefix: Path, **extra) -> dict:
+    from helpers.checkpoints import checkpoint_step
+
+    return {"checkpoint": prefix.name, "step": int(checkpoint_step(prefix)), **extra}
+
+
+def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence[str] = (),
+                  name: str | None = None, checkpoint=None, merge: str = "wmf", iou_threshold: float = 0.5,
+                  score_threshold: float = 0.05, tile: int = 1024, progress: bool = True,
+                  return_parts: bool = False):
+    """``{image_id: Detections}`` of a trained stage, plain + ``tta`` augmentations fused.
+
+    Each (model ``name`` (default: the stage), image, augmentation) is cached; the model
+    is only loaded when something is not cached yet. ``return_parts`` also returns
+    ``{augmentation or "plain": {image_id: Detections}}`` before fusion.
+    """
+    from tqdm.auto import tqdm
+
+    from helpers.model import load_model, resolve_checkpoint
+
+    ws = _ws(workspace)
+    name = name or stage
+    unknown = [a for a in tta if a not in AUGMENTATIONS]
+    if unknown:
+        raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
+    prefix = resolve_checkpoint(ws, stage, checkpoint)
+    meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile)
+    cache = PredictionCache(ws.predictions)
+    _entries(ws, image_ids)  # unknown ids fail before any work
+    loaded = {}
+    augs: list[str | None] = [None, *tta]
+
+    def compute(image_id, aug):
+        if "model" not in loaded:
+            loaded["model"], loaded["params"] = load_model(ws, stage, checkpoint=prefix, min_score=score_threshold)
+        return predict_detections(loaded["model"], loaded["params"], load_image(ws, image_id), aug,
+                                  tile=tile, score_threshold=score_threshold)
+
+    parts: dict[str, dict[str, Detections]] = {a or "plain": {} for a in augs}
+    todo = [(i, a) for i in image_ids for a in augs]
+    t0, computed = time.time(), 0
+    bar = tqdm(todo, desc=f"predict {name}", unit="img", disable=not progress)
+    for image_id, aug in bar:
+        bar.set_postfix_str(f"{image_id[:12]} {aug or 'plain'}")
+        key = (name, image_id, aug)
+        if not cache.has(key, meta):
+            computed += 1
+        parts[aug or "plain"][image_id] = cache.get_or_compute(key, lambda: compute(image_id, aug), meta)
+    bar.close()
+    if progress:
+        print(f"{name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "
+              f"with {prefix.name} in {time.time() - t0:.1f} s")
+    if tta:
+        fused = {i: merge_detections([parts[a or "plain"][i] for a in augs], merge, iou_threshold)
+                 for i in image_ids}
+    else:
+        fused = dict(parts["plain"])
+    return (fused, parts) if return_parts else fused
+
+
+def predict_models(workspace, models: Mapping[str, str] | Sequence[str], image_ids: Sequence[str],
+                   tta: Sequence[str] = (), **kw) -> dict[str, dict[str, Detections]]:
+    """``{model name: {image_id: Detections}}`` for several stages (a list, or {name: stage})."""
+    if not isinstance(models, Mapping):
+        models = {m: m for m in models}
+    return {name: predict_stage(workspace, stage, image_ids, tta=tta, name=name, **kw)
+            for name, stage in models.items()}
