@@ -1,0 +1,204 @@
+"""Stage runner on the demo profile with real Model Garden (no mocks).
+
+One heads run and one `all` run are shared by the tests (see _training_support);
+the kill/resume and Mirrored tests run their own short subprocesses.
+"""
+import json
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from _training_support import (backbone_vars, file_snapshot, model_vars, new_workspace,
+                               optimizer_iterations, run_child, trained)
+from helpers import checkpoints as ckpts
+from helpers import training
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "training"
+
+
+@pytest.fixture(scope="session")
+def heads(base):
+    ws, res = trained(base, ("heads",))
+    return ws, res["heads"]
+
+
+@pytest.fixture(scope="session")
+def heads_and_all(base, heads):
+    ws, res = trained(base, ("heads", "all"))
+    return ws, res["all"]
+
+
+def test_heads_writes_checkpoints_at_5_and_10(heads):
+    ws, res = heads
+    assert res.status == "finished" and (res.start_step, res.end_step) == (0, 10)
+    steps = [s for s, _ in ckpts.list_checkpoints(ws.checkpoints / "heads")]
+    assert 5 in steps and 10 in steps
+    assert set(steps) <= {0, 5, 10}  # ckpt-0 = starting weights; nothing off the 5-step grid
+    assert res.optimizer_iterations == 10
+    assert optimizer_iterations(ws.checkpoints / "heads" / "ckpt-10") == 10
+    info = json.loads((ws.checkpoints / "heads" / "stage.json").read_text())
+    assert info["planned_steps"] == 10 and info["profile"] == "demo" and info["fingerprint"]
+    assert list((ws.checkpoints / "heads" / "train").glob("events.out.tfevents.*"))  # TensorBoard
+
+
+def test_heads_leaves_backbone_unchanged_and_trains_the_rest(heads):
+    ws, _ = heads
+    d = ws.checkpoints / "heads"
+    b0, b10 = backbone_vars(d / "ckpt-0"), backbone_vars(d / "ckpt-10")
+    assert len(b0) > 50 and b0.keys() == b10.keys()
+    for k in b0:  # kernels and BN statistics alike
+        np.testing.assert_array_equal(b0[k], b10[k], err_msg=k)
+    m0, m10 = model_vars(d / "ckpt-0"), model_vars(d / "ckpt-10")
+    changed = [k for k in m0 if not k.startswith("backbone/") and not np.array_equal(m0[k], m10[k])]
+    assert any(k.startswith("decoder/") for k in changed)  # FPN trains
+    assert any(k.startswith("rpn_head/") for k in changed)
+    assert any(k.startswith("mask_head/") for k in changed)
+
+
+def test_all_starts_from_heads_weights_and_changes_backbone(heads_and_all):
+    ws, res = heads_and_all
+    assert res.status == "finished" and res.start_step == 0
+    heads_final = model_vars(ws.checkpoints / "heads" / "ckpt-10")
+    all_start = model_vars(ws.checkpoints / "all" / "ckpt-0")
+    assert heads_final.keys() == all_start.keys()
+    for k in heads_final:
+        np.testing.assert_array_equal(heads_final[k], all_start[k], err_msg=k)
+    b0 = backbone_vars(ws.checkpoints / "all" / "ckpt-0")
+    b10 = backbone_vars(ws.checkpoints / "all" / "ckpt-10")
+    assert any(not np.array_equal(b0[k], b10[k]) for k in b0 if k.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert json.loads((ws.checkpoints / "all" / "stage.json").read_text())["init_checkpoint"].endswith(
+        os.path.join("heads", "ckpt-10"))
+
+
+def test_rerunning_a_finished_stage_writes_nothing(heads, capsys):
+    ws, _ = heads
+    before = file_snapshot(ws.root)
+    res = training.train_stage("heads", "demo", ws, progress=False)
+    assert res.status.startswith("skipped") and res.end_step == 10
+    assert "already finished" in capsys.readouterr().out
+    assert file_snapshot(ws.root) == before
+
+
+def test_sigkill_after_step_5_resumes_at_5_like_an_uninterrupted_run(base, heads):
+    _, full = heads
+    ws = new_workspace(base, "killed")
+    child = run_child(f"from helpers import training; training.train_stage('heads', 'demo', "
+                      f"{str(ws.root)!r}, progress=False)")
+    sdir = ws.checkpoints / "heads"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and child.poll() is None:
+            if (sdir / "ckpt-5.index").exists() and ckpts.check_checkpoint(sdir / "ckpt-5", deep=False) is None:
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, "child ended before its step-5 checkpoint:\n" + child.stdout.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert max(s for s, _ in ckpts.list_checkpoints(sdir)) == 5  # killed between 5 and 10
+
+    res = training.train_stage("heads", "demo", ws, progress=False)
+    assert (res.start_step, res.end_step, res.status) == (5, 10, "finished")
+    assert res.optimizer_iterations == full.optimizer_iterations == 10
+    assert res.learning_rate == pytest.approx(full.learning_rate, rel=1e-6)
+    assert optimizer_iterations(sdir / "ckpt-10") == 10
+
+    from helpers.curves import read_curves
+    curves = read_curves(ws, "heads")
+    steps, _ = curves["total_loss"]
+    assert steps == list(range(1, 11))  # one point per step across the two runs
+    assert len(curves["_run_starts"]) == 2 and curves["_run_starts"][1] == 6
+    lr_steps, lrs = curves["learning_rate"]
+    full_lr = read_curves(heads[0], "heads")["learning_rate"][1]
+    np.testing.assert_allclose(lrs, full_lr, rtol=1e-6)  # same schedule point at every step
+
+
+def test_torn_latest_checkpoint_falls_back_with_a_warning(base, heads):
+    ws = new_workspace(base, "torn", copy_from=heads[0].root)
+    sdir = ws.checkpoints / "heads"
+    data = next(sdir.glob("ckpt-10.data-*"))
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.warns(ckpts.TornCheckpointWarning, match="ckpt-10"):
+        latest = ckpts.latest_complete(sdir)
+    assert latest[0] == 5
+    assert not (sdir / "ckpt-10.index").exists() and (sdir / "torn" / "ckpt-10.index").exists()
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(sdir)).endswith("ckpt-5")  # what CheckpointManager restores
+    # the stage is no longer finished: train_stage would resume from 5
+    assert "step 5/10" in training.stage_status(ws, "heads")
+
+
+def test_changed_config_on_a_half_trained_stage_is_a_clear_error(base, heads):
+    ws = new_workspace(base, "changed", copy_from=heads[0].root)
+    sdir = ws.checkpoints / "heads"
+    for f in sdir.glob("ckpt-10.*"):
+        f.unlink()
+    ckpts.write_state(sdir)
+    with pytest.raises(training.StageConfigMismatch, match="train_steps: 10 -> 20"):
+        training.train_stage("heads", "demo", ws, steps=20, progress=False)
+    with pytest.raises(training.StageConfigMismatch, match="learning_rate"):
+        training.train_stage("heads", "demo", ws, learning_rate=0.5, progress=False)
+
+
+def test_all_needs_a_finished_heads_stage(base):
+    ws = new_workspace(base, "no_heads")
+    with pytest.raises(training.ParentStageNotFinished, match="heads"):
+        training.train_stage("all", "demo", ws, progress=False)
+    assert not (ws.checkpoints / "all").exists()
+
+
+def test_specialist_needs_a_subset(base):
+    ws = new_workspace(base, "spec")
+    with pytest.raises(ValueError, match="organs"):
+        training.train_stage("specialist-colon", "demo", ws, progress=False)
+
+
+def test_mirrored_strategy_over_two_logical_cpus(base):
+    ws = new_workspace(base, "mirrored")
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from helpers import training
+r = training.train_stage('heads', 'demo', {str(ws.root)!r}, steps=3, strategy='mirrored',
+                         images_per_batch=2, progress=False)
+print('REPLICAS', training.pick_strategy('mirrored').num_replicas_in_sync, 'END', r.end_step, r.status)
+"""
+    child = run_child(code)
+    out, _ = child.communicate(timeout=600)
+    assert child.returncode == 0, out[-3000:]
+    assert "REPLICAS 2 END 3 finished" in out
+    assert optimizer_iterations(ws.checkpoints / "heads" / "ckpt-3") == 3
+
+
+def test_time_budget_stops_with_a_checkpoint(base, heads):
+    ws = new_workspace(base, "budget", copy_from=heads[0].root)
+    shutil.rmtree(ws.checkpoints / "all", ignore_errors=True)
+    # continue a finished heads as a fresh 'all' run with a budget too small for 10 steps
+    res = training.train_stage("all", "demo", ws, time_budget_s=1.0, progress=False)
+    assert res.status == "stopped: time budget" and 1 <= res.end_step < 10
+    latest = ckpts.latest_complete(ws.checkpoints / "all")
+    assert latest[0] == res.end_step  # the stop saved a checkpoint at the step reached
+
+
+@pytest.mark.slow
+def test_colab_profile_builds_full_size_model_on_cpu():
+    from helpers import config
+    from official.vision.tasks import maskrcnn
+
+    cfg = config.experiment_config("colab", "heads", ["x.tfrecord"], accelerator="cpu")
+    model = maskrcnn.MaskRCNNTask(cfg.task).build_model()
+    n = model.count_params()
+    assert n > 55_000_000  # ResNet-101-FPN Mask R-CNN
+    assert not model.backbone.trainable
