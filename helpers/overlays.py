@@ -24,6 +24,35 @@ from helpers.coco_format import Detections, decode_crop, rle_bbox
 COLORS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "missed": (0.15, 0.45, 1.0)}
 
 
+def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
+    """PNG bytes of a figure (Agg canvas; no pyplot, no global state)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _register_notebook_display() -> None:
+    """Inside IPython/Jupyter (also headless papermill runs), show a returned Figure as a
+    PNG even when no ``%matplotlib inline`` backend is active."""
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        if ip is not None:
+            ip.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+    except Exception:  # noqa: BLE001 - display glue only; never break an import
+        pass
+
+
+_register_notebook_display()
+
+
 def _paint(canvas: np.ndarray, rles: Sequence[dict], colors, fill_alpha: float = 0.3) -> None:
     """Fill each mask with its colour (alpha blend) and draw its 1-px outline opaque."""
     h, w = canvas.shape[:2]

@@ -7,8 +7,8 @@ import pytest  # noqa: E402
 
 from helpers.coco_format import Detections, encode_masks  # noqa: E402
 from helpers.evaluate import evaluate  # noqa: E402
-from helpers.overlays import (COLORS, eval_overlay, eval_overlay_array, eval_overlays, prediction_overlay,  # noqa: E402
-                              score_histogram)
+from helpers.overlays import (COLORS, eval_overlay, eval_overlay_array, eval_overlays, figure_png,  # noqa: E402
+                              prediction_overlay, score_histogram)
 
 H = W = 100
 
@@ -67,3 +67,9 @@ def test_prediction_overlay_and_histogram(case, tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (n=2)", "b (n=1)"]
     single = score_histogram(dets, bins=10).axes[0]
     assert sum(p.get_height() for p in single.patches) == 2
+
+
+def test_figure_png(case):
+    _, _, dets, _ = case
+    png = figure_png(score_histogram(dets))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
