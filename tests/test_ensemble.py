@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections, decode_rles, encode_crops, rle_iou
-from helpers.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
-                              load_strategy, merge_detections, merge_tiles, route, save_strategy, tile_grid)
+from helpers.ensemble import (TTA_OPS, EnsembleError, RouteError, Router, Strategy, augment_image, compare,
+                              default_strategies, invert_tta, load_strategy, merge_detections, merge_tiles,
+                              place_in_image, route, save_strategy, tile_grid, transform_detections)
 
 H = W = 120
 BREAST, PROSTATE, COLON = "TCGA-A7-D000-01Z-00-DX1", "TCGA-G9-D002-01Z-00-DX1", "TCGA-AY-D100-01Z-00-DX1"
@@ -202,3 +203,32 @@ def test_strategy_saved_for_the_submission(tmp_path):
     (tmp_path / "bad.json").write_text('{"name": "x"}')
     with pytest.raises(EnsembleError, match="not a saved ensemble strategy"):
         load_strategy(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("name", TTA_OPS)
+def test_tta_geometry_round_trip(name):
+    rng = np.random.default_rng(3)
+    masks = np.zeros((6, 30, 44), bool)  # non-square, masks touching borders
+    for k in range(6):
+        y, x = rng.integers(0, 25, 1)[0], rng.integers(0, 38, 1)[0]
+        masks[k, y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = rng.random() > -1
+    masks[0, 0, :] = True
+    masks[1, :, -1] = True
+    d = Detections.from_masks(masks, np.linspace(0.9, 0.4, 6))
+    # what a model predicting the augmented image would output for these nuclei
+    seen = Detections.from_masks(np.stack([augment_image(m, name) for m in masks]), d.scores)
+    assert transform_detections(d, name).rles == seen.rles
+    back = invert_tta(seen, name)
+    assert back.size == (30, 44) and back.rles == d.rles and np.allclose(back.scores, d.scores)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        invert_tta(seen, "zoom")
+
+
+def test_place_in_image():
+    tile = np.zeros((2, 20, 30), bool)
+    tile[0, 0:5, 0:5] = True
+    tile[1, 15:20, 25:30] = True
+    d = place_in_image(Detections.from_masks(tile, [0.9, 0.8]), (90, 100), (100, 120))
+    m = decode_rles(d.rles)
+    assert d.size == (100, 120) and m[0, 90:95, 100:105].all() and m[0].sum() == 25
+    assert m[1].sum() == 0  # beyond the image: clipped away
