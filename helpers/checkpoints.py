@@ -70,11 +70,20 @@ def check_checkpoint(prefix, deep: bool = True) -> str | None:
         return f"index unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     need = sum(int(np.prod(shapes[k], dtype=np.int64)) * dtypes[k].size
                for k in shapes if dtypes[k] != tf.string)
+    for k in shapes:  # string tensors (the object graph) are small: read them, count their bytes
+        if dtypes[k] == tf.string:
+            try:
+                val = np.asarray(reader.get_tensor(k), dtype=object).ravel()
+            except Exception as e:  # noqa: BLE001
+                return f"tensor {k!r} unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            need += sum(len(v) for v in val)
     have = sum(f.stat().st_size for f in data)
     if have < need:
         return f"data truncated: {have} bytes on disk, tensors need at least {need}"
     if deep:
         for name in shapes:
+            if dtypes[name] == tf.string:
+                continue  # already read above
             try:
                 reader.get_tensor(name)
             except Exception as e:  # noqa: BLE001

@@ -1,0 +1,112 @@
+"""Profiles -> Model Garden ExperimentConfig (no training here: cheap)."""
+import math
+
+import pytest
+
+from helpers import config
+
+
+def cfg(profile, stage="heads", **kw):
+    return config.experiment_config(profile, stage, ["/d/labeled-x-00000-of-00001.tfrecord"],
+                                    accelerator=kw.pop("accelerator", "cpu"), **kw)
+
+
+def test_three_profiles_keep_matterports_knobs():
+    colab, cpu, demo = (config.get_profile(p) for p in ("colab", "cpu", "demo"))
+    assert (colab.backbone, colab.images_per_batch, colab.checkpoint_every) == ("resnet101", 2, 5)
+    assert (cpu.backbone, cpu.crop_size, cpu.images_per_batch) == ("resnet50", 512, 1)
+    assert demo.resnet_depth <= 18 and demo.crop_size <= 128 and demo.pretrained is None
+    c = cfg("colab")
+    assert c.task.model.backbone.resnet.model_id == 101
+    assert c.task.train_data.global_batch_size == 2
+    assert c.trainer.checkpoint_interval == 5
+    assert c.task.init_checkpoint_modules == "backbone"
+    with pytest.raises(config.ConfigError, match="unknown profile"):
+        config.get_profile("gpu")
+    with pytest.raises(config.ConfigError, match="unknown profile knob"):
+        config.get_profile("demo", batch=3)
+
+
+def test_stages_freeze_backbone_only_for_heads():
+    assert cfg("demo", "heads").task.freeze_backbone is True
+    assert cfg("demo", "all").task.freeze_backbone is False
+    spec = cfg("demo", "specialist-colon")
+    assert spec.task.freeze_backbone is False and spec.task.init_checkpoint_modules == "all"
+    assert config.parent_stage("all") == "heads" and config.parent_stage("specialist-colon") == "all"
+    with pytest.raises(config.ConfigError):
+        config.stage_kind("everything")
+
+
+def test_sized_for_nuclei():
+    for name in config.PROFILES:
+        p = config.get_profile(name)
+        c = cfg(name)
+        m = c.task.model
+        sizes = [m.anchor.anchor_size * 2 ** l * 2 ** (s / m.anchor.num_scales)
+                 for l in range(m.min_level, m.max_level + 1) for s in range(m.anchor.num_scales)]
+        assert min(sizes) <= 16 and max(sizes) >= 96  # nuclei are 10-96 px
+        assert m.detection_generator.max_num_detections <= m.roi_generator.test_num_proposals
+        if name != "demo":
+            assert m.detection_generator.max_num_detections >= 1900  # ~1,900 nuclei per image
+            # a crop at native resolution holds ~crop^2/1e6 of up to 1,900 nuclei
+            assert c.task.train_data.parser.max_num_instances >= 1900 * p.crop_size ** 2 / 1e6
+        assert p.predict_size % 2 ** m.max_level == 0
+
+
+def test_crops_are_native_resolution_or_larger_with_flips():
+    for source in (1000, 256):
+        c = cfg("cpu", source_size=source)
+        parser = c.task.train_data.parser
+        crop = c.task.model.input_size[0]
+        # Model Garden scales the image by aug_scale * crop / source: >= 1 means never downscaled
+        assert parser.aug_scale_min * crop / source == pytest.approx(1.0)
+        assert parser.aug_scale_max * crop / source > 1.0
+        assert parser.aug_rand_hflip and parser.aug_rand_vflip
+    colour = cfg("colab").task.train_data.parser.aug_type
+    assert colour.type == "randaug" and "Rotate" in colour.randaug.exclude_ops
+
+
+def test_lr_schedule_spans_the_stages_global_steps():
+    c = cfg("demo", steps=40)
+    assert c.trainer.train_steps == 40
+    assert c.trainer.optimizer_config.learning_rate.cosine.decay_steps == 40
+    assert c.trainer.optimizer_config.warmup.linear.warmup_steps <= 40
+    assert cfg("colab", "all").trainer.optimizer_config.learning_rate.cosine.initial_learning_rate < \
+        cfg("colab", "heads").trainer.optimizer_config.learning_rate.cosine.initial_learning_rate
+
+
+def test_mixed_precision_only_on_gpu():
+    assert cfg("colab", accelerator="gpu").runtime.mixed_precision_dtype == "float16"
+    assert cfg("colab", accelerator="gpu").task.train_data.dtype == "float16"
+    assert cfg("colab", accelerator="cpu").runtime.mixed_precision_dtype == "float32"
+    assert cfg("demo", accelerator="gpu").runtime.mixed_precision_dtype == "float32"
+
+
+def test_fingerprint_tracks_what_matters_only():
+    a = cfg("demo")
+    assert config.fingerprint(a) == config.fingerprint(cfg("demo"))
+    # where the data lives, init weights and save frequency may change between runs
+    moved = config.experiment_config("demo", "heads", ["/drive/elsewhere/labeled-x-00000-of-00001.tfrecord"],
+                                     accelerator="cpu", init_checkpoint="/x/ckpt-3")
+    assert config.fingerprint(moved) == config.fingerprint(a)
+    often = config.experiment_config(config.get_profile("demo", checkpoint_every=2), "heads",
+                                     ["/d/labeled-x-00000-of-00001.tfrecord"], accelerator="cpu")
+    assert config.fingerprint(often) == config.fingerprint(a)
+    # steps, data, learning rate do not
+    for other in (cfg("demo", steps=99),
+                  config.experiment_config("demo", "heads", ["/d/labeled-y-00000-of-00001.tfrecord"],
+                                           accelerator="cpu"),
+                  config.experiment_config(config.get_profile("demo", learning_rate=0.5), "heads",
+                                           ["/d/labeled-x-00000-of-00001.tfrecord"], accelerator="cpu")):
+        assert config.fingerprint(other) != config.fingerprint(a)
+    diff = config.diff_fingerprints(config.fingerprint_dict(a), config.fingerprint_dict(cfg("demo", steps=99)))
+    assert "trainer.train_steps: 10 -> 99" in diff
+
+
+def test_invalid_requests_are_clear_errors():
+    with pytest.raises(config.ConfigError, match="never downscaled"):
+        config.experiment_config(config.get_profile("demo", scale_jitter=(0.5, 1.0)), "heads", [],
+                                 accelerator="cpu")
+    with pytest.raises(config.ConfigError, match="multiples"):
+        config.experiment_config(config.get_profile("demo", crop_size=100), "heads", [], accelerator="cpu")
+    assert "resnet101" in config.describe("colab") and "checkpoint_every 5" in config.describe("colab")
