@@ -401,6 +401,37 @@ class Detections:
         return cls(rles, scores, size)
 
 
+def detections_from_model_garden(box_masks: np.ndarray, boxes_yxyx: np.ndarray, scores: np.ndarray,
+                                 size: Sequence[int], num_detections: int | None = None,
+                                 chunk: int = 64) -> Detections:
+    """Detections of one image from Model Garden Mask R-CNN outputs, pasted the way Model
+    Garden's own COCO evaluation does it (``box_ops.yxyx_to_xywh`` +
+    ``mask_ops.paste_instance_masks``, threshold 0.5), ``chunk`` masks at a time so only
+    ``chunk`` full-size masks exist at once.
+
+    ``box_masks`` (K, m, m) box-relative mask probabilities, ``boxes_yxyx`` (K, 4) in pixel
+    coordinates of the image of ``size = (H, W)``, ``scores`` (K,); only the first
+    ``num_detections`` are used (Model Garden pads to a fixed K).
+    """
+    from official.vision.ops import box_ops, mask_ops
+
+    height, width = int(size[0]), int(size[1])
+    n = len(scores) if num_detections is None else int(num_detections)
+    box_masks = np.asarray(box_masks)[:n]
+    boxes = np.asarray(boxes_yxyx, np.float64)[:n]
+    scores = np.asarray(scores, np.float64)[:n]
+    if len(box_masks) != n or len(boxes) != n or len(scores) != n:
+        raise ValueError(f"need {n} masks, boxes and scores; got {len(box_masks)}, {len(boxes)}, {len(scores)}")
+    if n == 0:
+        return Detections.empty((height, width))
+    xywh = box_ops.yxyx_to_xywh(boxes)
+    rles: list[dict] = []
+    for s in range(0, n, max(1, int(chunk))):
+        pasted = mask_ops.paste_instance_masks(box_masks[s:s + chunk], xywh[s:s + chunk], height, width)
+        rles.extend(encode_masks(pasted))
+    return Detections(rles, scores, (height, width))
+
+
 # --------------------------------------------------------------------------- COCO structures
 def result_entries(image_id: int, dets: Detections, category_id: int = CATEGORY_ID) -> list[dict]:
     """COCO result entries ``{image_id, category_id, segmentation, bbox, score}``;

@@ -123,3 +123,22 @@ def test_encode_equals_pycocotools_on_edge_cases():
         m = rng.random((h, w)) > rng.uniform(0.1, 0.9)
         ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
         assert encode_masks(m[None])[0]["counts"] == ref, m
+
+
+def test_detections_from_model_garden_outputs():
+    """Box-relative masks pasted with Model Garden's own mask_ops, padding dropped."""
+    from helpers.coco_format import detections_from_model_garden
+
+    masks = np.zeros((4, 28, 28), np.float32)
+    masks[0] = 1.0  # fills its box
+    masks[1, :14, :] = 0.9  # upper half of its box
+    boxes = np.array([[10, 20, 40, 60], [50, 0, 90, 30], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # yxyx
+    d = detections_from_model_garden(masks, boxes, np.array([0.9, 0.8, 0.0, 0.0]), (100, 120),
+                                     num_detections=2, chunk=1)
+    assert len(d) == 2 and d.size == (100, 120)
+    x, y, w, h = d.boxes[0]
+    assert abs(x - 20) <= 2 and abs(y - 10) <= 2 and abs(w - 40) <= 3 and abs(h - 30) <= 3
+    m = d.masks()
+    assert m[0, 25, 40] and not m[0, 60, 40]
+    assert m[1, 55, 15] and not m[1, 85, 15]  # only the upper half
+    assert len(detections_from_model_garden(masks, boxes, np.zeros(4), (100, 120), num_detections=0)) == 0
