@@ -41,6 +41,7 @@ class SubmissionError(ValueError):
 
 @dataclass(frozen=True)
 class TestImage:
+    __test__ = False  # not a pytest test class
     file_name: str   # "TCGA-....png"
     image_id: str    # file stem, the id used by the dataset and the prediction cache
     coco_id: int     # the id answer.json must use
