@@ -264,13 +264,18 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
     if nz == 0:
         raise DatasetError(f"{path} is empty (no foreground pixel); remove it: each mask must "
                            "hold exactly one nucleus")
-    top = m.max()
-    if int(np.count_nonzero(m == top)) != nz:
+    # value checks on the bounding box only (a nucleus is tiny next to the image)
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    top = crop.max()
+    if int(np.count_nonzero(crop == top)) != nz:
         vals = np.unique(m)
         raise DatasetError(f"{path} is not binary (values {vals[:6].tolist()}{'...' if len(vals) > 6 else ''}); "
                            "masks must be 0 for background and one value (255) for the nucleus: "
                            "threshold it, e.g. mask = (mask > 127) * 255")
-    return m == top
+    out = np.zeros(m.shape, dtype=bool)
+    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = crop == top
+    return out
 
 
 def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int | None = None) -> np.ndarray:
