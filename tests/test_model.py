@@ -1,0 +1,79 @@
+"""Loading a trained demo stage for prediction and running it on whole images."""
+import numpy as np
+import pytest
+
+from _training_support import demo_dataset, trained
+from helpers import checkpoints as ckpts
+from helpers import model as M
+
+
+@pytest.fixture(scope="session")
+def heads_ws(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "training"
+    ws, _ = trained(base, ("heads",))
+    return ws, base
+
+
+@pytest.fixture(scope="session")
+def loaded(heads_ws):
+    ws, _ = heads_ws
+    return M.load_model(ws, "heads", "demo", min_score=0.0)
+
+
+@pytest.fixture(scope="session")
+def image(heads_ws):
+    from helpers.dataset import open_dataset, read_image
+
+    return read_image(open_dataset(demo_dataset(heads_ws[1])).train[0].image_path)
+
+
+def test_load_restores_the_newest_complete_checkpoint(heads_ws, loaded):
+    import tensorflow as tf
+
+    ws, _ = heads_ws
+    model, params = loaded
+    assert params.task.init_checkpoint.endswith("ckpt-10")
+    r = tf.train.load_checkpoint(str(ws.checkpoints / "heads" / "ckpt-10"))
+    key = next(k for k in r.get_variable_to_shape_map()
+               if k.startswith("mask_head/") and k.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE"))
+    stored = r.get_tensor(key)
+    assert any(np.array_equal(v.numpy(), stored) for v in model.mask_head.weights)
+
+
+def test_predict_full_resolution_image(loaded, image):
+    model, params = loaded
+    det = M.predict_image(model, params, image, score_threshold=0.0, paste=True)
+    n = len(det["scores"])
+    h, w = image.shape[:2]
+    assert n > 0 and det["image_shape"] == (h, w)
+    assert det["boxes"].shape == (n, 4) and det["masks"].shape[0] == n
+    assert det["masks"].shape[1] == det["masks"].shape[2] == 28  # box-relative
+    assert det["full_masks"].shape == (n, h, w) and det["full_masks"].dtype == bool
+    assert np.all(np.diff(det["scores"]) <= 0)
+    assert det["boxes"].min() >= 0 and det["boxes"][:, 2].max() <= h and det["boxes"][:, 3].max() <= w
+    assert set(np.unique(det["classes"])) <= {1}
+    # pasting one at a time gives the same masks
+    for i, m in M.iter_pasted_masks(det, chunk=7):
+        np.testing.assert_array_equal(m, det["full_masks"][i])
+
+
+def test_any_image_size_is_padded_not_resized(loaded, image):
+    model, params = loaded
+    crop = image[:200, :230]  # not a multiple of 32
+    det = M.predict_image(model, params, crop, score_threshold=0.0)
+    assert det["image_shape"] == (200, 230)
+    assert det["boxes"][:, 2].max() <= 200 and det["boxes"][:, 3].max() <= 230
+    with pytest.raises(ValueError, match="uint8"):
+        M.predict_image(model, params, image.astype(np.float32))
+
+
+def test_chosen_checkpoint_and_torn_one_refused(heads_ws):
+    ws, _ = heads_ws
+    prefix = M.resolve_checkpoint(ws, "heads", 5)
+    assert prefix.name == "ckpt-5"
+    with pytest.raises(M.CheckpointNotFound, match="ckpt-7"):
+        M.resolve_checkpoint(ws, "heads", 7)
+    with pytest.raises(M.CheckpointNotFound, match="not been trained"):
+        M.load_model(ws, "all-but-not-trained")
+    with pytest.raises(ValueError, match="profile"):
+        M.stage_params(ws, "heads", profile="colab")
