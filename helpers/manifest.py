@@ -200,16 +200,26 @@ def read_manifest(path: str | os.PathLike = REPO_MANIFEST) -> list[dict]:
 
 
 def summarize(rows: Iterable[dict]) -> dict:
-    """Counts per split and per organ (for notebooks and tests)."""
+    """Counts for notebooks and tests: images and nuclei per split, images per
+    organ and split, nuclei per organ (labeled images)."""
     rows = list(rows)
-    out = {"images": Counter(r["split"] for r in rows),
-           "nuclei": Counter(),
-           "organs": defaultdict(Counter)}
+    images, nuclei, organ_nuclei = Counter(), Counter(), Counter()
+    organs: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
-        out["nuclei"][r["split"]] += r["n_nuclei"]
-        out["organs"][r["organ"]][r["split"]] += 1
-    return {"images": dict(out["images"]), "nuclei": dict(out["nuclei"]),
-            "organs": {o: dict(c) for o, c in sorted(out["organs"].items())}}
+        images[r["split"]] += 1
+        nuclei[r["split"]] += r["n_nuclei"]
+        organs[r["organ"]][r["split"]] += 1
+        organ_nuclei[r["organ"]] += r["n_nuclei"]
+    return {"images": dict(images), "nuclei": dict(nuclei),
+            "organs": {o: dict(c) for o, c in sorted(organs.items())},
+            "organ_nuclei": dict(sorted(organ_nuclei.items()))}
+
+
+def manifest_for(root: str | os.PathLike) -> list[dict]:
+    """The manifest that belongs to a dataset folder: ``root/data_manifest.csv``
+    if it has one (the demo data does), else the committed one for the real data."""
+    own = Path(root) / MANIFEST_NAME
+    return read_manifest(own if own.is_file() else REPO_MANIFEST)
 
 
 # --------------------------------------------------------------------------- validate

@@ -9,7 +9,7 @@ from PIL import Image
 
 from helpers.dataset import DatasetError, open_dataset
 from helpers.demo_data import make_demo_dataset
-from helpers.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split,
+from helpers.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split, manifest_for,
                               organ_ids, read_manifest, set_val_split, split_ids, summarize,
                               validate_against_manifest, write_manifest)
 from helpers.organs import organ_of
@@ -145,6 +145,12 @@ def test_committed_manifest_is_consistent():
     assert all(re.fullmatch(r"[0-9a-f]{64}", r["sha256"]) for r in rows)
     assert {r["image_id"]: r["shard"] for r in assign_shards(rows)} == {r["image_id"]: r["shard"] for r in rows}
     assert split_ids(rows, "val") == choose_val_split(rows)
+    assert sum(s["organ_nuclei"].values()) == 14598 and s["organ_nuclei"]["kidney"] == 5577
+
+
+def test_manifest_for_prefers_the_dataset_own_manifest(demo, tmp_path):
+    assert manifest_for(demo) == read_manifest(demo / "data_manifest.csv")
+    assert manifest_for(tmp_path) == read_manifest(REPO_MANIFEST)
 
 
 @pytest.mark.realdata
