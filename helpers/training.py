@@ -414,6 +414,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     from official.vision.tasks import maskrcnn as _registers_task  # noqa: F401
 
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
+    tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
     bar = _Progress(stage, start, planned, enabled=progress)
     with strat.scope():
