@@ -19,6 +19,12 @@ from helpers.workspace import get_workspace
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 
+# Parameters the headless demo adds to the notebooks' own defaults: a route table so that
+# notebook 04 compares a routed ensemble too, and leave to replace the demo's own answer.
+PROFILE_PARAMETERS = {
+    "demo": {"route_by_organ": {"breast": "all"}, "overwrite": True},
+}
+
 
 def workflow_notebooks(upto: str | None = None) -> list[Path]:
     """The numbered notebooks in order, optionally only up to the one whose name starts with ``upto``."""
@@ -67,7 +73,8 @@ def run_workflow(profile: str = "demo", upto: str | None = None, parameters: dic
     for nb in workflow_notebooks(upto):
         t0 = time.time()
         print(f"▶ {nb.name} (profile={profile})", flush=True)
-        done.append(run_notebook(nb, {"profile": profile, **(parameters or {})}, workspace_root, log_output))
+        params = {"profile": profile, **PROFILE_PARAMETERS.get(profile, {}), **(parameters or {})}
+        done.append(run_notebook(nb, params, workspace_root, log_output))
         print(f"✔ {nb.name} in {time.time() - t0:.0f} s → {done[-1]}", flush=True)
     return done
 

@@ -148,7 +148,7 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
         else:  # place the tile in the augmented frame, then map the whole frame back
             full = _detections_from_model(det, (y0, x0), (vh, vw))
             if inverse is not None and len(full):
-                full = Detections.from_masks(inverse(full.masks), full.scores)
+                full = Detections.from_masks(inverse(full.masks()), full.scores)
             parts.append(full)
     if len(windows) == 1:
         out = parts[0]
@@ -219,9 +219,9 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
             computed += 1
         parts[aug or "plain"][image_id] = cache.get_or_compute(key, lambda: compute(image_id, aug), meta)
     bar.close()
-    if progress:
-        print(f"{name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "
-              f"with {prefix.name} in {time.time() - t0:.1f} s")
+    # one line even without a bar: what was computed and what came from the cache
+    print(f"{name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "
+          f"with {prefix.name} in {time.time() - t0:.1f} s")
     if tta:
         fused = {i: merge_detections([parts[a or "plain"][i] for a in augs], merge, iou_threshold)
                  for i in image_ids}

@@ -22,3 +22,17 @@ def workspace(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NUCLEI_WORKSPACE", str(tmp_path / "ws"))
     return get_workspace()
+
+
+@pytest.fixture(scope="session")
+def demo_workflow(tmp_path_factory):
+    """The README's demo (notebooks 01→05, headless, demo profile) run once per session.
+
+    Returns the workspace; the executed notebooks are in ``ws.runs``.
+    """
+    from helpers.notebooks import run_workflow
+    from helpers.workspace import get_workspace
+
+    root = tmp_path_factory.getbasetemp() / "demo_workflow"
+    run_workflow("demo", workspace_root=root)
+    return get_workspace(root)

@@ -1,0 +1,101 @@
+"""Prediction with a real (tiny, demo-trained) Model Garden model: TTA mapping, cache, errors."""
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import checkpoints as ckpts
+from helpers import predict
+from helpers.coco_format import rle_iou
+from helpers.model import CheckpointNotFound
+
+
+@pytest.fixture(scope="session")
+def ws(demo_workflow):
+    # the workspace of the README's demo run: its `all` stage has learned to find nuclei
+    return demo_workflow
+
+
+@pytest.mark.parametrize("aug", sorted(predict.AUGMENTATIONS))
+def test_augmentation_inverse_restores_masks(aug):
+    forward, inverse = predict.AUGMENTATIONS[aug]
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)  # not square: rotations must swap axes back
+    masks = rng.random((3, 5, 7)) > 0.5
+    # a mask drawn on the augmented image at the augmented place of a pixel comes back to that pixel
+    aug_masks = np.stack([forward(m[:, :, None])[:, :, 0] for m in masks])
+    assert forward(image).shape[:2] == aug_masks.shape[1:]
+    np.testing.assert_array_equal(inverse(aug_masks), masks)
+
+
+def test_flipped_prediction_is_mapped_back(ws):
+    from helpers.model import load_model
+
+    model, params = load_model(ws, "all", min_score=0.0)
+    image = predict.load_image(ws, predict.split_ids(ws, "val")[0])
+    via_tta = predict.predict_detections(model, params, image, "hflip", score_threshold=0.0)
+    direct = predict.predict_detections(model, params, np.ascontiguousarray(image[:, ::-1]),
+                                        score_threshold=0.0)
+    assert len(via_tta) == len(direct) > 0
+    back = direct.masks()[:, :, ::-1]
+    np.testing.assert_array_equal(via_tta.masks(), back)
+    assert via_tta.size == image.shape[:2]
+
+
+def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):
+    ids = predict.split_ids(ws, "val", "test")
+    first = predict.predict_stage(ws, "all", ids, tta=("hflip",), name="cachetest", score_threshold=0.0,
+                                  progress=False)
+    assert f"({2 * len(ids)} computed, 0 from cache)" in capsys.readouterr().out
+    for image_id, dets in first.items():
+        assert dets.size == predict.load_image(ws, image_id).shape[:2]
+        assert len(dets) > 0 and np.all((dets.scores >= 0) & (dets.scores <= 1))
+    again = predict.predict_stage(ws, "all", ids, tta=("hflip",), name="cachetest", score_threshold=0.0,
+                                  progress=False)
+    assert f"(0 computed, {2 * len(ids)} from cache)" in capsys.readouterr().out
+    for image_id in ids:
+        assert again[image_id].rles == first[image_id].rles
+    # an older checkpoint is another model state: its predictions are computed, not read
+    older = ckpts.list_checkpoints(ws.checkpoints / "all")[-2][0]
+    predict.predict_stage(ws, "all", ids[:1], name="cachetest", score_threshold=0.0, checkpoint=older,
+                          progress=False)
+    assert "(1 computed, 0 from cache)" in capsys.readouterr().out
+
+
+def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
+    from helpers.model import load_model
+
+    model, params = load_model(ws, "all", min_score=0.0)
+    image = predict.load_image(ws, predict.split_ids(ws, "val")[0])
+    dets = predict.predict_detections(model, params, image, tile=160, overlap=64, score_threshold=0.0)
+    assert dets.size == image.shape[:2] and len(dets) > 0
+    x, y, w, h = dets.boxes.T
+    assert (x >= 0).all() and (y >= 0).all() and (x + w <= image.shape[1]).all() and (y + h <= image.shape[0]).all()
+    iou = rle_iou(dets.rles, dets.rles)
+    np.fill_diagonal(iou, 0)
+    assert iou.max() < 0.95  # a nucleus seen by two tiles is joined, not kept twice
+
+
+def test_ground_truth_comes_from_the_shards(ws):
+    from helpers.shards import read_shard, select_shards
+
+    val = predict.split_ids(ws, "val")
+    gt = predict.load_ground_truth(ws, val)
+    rec = read_shard(select_shards(ws.shards, image_ids=val[:1], splits=None)[0])
+    assert len(gt[val[0]]) == len(rec["masks"]) > 0
+    with pytest.raises(predict.PredictionError, match="test image"):
+        predict.load_ground_truth(ws, predict.split_ids(ws, "test")[:1])
+
+
+def test_bad_requests_are_clear_errors(ws, tmp_path):
+    with pytest.raises(predict.PredictionError, match="not in .*index.json"):
+        predict.predict_stage(ws, "all", ["TCGA-XX-NOPE-01Z-00-DX1"], progress=False)
+    with pytest.raises(predict.PredictionError, match="unknown"):
+        predict.predict_stage(ws, "all", predict.split_ids(ws, "val"), tta=("shear",), progress=False)
+    with pytest.raises(CheckpointNotFound, match="no complete checkpoint"):
+        empty = ws.checkpoints / "specialist-empty"
+        empty.mkdir(exist_ok=True)
+        try:
+            predict.predict_stage(ws, "specialist-empty", predict.split_ids(ws, "val"), progress=False)
+        finally:
+            shutil.rmtree(empty)

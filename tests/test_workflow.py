@@ -1,0 +1,57 @@
+"""The whole workflow, as the README's demo command runs it: notebooks 01→05 headless."""
+import json
+import zipfile
+
+import pytest
+from pycocotools.coco import COCO
+
+from helpers import predict, submission
+from helpers.notebooks import workflow_notebooks
+
+
+def _outputs(nb_path):
+    nb = json.loads(nb_path.read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return text, images, errors
+
+
+def test_every_notebook_ran_and_was_saved_with_outputs(demo_workflow):
+    names = [nb.name for nb in workflow_notebooks()]
+    assert names[0].startswith("01") and names[-1].startswith("05") and len(names) == 5
+    for name in names:
+        text, images, errors = _outputs(demo_workflow.runs / name)
+        assert not errors, f"{name} has an error output"
+        assert images >= 1, f"{name} shows no figure"
+
+
+def test_answer_zip_is_valid_and_loads_in_pycocotools(demo_workflow):
+    zpath = demo_workflow.submission / "answer.zip"
+    with zipfile.ZipFile(zpath) as zf:
+        assert zf.namelist() == ["answer.json"]
+        entries = json.loads(zf.read("answer.json"))
+    tests = submission.load_test_images(demo_workflow.data / "demo")
+    assert {e["image_id"] for e in entries} == {t.coco_id for t in tests}  # every test image answered
+    submission.validate_answer(entries, tests)
+    gt = COCO()
+    gt.dataset = json.loads((demo_workflow.data / "demo" / "test_img_ids.json").read_text())
+    gt.createIndex()
+    res = gt.loadRes(entries)
+    assert len(res.anns) == len(entries)
+
+
+def test_notebook_04_compares_models_route_and_merge(demo_workflow):
+    text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
+    for strategy in ("heads", "all", "all+tta", "route", "merge-nms", "merge-wmf"):
+        assert f"\n{strategy} " in text, strategy
+    assert "chosen:" in text
+    # the demo model learned something: the chosen strategy beats nothing on validation
+    choice = json.loads((demo_workflow.predictions / "ensemble.json").read_text())
+    assert choice["name"] in text
+
+
+def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
+    ids = predict.split_ids(demo_workflow, "val", "test")
+    predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False)
+    assert f"(0 computed, {3 * len(ids)} from cache)" in capsys.readouterr().out
