@@ -202,3 +202,31 @@ def test_colab_profile_builds_full_size_model_on_cpu():
     n = model.count_params()
     assert n > 55_000_000  # ResNet-101-FPN Mask R-CNN
     assert not model.backbone.trainable
+
+
+def test_specialist_trains_on_the_chosen_organ_only(base):
+    import json as _json
+
+    ws = new_workspace(base, "spec_plan")
+    index = _json.loads((ws.shards / "index.json").read_text())["shards"]
+    organ = next(e["organ"] for e in index if e["split"] == "train")
+    _, cfg, sdir = training.plan_stage("specialist-x", "demo", ws, organs=[organ])
+    files = cfg.task.train_data.input_path
+    want = {e["file"] for e in index if e["organ"] == organ and e["split"] == "train"}
+    assert {os.path.basename(f) for f in files} == want and sdir.name == "specialist-x"
+    assert cfg.task.freeze_backbone is False and cfg.task.init_checkpoint_modules == "all"
+
+
+def test_unreachable_pretrained_weights_fail_fast_with_the_way_out(base):
+    from helpers import config
+
+    ws = new_workspace(base, "pretrained")
+    prof = config.get_profile("demo", pretrained="https://weights.invalid/resnet.tar.gz")
+    t0 = time.time()
+    with pytest.raises(training.PretrainedWeightsUnavailable, match="from_scratch=True"):
+        training.resolve_pretrained(prof, ws, timeout_s=5)
+    assert time.time() - t0 < 30
+    with pytest.raises(training.PretrainedWeightsUnavailable):
+        training.train_stage("heads", "demo", ws, pretrained="https://weights.invalid/r.tar.gz",
+                             progress=False)
+    assert not list((ws.checkpoints / "heads").glob("ckpt-*"))  # nothing trained on a surprise
