@@ -244,13 +244,22 @@ def pick_strategy(strategy=None):
 
 # ----------------------------------------------------------------------------- runner
 
+class _StopForBudget(Exception):
+    """Raised by the progress action when the next step would overrun the time budget."""
+
+
 class _Progress:
-    """Orbit train action: a tqdm line with step/total, losses and s/step."""
+    """Orbit train action: a tqdm line with step/total, losses and s/step; time budget.
+
+    Orbit has no "stop now" hook; an action runs after every loop of
+    ``steps_per_loop`` (=1) steps, so raising from it ends ``Controller.train``
+    cleanly between two steps, and the runner then saves a checkpoint.
+    """
 
     KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
             "frcnn_box_loss", "mask_loss")
 
-    def __init__(self, stage, start, total, enabled=True):
+    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
@@ -258,6 +267,8 @@ class _Progress:
         self.times: list[float] = []
         self.last = time.perf_counter()
         self.last_output: dict = {}
+        self.t0 = t0 if t0 is not None else time.perf_counter()
+        self.budget_s = budget_s
 
     def __call__(self, output):
         now = time.perf_counter()
@@ -273,6 +284,10 @@ class _Progress:
                 "s/step": f"{self.s_per_step or self.times[-1]:.2f}"}
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
+        if self.budget_s is not None:
+            est = self.s_per_step or 0.0  # the first step's time is mostly tracing: no estimate yet
+            if now - self.t0 + 1.5 * est > self.budget_s:
+                raise _StopForBudget()
 
     def mark(self):
         self.last = time.perf_counter()
@@ -416,12 +431,16 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
-    bar = _Progress(stage, start, planned, enabled=progress)
+    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s)
     with strat.scope():
         task = task_factory.get_task(cfg.task, logging_dir=str(sdir))
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
-        runner = train_lib.OrbitExperimentRunner(distribution_strategy=strat, task=task, mode="train",
-                               params=cfg, model_dir=str(sdir), train_actions=[bar])
+        runner = train_lib.OrbitExperimentRunner(
+            distribution_strategy=strat, task=task, mode="train", params=cfg, model_dir=str(sdir),
+            # Synchronous saves: with Orbit's async checkpointing we measured a resumed run
+            # whose optimizer iterations were one ahead of its global step (the background
+            # copy raced the next step), i.e. a checkpoint mixing two steps.
+            train_actions=[bar], enable_async_checkpointing=False)
     controller = runner.controller
     gstep = int(runner.trainer.global_step.numpy())
     if gstep != start:
@@ -435,22 +454,29 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
             controller.save_checkpoint()
 
     status = "finished" if target == planned else "stopped: stop_at_step"
+    if time_budget_s is not None and time.perf_counter() - t_call > time_budget_s:
+        status = "stopped: time budget"  # the model build alone used the budget
+        target = start
     bar.mark()
+    quiet = contextlib.redirect_stdout(io.StringIO())
     try:
-        with strat.scope():
-            while gstep < target:
-                elapsed = time.perf_counter() - t_call
-                est = bar.s_per_step or (bar.times[-1] if bar.times else 0.0)
-                if time_budget_s is not None and gstep > start and elapsed + 1.5 * est > time_budget_s:
-                    status = "stopped: time budget"
-                    break
-                with contextlib.redirect_stdout(io.StringIO()):
-                    controller.train(steps=gstep + 1, checkpoint_at_completion=False)
-                gstep = int(runner.trainer.global_step.numpy())
-            with contextlib.redirect_stdout(io.StringIO()):
-                controller.save_checkpoint()  # no-op when this step is already saved
+        with strat.scope(), quiet:
+            # Model Garden's loop: steps, CheckpointManager saves every N, summaries.
+            controller.train(steps=target, checkpoint_at_completion=True)
+    except (_StopForBudget, KeyboardInterrupt) as stop:
+        status = "stopped: time budget" if isinstance(stop, _StopForBudget) else "interrupted"
+        with strat.scope(), quiet:
+            controller.save_checkpoint()  # the step reached; a no-op if already saved
+        if isinstance(stop, KeyboardInterrupt):
+            bar.close()
+            print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved; "
+                  "re-run to resume")
+            raise
     finally:
+        if runner.checkpoint_manager is not None:
+            runner.checkpoint_manager.sync()  # an async save must be complete before we return
         bar.close()
+    gstep = int(runner.trainer.global_step.numpy())
     opt = runner.trainer.optimizer
     iters = int(opt.iterations.numpy())
     lr = opt.learning_rate
