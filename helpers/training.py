@@ -339,7 +339,8 @@ def _parent_checkpoint(ws: Workspace, stage: str) -> str:
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
-               accelerator: str | None = None, **profile_overrides):
+               splits: Sequence[str] = ("train",), accelerator: str | None = None,
+               **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage."""
     ws = _ws(workspace)
     prof = cfglib.get_profile(profile, **profile_overrides)
@@ -348,7 +349,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
         index = Path(files[0]).parent / "index.json"
         source_size = _source_size(index, files) if index.is_file() else 1000
     else:
-        files, source_size = training_files(ws, stage, image_ids=image_ids, organs=organs)
+        files, source_size = training_files(ws, stage, image_ids=image_ids, organs=organs,
+                                            splits=splits)
     cfg = cfglib.experiment_config(prof, stage, files, steps=steps, source_size=source_size,
                                    accelerator=accelerator)
     return prof, cfg, stage_dir(ws, stage)
@@ -357,7 +359,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
 def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                 time_budget_s: float | None = None, stop_at_step: int | None = None,
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
-                train_files: Sequence[str] | None = None, from_scratch: bool = False, init_checkpoint: str | None = None,
+                train_files: Sequence[str] | None = None, splits: Sequence[str] = ("train",),
+                from_scratch: bool = False, init_checkpoint: str | None = None,
                 strategy=None, progress: bool = True, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
@@ -374,6 +377,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       stop_at_step: stop (with a checkpoint) at this global step; re-run to continue.
       image_ids / organs: training subset (specialist stages), via helpers.shards.select_shards.
       train_files: explicit shard paths instead (bypasses the workspace's shard index).
+      splits: manifest splits to train on; ("train", "val") for a final model on every
+        labeled image (other data: the fingerprint check refuses to mix it into a stage
+        already trained on "train" only).
       from_scratch: heads stage without pretrained weights.
       init_checkpoint: explicit checkpoint for a fresh heads stage (a local copy
         of the pretrained backbone).
@@ -386,7 +392,8 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     ws = _ws(workspace)
     kind = cfglib.stage_kind(stage)
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
-                                 organs=organs, train_files=train_files, **profile_overrides)
+                                 organs=organs, train_files=train_files, splits=splits,
+                                 **profile_overrides)
     planned = int(cfg.trainer.train_steps)
     info, latest = _check_stage_dir(sdir, cfg, stage)
     start = latest[0] if latest else 0
