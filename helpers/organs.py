@@ -8,7 +8,10 @@ Source: GDC, "TCGA Code Tables" -> "Tissue Source Site Codes"
 (https://gdc.cancer.gov/resources-tcga-users/tcga-code-tables/tissue-source-site-codes),
 columns TSS Code / Source Site / Study Name. The table below copies the rows for
 the codes that occur in the course dataset (the MoNuSeg / Kumar et al. images),
-with the study abbreviation, and the organ the study is about.
+with the study abbreviation, and the organ the study is about. The source-site
+names of all 18 codes were cross-checked against a public copy of the TSS code
+list (site names only); the study of 18 and 21 (LUSC) against a copy that
+lists studies too.
 
 Where MoNuSeg disagrees: Kumar et al. (IEEE TMI 2017) and the MoNuSeg 2018
 challenge label the images with codes 18, 21, 38, 49 and 50 as **liver**, but in
@@ -40,7 +43,7 @@ TSS_TABLE: dict[str, tuple[str, str, str]] = {
     "AR": ("Mayo", "BRCA", "breast"),
     "E2": ("Roswell Park", "BRCA", "breast"),
     "B0": ("University of Pittsburgh", "KIRC", "kidney"),
-    "HE": ("Ontario Institute for Cancer Research", "KIRP", "kidney"),
+    "HE": ("Ontario Institute for Cancer Research (OICR)", "KIRP", "kidney"),
     "CH": ("Indivumed", "PRAD", "prostate"),
     "G9": ("Roswell Park", "PRAD", "prostate"),
     "DK": ("Memorial Sloan Kettering", "BLCA", "bladder"),
