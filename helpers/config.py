@@ -220,6 +220,7 @@ def experiment_config(
     source_size: int | None = None,
     init_checkpoint: str | None = None,
     accelerator: str | None = None,
+    init_modules: str | Sequence[str] | None = None,
 ):
     """The Model Garden ``ExperimentConfig`` for one profile and stage.
 
@@ -236,6 +237,9 @@ def experiment_config(
         (pretrained backbone for ``heads``; the parent stage's final
         checkpoint for ``all``/specialist).
       accelerator: 'gpu'/'tpu'/'cpu'; detected when None. Decides mixed precision.
+      init_modules: what to load from ``init_checkpoint`` on a fresh stage; default
+        "backbone" for heads (ImageNet ResNet), "all" otherwise. ["backbone", "decoder"]
+        fits a Model Garden COCO Mask R-CNN checkpoint (its heads have 91 classes).
     """
     from official.core import exp_factory
     from official.vision.configs import maskrcnn as _registers_maskrcnn  # noqa: F401
@@ -266,7 +270,9 @@ def experiment_config(
 
     lr = prof.learning_rate if kind == "heads" else prof.learning_rate_all
     warmup = min(prof.warmup_steps, max(total // 5, 0))
-    modules = "backbone" if kind == "heads" else "all"
+    modules = init_modules or ("backbone" if kind == "heads" else "all")
+    if not isinstance(modules, str):
+        modules = list(modules)
 
     cfg = exp_factory.get_exp_config(BASE_EXPERIMENT)
     cfg.override({

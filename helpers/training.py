@@ -340,7 +340,7 @@ def _parent_checkpoint(ws: Workspace, stage: str) -> str:
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
-               **profile_overrides):
+               init_modules=None, **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage."""
     ws = _ws(workspace)
     prof = cfglib.get_profile(profile, **profile_overrides)
@@ -352,7 +352,7 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
         files, source_size = training_files(ws, stage, image_ids=image_ids, organs=organs,
                                             splits=splits)
     cfg = cfglib.experiment_config(prof, stage, files, steps=steps, source_size=source_size,
-                                   accelerator=accelerator)
+                                   accelerator=accelerator, init_modules=init_modules)
     return prof, cfg, stage_dir(ws, stage)
 
 
@@ -361,7 +361,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
                 train_files: Sequence[str] | None = None, splits: Sequence[str] = ("train",),
                 from_scratch: bool = False, init_checkpoint: str | None = None,
-                strategy=None, progress: bool = True, **profile_overrides) -> StageResult:
+                init_modules=None, strategy=None, progress: bool = True, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
     Args:
@@ -382,7 +382,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         already trained on "train" only).
       from_scratch: heads stage without pretrained weights.
       init_checkpoint: explicit checkpoint for a fresh heads stage (a local copy
-        of the pretrained backbone).
+        of the pretrained backbone, or a Model Garden COCO Mask R-CNN checkpoint).
+      init_modules: what to load from it: "backbone" (default for heads) or
+        ["backbone", "decoder"] for a COCO Mask R-CNN checkpoint.
       strategy: None (automatic), "tpu", "mirrored", "default" or a Strategy.
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
@@ -393,7 +395,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     kind = cfglib.stage_kind(stage)
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
                                  organs=organs, train_files=train_files, splits=splits,
-                                 **profile_overrides)
+                                 init_modules=init_modules, **profile_overrides)
     planned = int(cfg.trainer.train_steps)
     info, latest = _check_stage_dir(sdir, cfg, stage)
     start = latest[0] if latest else 0
