@@ -33,7 +33,6 @@ shards not in the index are reported and rewritten, never read.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from helpers.atomic import PARTIAL_MARKER, atomic_path, atomic_write_json, is_partial
+from helpers.atomic import atomic_path, atomic_write_json, is_partial
 from helpers.dataset import DatasetError, open_dataset, read_image, read_mask
 from helpers.manifest import assign_shards, pool_of, sha256_file
 
