@@ -230,9 +230,8 @@ def experiment_config(
       train_files: TFRecord shard paths (one image each) to train on.
       steps: planned global steps of the stage (the LR schedule spans them);
         defaults to the profile's ``steps[<stage kind>]``.
-      source_size: side of the source images in px (from the shard index); the
-        parser's scale range is set so crops are at native resolution. Defaults
-        to 1000 (the course images).
+      source_size: side of the source images in px (from the shard index); recorded
+        only: the window decoder hands the parser crop-sized native windows.
       init_checkpoint: checkpoint to start from when the stage has none yet
         (pretrained backbone for ``heads``; the parent stage's final
         checkpoint for ``all``/specialist).
@@ -255,8 +254,11 @@ def experiment_config(
     if prof.crop_size % stride or prof.predict_size % stride:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
 
-    # Parser scale is relative to the output crop: scale * crop / source = 1 is native.
-    native = source_size / prof.crop_size
+    # Training examples reach Model Garden's parser as crop-sized windows at native
+    # resolution (helpers.train_input.WindowDecoder). The parser scales its input by
+    # aug_scale * crop / input side, so aug_scale 1.0 is native and > 1 enlarges.
+    # (Images smaller than the crop, e.g. demo ones, are enlarged to it.)
+    native = 1.0
     lo, hi = prof.scale_jitter
     if lo < 1.0:
         raise ConfigError("scale_jitter must not go below 1.0: nuclei are never downscaled")
@@ -398,6 +400,9 @@ def fingerprint_dict(cfg) -> dict:
         return node
 
     d = strip(d)
+    from helpers.train_input import PIPELINE_VERSION
+
+    d["input_pipeline"] = PIPELINE_VERSION
     # The training data by file name (not by absolute path, which differs on Drive).
     paths = cfg.task.train_data.input_path
     paths = [paths] if isinstance(paths, str) else list(paths or [])

@@ -337,6 +337,13 @@ def _parent_checkpoint(ws: Workspace, stage: str) -> str:
     return str(latest[1])
 
 
+def build_task(cfg, logging_dir):
+    """Model Garden's MaskRCNNTask for ``cfg``, with the dense-nuclei window decoder."""
+    from helpers.train_input import NucleiMaskRCNNTask
+
+    return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
+
+
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
@@ -433,16 +440,15 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                            latest[1] if latest else None, sdir,
                            seconds=time.perf_counter() - t_call)
 
-    from official.core import task_factory, train_lib
+    from official.core import train_lib
     from official.modeling import performance
-    from official.vision.tasks import maskrcnn as _registers_task  # noqa: F401
 
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
     bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s)
     with strat.scope():
-        task = task_factory.get_task(cfg.task, logging_dir=str(sdir))
+        task = build_task(cfg, sdir)
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
         runner = train_lib.OrbitExperimentRunner(
             distribution_strategy=strat, task=task, mode="train", params=cfg, model_dir=str(sdir),

@@ -57,13 +57,14 @@ def test_crops_are_native_resolution_or_larger_with_flips():
     for source in (1000, 256):
         c = cfg("cpu", source_size=source)
         parser = c.task.train_data.parser
-        crop = c.task.model.input_size[0]
-        # Model Garden scales the image by aug_scale * crop / source: >= 1 means never downscaled
-        assert parser.aug_scale_min * crop / source == pytest.approx(1.0)
-        assert parser.aug_scale_max * crop / source > 1.0
+        # the window decoder hands the parser crop-sized windows at native resolution;
+        # the parser scales them by aug_scale: >= 1 means never downscaled
+        assert parser.aug_scale_min == pytest.approx(1.0)
+        assert parser.aug_scale_max > 1.0
         assert parser.aug_rand_hflip and parser.aug_rand_vflip
     colour = cfg("colab").task.train_data.parser.aug_type
     assert colour.type == "randaug" and "Rotate" in colour.randaug.exclude_ops
+    assert config.fingerprint_dict(cfg("demo"))["input_pipeline"].startswith("window-decoder")
 
 
 def test_lr_schedule_spans_the_stages_global_steps():
