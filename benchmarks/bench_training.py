@@ -54,10 +54,12 @@ def workspace_with(root: Path, name: str, shards: Path):
     return ws
 
 
-def ours(ws, profile, steps, **kw):
+def ours(ws, profile, steps, stage="heads", **kw):
     from helpers.training import train_stage
 
-    r = train_stage("heads", profile, ws, steps=steps, progress=False, from_scratch=True, **kw)
+    if stage == "heads":
+        kw["from_scratch"] = True  # no downloads in a benchmark
+    r = train_stage(stage, profile, ws, steps=steps, progress=False, **kw)
     return r.s_per_step
 
 
@@ -88,48 +90,56 @@ def bare(ws, profile, steps):
     return sum(times[1:]) / len(times[1:])
 
 
+def demo_figures(root: Path, n: int, repeats: int) -> None:
+    shards = make_shards(root, 256, 6)
+    runs = {
+        "demo s/step (ckpt every 5)": lambda name: ours(workspace_with(root, name, shards), "demo", n),
+        "demo s/step (ckpt at end only)": lambda name: ours(workspace_with(root, name, shards), "demo", n,
+                                                          checkpoint_every=10 ** 6),
+        "bare run_experiment s/step (ckpt every 5)": lambda name: bare(workspace_with(root, name, shards),
+                                                                      "demo", n),
+    }
+    # alternate the three configurations and take the median: the machine is shared
+    res = {k: [] for k in runs}
+    for rep in range(repeats):
+        for i, (k, fn) in enumerate(runs.items()):
+            res[k].append(fn(f"r{rep}-{i}"))
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f"\ndemo profile, {n} steps per run, {repeats} alternating runs each; median s/step "
+          "(excludes the first, tracing, step)")
+    for k, v in med.items():
+        print(f"  {k:45s} {v:.3f}   runs: {', '.join(f'{x:.3f}' for x in res[k])}")
+    r1 = med["demo s/step (ckpt every 5)"] / med["demo s/step (ckpt at end only)"]
+    r2 = med["demo s/step (ckpt every 5)"] / med["bare run_experiment s/step (ckpt every 5)"]
+    print(f"  checkpoint every 5 / only at end              {r1:.3f}  (target <= 1.10)")
+    print(f"  our runner / bare run_experiment              {r2:.3f}  (target <= 1.05)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40, help="demo steps per measured run")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per configuration")
     ap.add_argument("--big", action="store_true", help="also time the cpu and colab profiles")
     ap.add_argument("--big-steps", type=int, default=4)
+    ap.add_argument("--only-big", action="store_true", help="skip the demo figures")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_training.") as tmp:
         root = Path(tmp)
-        shards = make_shards(root, 256, 6)
         n = args.steps
-        runs = {
-            "demo s/step (ckpt every 5)": lambda name: ours(workspace_with(root, name, shards), "demo", n),
-            "demo s/step (ckpt at end only)": lambda name: ours(workspace_with(root, name, shards), "demo", n,
-                                                              checkpoint_every=10 ** 6),
-            "bare run_experiment s/step (ckpt every 5)": lambda name: bare(workspace_with(root, name, shards),
-                                                                          "demo", n),
-        }
-        # alternate the three configurations and take the median: the machine is shared
-        res = {k: [] for k in runs}
-        for rep in range(args.repeats):
-            for i, (k, fn) in enumerate(runs.items()):
-                res[k].append(fn(f"r{rep}-{i}"))
-        med = {k: statistics.median(v) for k, v in res.items()}
-        print(f"\ndemo profile, {n} steps per run, {args.repeats} alternating runs each; median s/step "
-              "(excludes the first, tracing, step)")
-        for k, v in med.items():
-            print(f"  {k:45s} {v:.3f}   runs: {', '.join(f'{x:.3f}' for x in res[k])}")
-        r1 = med["demo s/step (ckpt every 5)"] / med["demo s/step (ckpt at end only)"]
-        r2 = med["demo s/step (ckpt every 5)"] / med["bare run_experiment s/step (ckpt every 5)"]
-        print(f"  checkpoint every 5 / only at end              {r1:.3f}  (target <= 1.10)")
-        print(f"  our runner / bare run_experiment              {r2:.3f}  (target <= 1.05)")
-
-        if args.big:
+        if not args.only_big:
+            demo_figures(root, n, args.repeats)
+        if args.big or args.only_big:
             big = make_shards(root, 1000, 2)
             print(f"\nbig profiles on this CPU, {args.big_steps} steps, from scratch, synthetic 1000 px images")
-            for prof in ("cpu", "colab"):
+            for prof, stage in (("cpu", "heads"), ("cpu", "all"), ("colab", "heads")):
                 t0 = time.perf_counter()
-                sps = ours(workspace_with(root, prof, big), prof, args.big_steps)
-                print(f"  {prof:6s} {sps:.1f} s/step (whole call {time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                ws = workspace_with(root, prof, big)  # `all` continues the heads run just made
+                sps = ours(ws, prof, args.big_steps, stage=stage)
+                import resource
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+                print(f"  {prof:6s} {stage:6s} {sps:.1f} s/step (whole call {time.perf_counter() - t0:.0f} s, "
+                      f"peak RSS so far {rss:.1f} GB)", flush=True)
 
 
 if __name__ == "__main__":

@@ -443,6 +443,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     from official.core import train_lib
     from official.modeling import performance
 
+    if prof.name == "colab" and cfglib.detect_accelerator() == "cpu":
+        print("note: profile 'colab' on a machine without GPU is very slow (ResNet-101, 640 px, "
+              "batch 2); profile 'cpu' is made for this case (a different stage config).")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
