@@ -122,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--big", action="store_true", help="also time the cpu and colab profiles")
     ap.add_argument("--big-steps", type=int, default=4)
     ap.add_argument("--only-big", action="store_true", help="skip the demo figures")
+    ap.add_argument("--big-ckpt", type=int, default=0, metavar="STEPS",
+                    help="also: cpu profile, checkpoint every 5 vs only at end, over STEPS steps")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_training.") as tmp:
@@ -129,7 +131,7 @@ def main(argv=None):
         n = args.steps
         if not args.only_big:
             demo_figures(root, n, args.repeats)
-        if args.big or args.only_big:
+        if (args.big or args.only_big) and args.big_steps > 0:
             big = make_shards(root, 1000, 2)
             print(f"\nbig profiles on this CPU, {args.big_steps} steps, from scratch, synthetic 1000 px images")
             for prof, stage in (("cpu", "heads"), ("cpu", "all"), ("colab", "heads")):
@@ -140,6 +142,14 @@ def main(argv=None):
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
                 print(f"  {prof:6s} {stage:6s} {sps:.1f} s/step (whole call {time.perf_counter() - t0:.0f} s, "
                       f"peak RSS so far {rss:.1f} GB)", flush=True)
+
+        if args.big_ckpt:
+            big = make_shards(root, 1000, 2)  # skips shards already written
+            every5 = ours(workspace_with(root, "cpu-every5", big), "cpu", args.big_ckpt)
+            at_end = ours(workspace_with(root, "cpu-at-end", big), "cpu", args.big_ckpt,
+                          checkpoint_every=10 ** 6)
+            print(f"\ncpu profile, {args.big_ckpt} steps: ckpt every 5 {every5:.2f} s/step, only at end "
+                  f"{at_end:.2f} s/step, ratio {every5 / at_end:.3f} (target <= 1.10)")
 
 
 if __name__ == "__main__":
