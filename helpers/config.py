@@ -26,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 PROFILES = ("colab", "cpu", "demo")

@@ -1,5 +1,4 @@
 """Profiles -> Model Garden ExperimentConfig (no training here: cheap)."""
-import math
 
 import pytest
 

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from _training_support import demo_dataset, trained
-from helpers import checkpoints as ckpts
 from helpers import model as M
 
 
