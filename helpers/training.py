@@ -444,7 +444,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     from official.modeling import performance
 
     if prof.name == "colab" and cfglib.detect_accelerator() == "cpu":
-        print("note: profile 'colab' on a machine without GPU is very slow (ResNet-101, 640 px, "
+        print("note: profile 'colab' on a machine without GPU is very slow (ResNet-101, "
               "batch 2); profile 'cpu' is made for this case (a different stage config).")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
