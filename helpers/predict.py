@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from helpers import shards as shardlib
-from helpers.coco_format import Detections, encode_masks
-from helpers.ensemble import merge_detections, merge_tiles, tile_grid
+from helpers.coco_format import Detections, detections_from_model_garden, encode_masks
+from helpers.ensemble import (TTA_OPS, augment_image, invert_tta, merge_detections, merge_tiles,
+                              place_in_image, tile_grid)
 from helpers.prediction_cache import PredictionCache
 from helpers.workspace import Workspace, get_workspace
 
-# name -> (forward on an (H, W, C) image, inverse on (N, H, W) masks)
-AUGMENTATIONS: dict[str, tuple[Callable, Callable]] = {
-    "hflip": (lambda im: im[:, ::-1], lambda m: m[:, :, ::-1]),
-    "vflip": (lambda im: im[::-1], lambda m: m[:, ::-1]),
-    "rot90": (lambda im: np.rot90(im, 1), lambda m: np.rot90(m, -1, axes=(1, 2))),
-    "rot180": (lambda im: np.rot90(im, 2), lambda m: np.rot90(m, -2, axes=(1, 2))),
-    "rot270": (lambda im: np.rot90(im, 3), lambda m: np.rot90(m, -3, axes=(1, 2))),
-}
+AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.ensemble)
 
 
 class PredictionError(ValueError):
@@ -96,77 +90,34 @@ def load_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dic
 
 
 # --------------------------------------------------------------------------- one image
-def _detections_from_model(det: dict, offset: tuple[int, int], size: tuple[int, int],
-                           inverse: Callable | None = None, chunk: int = 64) -> Detections:
-    """Paste Model Garden's box-relative masks (in chunks), map them back through ``inverse``,
-    and place them at ``offset`` in an image of ``size``."""
-    from helpers.model import paste_masks
-
-    crops, offsets, scores = [], [], []
-    n = len(det["scores"])
-    for s in range(0, n, chunk):
-        idx = np.arange(s, min(s + chunk, n))
-        masks = paste_masks(det, idx)
-        if inverse is not None:
-            masks = inverse(masks)
-        for i, m in zip(idx, masks):
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if not len(rows):
-                continue  # a mask below 0.5 everywhere: nothing to keep
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            crops.append(np.ascontiguousarray(m[y0:y1, x0:x1]))
-            offsets.append((offset[0] + y0, offset[1] + x0))
-            scores.append(float(det["scores"][i]))
-    if not crops:
-        return Detections.empty(size)
-    return Detections.from_crops(crops, offsets, scores, size)
-
-
 def predict_detections(model, params, image: np.ndarray, augmentation: str | None = None,
                        tile: int = 1024, overlap: int = 128, score_threshold: float = 0.05,
-                       max_dets: int | None = None) -> Detections:
+                       max_dets: int | None = None):
     """Detections of one image (optionally augmented, mapped back to the original frame).
 
     Images up to ``tile`` pixels a side go through the model whole; larger ones in
-    overlapping tiles whose border-cut nuclei are joined.
+    overlapping tiles whose border-cut nuclei are joined (``ensemble.merge_tiles``).
+    Masks are pasted as Model Garden's COCO evaluation does it
+    (``coco_format.detections_from_model_garden``).
     """
     from helpers.model import predict_image
 
     if augmentation is not None and augmentation not in AUGMENTATIONS:
         raise PredictionError(f"augmentation {augmentation!r} unknown; use one of {list(AUGMENTATIONS)}")
-    forward, inverse = AUGMENTATIONS[augmentation] if augmentation else (None, None)
-    size = tuple(image.shape[:2])
-    view = np.ascontiguousarray(forward(image)) if forward else image
-    vh, vw = view.shape[:2]
-    windows = tile_grid(vh, vw, tile, overlap)
+    view = augment_image(image, augmentation) if augmentation else image
+    size = view.shape[:2]
+    windows = tile_grid(size[0], size[1], tile, overlap)
     parts = []
     for (y0, x0, y1, x1) in windows:
         det = predict_image(model, params, np.ascontiguousarray(view[y0:y1, x0:x1]),
                             score_threshold=score_threshold)
-        if len(windows) == 1:
-            parts.append(_detections_from_model(det, (0, 0), size, inverse))
-        else:  # place the tile in the augmented frame, then map the whole frame back
-            full = _detections_from_model(det, (y0, x0), (vh, vw))
-            if inverse is not None and len(full):
-                full = Detections.from_masks(inverse(full.masks()), full.scores)
-            parts.append(full)
-    if len(windows) == 1:
-        out = parts[0]
-    else:
-        back = [(tuple(_map_window(w, augmentation, vh, vw))) for w in windows]
-        out = merge_tiles(parts, back)
-    return out.sorted().top(max_dets)
-
-
-def _map_window(window, augmentation, vh, vw):
-    """A tile window of the augmented frame, in the original frame's coordinates."""
-    y0, x0, y1, x1 = window
-    m = np.zeros((1, vh, vw), bool)
-    m[0, y0:y1, x0:x1] = True
+        dets = detections_from_model_garden(det["masks"], det["boxes"], det["scores"], det["image_shape"])
+        dets = dets.filter(min_area=1)  # masks below 0.5 everywhere hold nothing
+        parts.append(dets if len(windows) == 1 else place_in_image(dets, (y0, x0), size))
+    out = parts[0] if len(windows) == 1 else merge_tiles(parts, windows)
     if augmentation:
-        m = AUGMENTATIONS[augmentation][1](m)
-    rows, cols = np.flatnonzero(m[0].any(1)), np.flatnonzero(m[0].any(0))
-    return rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+        out = invert_tta(out, augmentation)
+    return out.sorted().top(max_dets)
 
 
 # --------------------------------------------------------------------------- a stage over many images

@@ -16,18 +16,6 @@ def ws(demo_workflow):
     return demo_workflow
 
 
-@pytest.mark.parametrize("aug", sorted(predict.AUGMENTATIONS))
-def test_augmentation_inverse_restores_masks(aug):
-    forward, inverse = predict.AUGMENTATIONS[aug]
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)  # not square: rotations must swap axes back
-    masks = rng.random((3, 5, 7)) > 0.5
-    # a mask drawn on the augmented image at the augmented place of a pixel comes back to that pixel
-    aug_masks = np.stack([forward(m[:, :, None])[:, :, 0] for m in masks])
-    assert forward(image).shape[:2] == aug_masks.shape[1:]
-    np.testing.assert_array_equal(inverse(aug_masks), masks)
-
-
 def test_flipped_prediction_is_mapped_back(ws):
     from helpers.model import load_model
 

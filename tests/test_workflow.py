@@ -5,7 +5,7 @@ import zipfile
 import pytest
 from pycocotools.coco import COCO
 
-from helpers import predict, submission
+from helpers import evaluate, predict, submission
 from helpers.notebooks import workflow_notebooks
 
 
@@ -45,10 +45,13 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
     for strategy in ("heads", "all", "all+tta", "route", "merge-nms", "merge-wmf"):
         assert f"\n{strategy} " in text, strategy
-    assert "chosen:" in text
-    # the demo model learned something: the chosen strategy beats nothing on validation
     choice = json.loads((demo_workflow.predictions / "ensemble.json").read_text())
-    assert choice["name"] in text
+    assert f"chosen: {choice['name']}" in text
+    # the demo run trains a model that finds the synthetic nuclei (measured: AP@100 ~0.55)
+    val = predict.split_ids(demo_workflow, "val")
+    preds = predict.predict_stage(demo_workflow, "all", val, progress=False)  # cached by notebook 04
+    result = evaluate.evaluate(preds, predict.load_ground_truth(demo_workflow, val))
+    assert result.summary["AP50@100"] > 0.5
 
 
 def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
