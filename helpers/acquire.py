@@ -16,6 +16,7 @@ or a Google Drive file (id or URL, via gdown).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -181,15 +182,73 @@ def _extract(zip_path: Path, out: Path) -> None:
         raise DatasetError(f"{zip_path} is not a valid zip ({e}); download it again") from e
 
 
+# A Drive file id inside the URLs people paste: .../file/d/<id>/view?usp=sharing (also /file/u/0/d/<id>,
+# without /view, /edit, /preview), and ...?id=<id> (open?id=, uc?id=&export=download).
+_DRIVE_URL_ID = (re.compile(r"/file/(?:u/\d+/)?d/([-\w]{20,})(?:[/?#]|$)"),
+                 re.compile(r"[?&]id=([-\w]{20,})(?:[&#]|$)"))
+
+
+def drive_file_id(source: str) -> str | None:
+    """The Drive file id of a bare id or a Drive file URL; None if it cannot be read from it."""
+    if not re.match(r"^https?://", source):
+        return source if _DRIVE_ID.match(source) else None
+    for pattern in _DRIVE_URL_ID:
+        m = pattern.search(source)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _gdown_kwargs(download, source: str, output: str, quiet: bool) -> dict:
+    """Keyword arguments for the installed ``gdown.download``: only those its signature has.
+
+    gdown 5.x (Colab ships 5.2.2) has ``fuzzy`` and no ``timeout``; gdown 6.x has ``timeout``
+    (from 6.3) and no ``fuzzy`` (it always reads the id out of a /file/d/ URL). A bare id, or
+    the id read from a Drive URL, is passed as ``id=``: every version then fetches
+    drive.google.com/uc?id=<id>. Other URLs go as ``url=`` (with ``fuzzy=True`` where it exists,
+    so gdown 5 still looks for an id in them instead of saving the web page).
+    """
+    params = inspect.signature(download).parameters
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    def accepted(name: str) -> bool:
+        return anything or name in params
+
+    file_id = drive_file_id(source)
+    kw: dict = {"id": file_id} if file_id else {"url": source}
+    kw.update(output=output, quiet=quiet)
+    if file_id is None and accepted("fuzzy"):
+        kw["fuzzy"] = True
+    if accepted("timeout"):
+        kw["timeout"] = 60  # seconds without a byte from the server
+    return kw
+
+
+def _download_errors(gdown) -> tuple[type[BaseException], ...]:
+    """What a failed download raises: gdown's own exceptions, requests' and OSError.
+
+    Anything else (TypeError, ValueError, ...) is a programming error and is not caught.
+    """
+    import requests
+
+    errors: list[type[BaseException]] = [OSError, requests.exceptions.RequestException]
+    module = getattr(gdown, "exceptions", None)
+    for name in dir(module) if module is not None else ():
+        obj = getattr(module, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            errors.append(obj)
+    return tuple(errors)
+
+
 def _download(source: str, folder: Path, quiet: bool) -> Path:
     """Download a Drive file into ``folder`` with gdown; DatasetError with advice on failure."""
     import gdown
 
     out = folder / "download.zip"
-    kw = {"url": source} if source.startswith("http") else {"id": source}
+    kw = _gdown_kwargs(gdown.download, source, str(out), quiet)
     try:
-        got = gdown.download(output=str(out), quiet=quiet, timeout=60, **kw)
-    except Exception as e:  # gdown raises DownloadError / requests errors; all mean "no file"
+        got = gdown.download(**kw)
+    except _download_errors(gdown) as e:  # network, Drive refusing the file, disk: not a bug of ours
         raise DatasetError(
             f"could not download {source!r} from Google Drive ({type(e).__name__}: {e}). Check the network, "
             "that the id/URL is right and the file is shared as 'Anyone with the link'; or download the zip "
@@ -197,4 +256,10 @@ def _download(source: str, folder: Path, quiet: bool) -> Path:
     if not got or not out.is_file() or out.stat().st_size == 0:
         raise DatasetError(f"Google Drive download of {source!r} produced no file; check the id and sharing, "
                            "or download the zip yourself and pass its local path")
+    with open(out, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise DatasetError(f"Google Drive sent a web page, not the zip, for {source!r}: pass the file id or its "
+                           "share link (https://drive.google.com/file/d/<ID>/view), check that the file is shared "
+                           "as 'Anyone with the link'; or download the zip yourself and pass its local path")
     return out

@@ -115,9 +115,13 @@ def test_is_drive_source(tmp_path):
 
 
 def test_drive_download_failure_is_a_clear_error(tmp_path):
-    # gdown really runs; here Drive is unreachable (or the id does not exist): either way no file
-    with pytest.raises(DatasetError, match="download the zip yourself"):
+    # gdown really runs; here Drive is unreachable (or the id does not exist): either way no file.
+    # The cause must be a download error, not a bug (a TypeError once hid behind this advice).
+    import gdown
+
+    with pytest.raises(DatasetError, match="download the zip yourself") as err:
         acquire_dataset("1AbCdEfGhIjKlMnOpQrStUvWxYz012345", tmp_path / "data", quiet=True)
+    assert isinstance(err.value.__cause__, (OSError, gdown.exceptions.FileURLRetrievalError)), err.value
     assert not (tmp_path / "data").exists() and leftovers(tmp_path) == []
 
 
