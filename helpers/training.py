@@ -35,6 +35,7 @@ from typing import Sequence
 
 from helpers import checkpoints as ckpts
 from helpers import config as cfglib
+from helpers import mirror
 from helpers.atomic import atomic_path, atomic_write_json
 from helpers.workspace import Workspace, get_workspace
 
@@ -259,7 +260,7 @@ class _Progress:
     KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
             "frcnn_box_loss", "mask_loss")
 
-    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None):
+    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
@@ -269,6 +270,7 @@ class _Progress:
         self.last_output: dict = {}
         self.t0 = t0 if t0 is not None else time.perf_counter()
         self.budget_s = budget_s
+        self.mirror = mirror  # a CheckpointMirror: its newest step is shown, its copy time budgeted
 
     def __call__(self, output):
         now = time.perf_counter()
@@ -282,11 +284,14 @@ class _Progress:
                 "mask": f"{vals.get('mask_loss', float('nan')):.3f}",
                 "lr": f"{vals.get('learning_rate', 0):.2e}",
                 "s/step": f"{self.s_per_step or self.times[-1]:.2f}"}
+        if self.mirror is not None:
+            post["on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
         if self.budget_s is not None:
             est = self.s_per_step or 0.0  # the first step's time is mostly tracing: no estimate yet
-            if now - self.t0 + 1.5 * est > self.budget_s:
+            copy = self.mirror.last_copy_seconds if self.mirror is not None else 0.0
+            if now - self.t0 + 1.5 * est + copy > self.budget_s:  # the last copy runs after the stop
                 raise _StopForBudget()
 
     def mark(self):
@@ -301,10 +306,30 @@ class _Progress:
         self.bar.close()
 
 
-def _check_stage_dir(sdir: Path, cfg, stage: str) -> tuple[dict | None, tuple[int, Path] | None]:
-    """Compare the stage's stored fingerprint with ``cfg``; return (info, latest complete)."""
+def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
+    """Where a run of ``stage`` starts: the stage record and the newest complete checkpoint.
+
+    The whole resume policy (detectron2's ``resume_or_load``, for a runtime that may vanish):
+
+    * ``sdir`` (the workspace, Drive on Colab) holds the stage's record ``stage.json`` and
+      its complete checkpoints; Model Garden saves into ``model_dir``.
+    * ``model_dir == sdir``: resume from the newest complete checkpoint there.
+    * ``model_dir`` on the runtime's local disk: from the newer complete checkpoint of local
+      disk and workspace (:func:`helpers.mirror.resume_point`); a local folder left by another
+      run of the stage is set aside first.
+    * Torn checkpoints are set aside with a warning and the one before is used.
+    * Checkpoints made under another config are refused (:class:`StageConfigMismatch`).
+
+    Returns ``(info, latest, where)``: ``latest`` is ``(step, prefix)`` or None, ``where`` is
+    ``"local"``, ``"drive"`` or ``"none"``.
+    """
     info = json.loads((sdir / STAGE_FILE).read_text()) if (sdir / STAGE_FILE).is_file() else None
-    latest = ckpts.latest_complete(sdir) if sdir.is_dir() else None
+    if model_dir == sdir:
+        latest = ckpts.latest_complete(sdir) if sdir.is_dir() else None
+        where = "local" if latest else "none"
+    else:
+        mirror.prepare_local(model_dir, sdir)
+        latest, where = mirror.resume_point(model_dir, sdir)
     if info and latest:
         fp = cfglib.fingerprint(cfg)
         if info.get("fingerprint") != fp:
@@ -321,7 +346,15 @@ def _check_stage_dir(sdir: Path, cfg, stage: str) -> tuple[dict | None, tuple[in
         raise StageConfigMismatch(
             f"{sdir} holds checkpoints but no {STAGE_FILE}: it was not made by train_stage. "
             "Move it away or use another stage name.")
-    return info, latest
+    return info, latest, where
+
+
+def _publish(model_dir: Path, sdir: Path, keep: int) -> Path | None:
+    """Make sure the newest checkpoint of ``model_dir`` is in the workspace; return its prefix there."""
+    if model_dir != sdir:
+        mirror.CheckpointMirror(model_dir, sdir, keep=keep).close()
+    latest = ckpts.list_checkpoints(sdir)
+    return latest[-1][1] if latest else None
 
 
 def _parent_checkpoint(ws: Workspace, stage: str) -> str:
@@ -368,7 +401,8 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
                 train_files: Sequence[str] | None = None, splits: Sequence[str] = ("train",),
                 from_scratch: bool = False, init_checkpoint: str | None = None,
-                init_modules=None, strategy=None, progress: bool = True, **profile_overrides) -> StageResult:
+                init_modules=None, strategy=None, progress: bool = True,
+                local_checkpoints=None, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
     Args:
@@ -393,52 +427,40 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       init_modules: what to load from it: "backbone" (default for heads) or
         ["backbone", "decoder"] for a COCO Mask R-CNN checkpoint.
       strategy: None (automatic), "tpu", "mirrored", "default" or a Strategy.
+      local_checkpoints: where Model Garden saves: a folder on the runtime's own disk whose
+        newest checkpoint is copied to the workspace in the background, or False to save
+        straight into the workspace. Default (None): ``$NUCLEI_LOCAL_CHECKPOINTS``, else local
+        disk when the workspace is on Colab's Drive mount (see :mod:`helpers.mirror`).
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
     import tensorflow as tf
 
     t_call = time.perf_counter()
     ws = _ws(workspace)
-    kind = cfglib.stage_kind(stage)
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
                                  organs=organs, train_files=train_files, splits=splits,
                                  init_modules=init_modules, **profile_overrides)
     planned = int(cfg.trainer.train_steps)
-    info, latest = _check_stage_dir(sdir, cfg, stage)
+    local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
+    model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
+    info, latest, where = _resume(sdir, model_dir, cfg, stage)
     start = latest[0] if latest else 0
-
-    if latest and start >= planned:
-        print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
-              "skipping.")
-        return StageResult(stage, prof.name, "skipped (already finished)", start, start, planned,
-                           latest[1], sdir, seconds=time.perf_counter() - t_call)
-
-    # What a fresh stage starts from (only used when there is no checkpoint yet).
-    init = None
-    if not latest:
-        if kind == "heads":
-            if init_checkpoint:
-                init = init_checkpoint
-            elif prof.pretrained and not from_scratch:
-                init = resolve_pretrained(prof, ws)
-        else:
-            init = _parent_checkpoint(ws, stage)
-        cfg.override({"task": {"init_checkpoint": init or ""}}, is_strict=True)
-        sdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(sdir / STAGE_FILE, {
-            "stage": stage, "profile": prof.name, "planned_steps": planned,
-            "fingerprint": cfglib.fingerprint(cfg),
-            "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
-            "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
-        })
-
     target = min(planned, stop_at_step) if stop_at_step else planned
-    if start >= target:
-        print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
-        return StageResult(stage, prof.name, "stopped: stop_at_step", start, start, planned,
-                           latest[1] if latest else None, sdir,
+
+    if latest and start >= target:
+        if start >= planned:
+            print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
+                  "skipping.")
+        else:
+            print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
+        ckpt = _publish(model_dir, sdir, prof.keep_checkpoints) if where == "local" else latest[1]
+        status = "skipped (already finished)" if start >= planned else "stopped: stop_at_step"
+        return StageResult(stage, prof.name, status, start, start, planned, ckpt, sdir,
                            seconds=time.perf_counter() - t_call)
+    if where == "drive" and model_dir != sdir:
+        latest = (latest[0], mirror.bring_local(latest[1], model_dir))
+    if not latest:
+        _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint, from_scratch)
 
     from official.core import train_lib
     from official.modeling import performance
@@ -449,35 +471,89 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
-    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s)
+    drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
+             if model_dir != sdir else None)
+    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
+                    mirror=drive)
     with strat.scope():
-        task = build_task(cfg, sdir)
+        task = build_task(cfg, model_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
         runner = train_lib.OrbitExperimentRunner(
-            distribution_strategy=strat, task=task, mode="train", params=cfg, model_dir=str(sdir),
+            distribution_strategy=strat, task=task, mode="train", params=cfg,
+            model_dir=str(model_dir),
             # Synchronous saves: with Orbit's async checkpointing we measured a resumed run
             # whose optimizer iterations were one ahead of its global step (the background
             # copy raced the next step), i.e. a checkpoint mixing two steps.
             train_actions=[bar], enable_async_checkpointing=False)
-    controller = runner.controller
     gstep = int(runner.trainer.global_step.numpy())
     if gstep != start:
         raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
     if latest:
-        print(f"resuming stage {stage!r} from {latest[1].name} (step {start}/{planned})")
-    else:
-        # ckpt-0 records the starting weights (pretrained / parent stage) and starts
-        # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
-        with contextlib.redirect_stdout(io.StringIO()):
-            controller.save_checkpoint()
+        source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
+        print(f"resuming stage {stage!r} from {latest[1].name}{source} (step {start}/{planned})")
+    if drive is not None:
+        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} "
+              "in the background")
+        drive.start()
+    status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
+                         over_budget=(time_budget_s is not None
+                                      and time.perf_counter() - t_call > time_budget_s))
+    if status == "finished" and target < planned:
+        status = "stopped: stop_at_step"
+    opt = runner.trainer.optimizer
+    lr = opt.learning_rate
+    final = Path(runner.checkpoint_manager.latest_checkpoint)
+    result = StageResult(stage, prof.name, status, start, int(runner.trainer.global_step.numpy()),
+                         planned, sdir / final.name, sdir,
+                         seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
+                         optimizer_iterations=int(opt.iterations.numpy()),
+                         learning_rate=float(lr(opt.iterations) if callable(lr) else lr))
+    if drive is not None:
+        print(mirror.describe(drive))
+    print(result)
+    return result
 
-    status = "finished" if target == planned else "stopped: stop_at_step"
-    if time_budget_s is not None and time.perf_counter() - t_call > time_budget_s:
-        status = "stopped: time budget"  # the model build alone used the budget
-        target = start
-    bar.mark()
+
+def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint, from_scratch) -> None:
+    """A stage's first run: choose its starting weights and write its record ``stage.json``."""
+    init = None
+    if cfglib.stage_kind(stage) == "heads":
+        if init_checkpoint:
+            init = init_checkpoint
+        elif prof.pretrained and not from_scratch:
+            init = resolve_pretrained(prof, ws)
+    else:
+        init = _parent_checkpoint(ws, stage)
+    cfg.override({"task": {"init_checkpoint": init or ""}}, is_strict=True)
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sdir / STAGE_FILE, {
+        "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
+        "fingerprint": cfglib.fingerprint(cfg),
+        "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
+        "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
+    })
+    if model_dir != sdir:
+        mirror.prepare_local(model_dir, sdir)  # the local folder now belongs to this record
+
+
+def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool) -> str:
+    """Model Garden's loop up to global step ``target``; saves on a stop; returns the status.
+
+    The run's last checkpoint is in the workspace when this returns (``drive`` waits for it).
+    """
+    controller = runner.controller
     quiet = contextlib.redirect_stdout(io.StringIO())
+    status = "finished"
     try:
+        if fresh:
+            # ckpt-0 records the starting weights (pretrained / parent stage) and starts
+            # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
+            with strat.scope(), quiet:
+                controller.save_checkpoint()
+        if over_budget:
+            return "stopped: time budget"  # the model build alone used the budget
+        bar.mark()
         with strat.scope(), quiet:
             # Model Garden's loop: steps, CheckpointManager saves every N, summaries.
             controller.train(steps=target, checkpoint_at_completion=True)
@@ -487,24 +563,16 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
             controller.save_checkpoint()  # the step reached; a no-op if already saved
         if isinstance(stop, KeyboardInterrupt):
             bar.close()
-            print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved; "
-                  "re-run to resume")
+            print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved"
+                  + ("; copying it to Drive" if drive else "") + "; re-run to resume")
             raise
     finally:
         if runner.checkpoint_manager is not None:
             runner.checkpoint_manager.sync()  # an async save must be complete before we return
         bar.close()
-    gstep = int(runner.trainer.global_step.numpy())
-    opt = runner.trainer.optimizer
-    iters = int(opt.iterations.numpy())
-    lr = opt.learning_rate
-    lr = float(lr(opt.iterations) if callable(lr) else lr)
-    result = StageResult(stage, prof.name, status, start, gstep, planned,
-                         Path(runner.checkpoint_manager.latest_checkpoint), sdir,
-                         seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
-                         optimizer_iterations=iters, learning_rate=lr)
-    print(result)
-    return result
+        if drive is not None:
+            drive.close(raise_error=sys.exc_info()[0] is None)
+    return status
 
 
 def stage_status(workspace, stage: str) -> str:

@@ -1,0 +1,254 @@
+"""Checkpoints saved on local disk and mirrored to a (Drive-like) workspace folder.
+
+Real Model Garden training on the demo profile; "Drive" is a plain folder, and a killed
+runtime is a SIGKILLed child process whose local folder is then thrown away.
+"""
+import os
+import shutil
+import signal
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from _training_support import model_vars, new_workspace, optimizer_iterations, run_child
+from helpers import checkpoints as ckpts
+from helpers import mirror, training
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "mirror"
+
+
+@pytest.fixture(scope="session")
+def mirrored(base):
+    """The heads stage trained with checkpoints on 'local disk', mirrored to the workspace."""
+    ws = new_workspace(base, "drive")
+    local = base / "local"
+    res = training.train_stage("heads", "demo", ws, local_checkpoints=local, progress=False)
+    return ws, mirror.local_checkpoint_root(ws.root, local) / "heads", res
+
+
+def leftovers(folder):
+    return [p.name for p in folder.rglob("*") if p.name.endswith(mirror.PARTIAL)]
+
+
+def copy_stage(src, dest, steps):
+    """A stage folder holding only the checkpoints ``steps`` of ``src`` (plus its record)."""
+    dest.mkdir(parents=True)
+    shutil.copy2(src / "stage.json", dest / "stage.json")
+    for step in steps:
+        for f in src.glob(f"ckpt-{step}.*"):
+            shutil.copy2(f, dest / f.name)
+    ckpts.write_state(dest)
+    return dest
+
+
+def test_mirrored_run_puts_every_checkpoint_complete_on_drive(mirrored):
+    ws, local, res = mirrored
+    sdir = ws.checkpoints / "heads"
+    assert res.status == "finished" and res.end_step == 10
+    assert res.checkpoint == sdir / "ckpt-10"  # the result names the workspace copy
+    assert [s for s, _ in ckpts.list_checkpoints(sdir)] == [0, 5, 10]
+    for _, prefix in ckpts.list_checkpoints(sdir):
+        assert ckpts.check_checkpoint(prefix) is None
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(sdir)).endswith("ckpt-10")
+    mine, theirs = model_vars(local / "ckpt-10"), model_vars(sdir / "ckpt-10")
+    assert mine.keys() == theirs.keys() and len(mine) > 50
+    for k in mine:
+        np.testing.assert_array_equal(mine[k], theirs[k], err_msg=k)
+    assert optimizer_iterations(sdir / "ckpt-10") == 10
+    events = sorted(p.name for p in (sdir / "train").glob("events.out.tfevents.*"))
+    assert events and events == sorted(p.name for p in (local / "train").glob("events.out.tfevents.*"))
+    assert (sdir / "stage.json").read_bytes() == (local / "stage.json").read_bytes()
+    assert leftovers(sdir) == [] and not (local / mirror.SNAPSHOT_DIR).exists()
+
+
+def test_loss_curves_read_from_the_mirrored_workspace(mirrored):
+    from helpers.curves import read_curves
+
+    ws, _, _ = mirrored
+    steps, _ = read_curves(ws, "heads")["total_loss"]
+    assert steps == list(range(1, 11))
+
+
+def test_kill_during_the_drive_copy_keeps_the_previous_checkpoint_and_resume_uses_it(base, mirrored):
+    ws = new_workspace(base, "killed_drive")
+    sdir = ws.checkpoints / "heads"
+    local1 = base / "killed_local_1"
+    # The runtime dies half-way through copying ckpt-10's data to "Drive".
+    code = f"""
+import time
+from pathlib import Path
+from helpers import mirror, training
+real = mirror.copy_file
+def slow(src, dst):
+    if Path(src).name.startswith("ckpt-10.data"):
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read(Path(src).stat().st_size // 2))
+            g.flush()
+        print("HALF-COPIED", flush=True)
+        time.sleep(600)
+    real(src, dst)
+mirror.copy_file = slow
+training.train_stage("heads", "demo", {str(ws.root)!r}, local_checkpoints={str(local1)!r},
+                     progress=False)
+"""
+    child = run_child(code)
+    deadline = time.time() + 500
+    try:
+        while time.time() < deadline and child.poll() is None:
+            if any(p.name.startswith(".ckpt-10.data") for p in sdir.glob("*" + mirror.PARTIAL)):
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "child ended before copying ckpt-10:\n" + child.stdout.read()
+        time.sleep(0.5)  # let it write the half
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert [s for s, _ in ckpts.list_checkpoints(sdir)] == [0, 5]  # ckpt-10 absent, not torn
+    assert ckpts.check_checkpoint(sdir / "ckpt-5") is None
+    assert leftovers(sdir)  # the killed copy's temp file is there ...
+
+    # A new runtime: the local disk is gone (a fresh local folder); resume from Drive's ckpt-5.
+    res = training.train_stage("heads", "demo", ws, local_checkpoints=base / "killed_local_2",
+                               progress=False)
+    assert (res.start_step, res.end_step, res.status) == (5, 10, "finished")
+    assert res.optimizer_iterations == mirrored[2].optimizer_iterations == 10
+    assert res.learning_rate == pytest.approx(mirrored[2].learning_rate, rel=1e-6)
+    assert leftovers(sdir) == []  # ... and the next run removed it
+    assert ckpts.check_checkpoint(sdir / "ckpt-10") is None
+    assert optimizer_iterations(sdir / "ckpt-10") == 10
+
+
+def test_resume_prefers_local_disk_when_it_is_newer(base, mirrored):
+    ws0, local0, _ = mirrored
+    # The runtime lived, but the process died before the last copy: local 10, Drive 5.
+    ws = new_workspace(base, "local_newer")
+    sdir = copy_stage(ws0.checkpoints / "heads", ws.checkpoints / "heads", [0, 5])
+    root = base / "local_newer_local"
+    local = mirror.local_checkpoint_root(ws.root, root) / "heads"
+    copy_stage(local0, local, [0, 5, 10])
+    shutil.copy2(sdir / "stage.json", local / "stage.json")
+    (latest, where) = mirror.resume_point(local, sdir)
+    assert (latest[0], where) == (10, "local")
+    res = training.train_stage("heads", "demo", ws, local_checkpoints=root, progress=False)
+    assert res.status.startswith("skipped") and res.end_step == 10
+    assert res.checkpoint == sdir / "ckpt-10"  # published to Drive on the way
+    assert ckpts.check_checkpoint(sdir / "ckpt-10") is None
+
+
+def test_resume_prefers_drive_when_it_is_newer(base, mirrored):
+    ws0, local0, _ = mirrored
+    ws = new_workspace(base, "drive_newer")
+    sdir = copy_stage(ws0.checkpoints / "heads", ws.checkpoints / "heads", [0, 5, 10])
+    local = copy_stage(local0, base / "drive_newer_local", [0, 5])
+    (latest, where) = mirror.resume_point(local, sdir)
+    assert (latest, where) == ((10, sdir / "ckpt-10"), "drive")
+    prefix = mirror.bring_local(latest[1], local)
+    import tensorflow as tf
+    assert prefix == local / "ckpt-10" and tf.train.latest_checkpoint(str(local)) == str(prefix)
+    assert ckpts.check_checkpoint(prefix) is None
+    # A finished stage on Drive is skipped without copying anything to local disk.
+    root = base / "drive_newer_fresh"
+    res = training.train_stage("heads", "demo", ws, local_checkpoints=root, progress=False)
+    assert res.status.startswith("skipped") and res.checkpoint == sdir / "ckpt-10"
+    assert not list((mirror.local_checkpoint_root(ws.root, root) / "heads").glob("ckpt-*"))
+
+
+def test_drive_checkpoint_whose_upload_was_cut_falls_back_to_the_one_before(base, mirrored):
+    ws0, _, _ = mirrored
+    sdir = copy_stage(ws0.checkpoints / "heads", base / "cut_drive" / "heads", [0, 5, 10])
+    data = next(sdir.glob("ckpt-10.data-*"))
+    with open(data, "r+b") as f:  # the state file names ckpt-10, but Drive got only part of it
+        f.truncate(data.stat().st_size // 3)
+    with pytest.warns(ckpts.TornCheckpointWarning, match="ckpt-10"):
+        latest, where = mirror.resume_point(base / "cut_local", sdir)
+    assert (latest, where) == ((5, sdir / "ckpt-5"), "drive")
+
+
+def test_failed_copy_keeps_drive_as_it_was_and_says_so(base, mirrored, monkeypatch):
+    ws0, local0, _ = mirrored
+    local = copy_stage(local0, base / "full_local", [0, 5, 10])
+    remote = copy_stage(ws0.checkpoints / "heads", base / "full_drive", [0, 5])
+
+    def disk_full(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mirror, "copy_file", disk_full)
+    m = mirror.CheckpointMirror(local, remote).start()
+    with pytest.raises(mirror.MirrorError, match=r"ckpt-10 is saved on this runtime's disk.*No space"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.close()
+    assert [s for s, _ in ckpts.list_checkpoints(remote)] == [0, 5] and leftovers(remote) == []
+    assert ckpts.check_checkpoint(remote / "ckpt-5") is None
+
+
+def test_mirror_keeps_the_newest_few_and_skips_to_the_newest(base, mirrored):
+    _, local0, _ = mirrored
+    local = copy_stage(local0, base / "keep_local", [0, 5, 10])
+    remote = base / "keep_drive"
+    m = mirror.CheckpointMirror(local, remote, keep=2)
+    m.close()  # one copy: the newest (10), not 0 and 5 one after the other
+    assert [c.step for c in m.copies] == [10]
+    assert [s for s, _ in ckpts.list_checkpoints(remote)] == [10]
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(remote)).endswith("ckpt-10")
+    shutil.copy2(local / "ckpt-10.index", local / "ckpt-15.index")  # pretend two more saves
+    shutil.copy2(next(local.glob("ckpt-10.data-*")), local / "ckpt-15.data-00000-of-00001")
+    shutil.copy2(local / "ckpt-10.index", local / "ckpt-20.index")
+    shutil.copy2(next(local.glob("ckpt-10.data-*")), local / "ckpt-20.data-00000-of-00001")
+    for step in (15, 20):
+        ckpts.write_state(local)
+        tf.compat.v1.train.update_checkpoint_state(str(local), f"ckpt-{step}")
+        m.mirror_newest()
+    assert [s for s, _ in ckpts.list_checkpoints(remote)] == [15, 20]  # keep=2
+
+
+def test_leftovers_of_a_killed_copy_are_removed(tmp_path):
+    (tmp_path / ".ckpt-10.data-00000-of-00001.partial").write_bytes(b"x")
+    (tmp_path / "ckpt-10.data-00000-of-00001").write_bytes(b"x")  # data renamed, index never came
+    (tmp_path / "ckpt-5.index").write_bytes(b"x")
+    (tmp_path / "ckpt-5.data-00000-of-00001").write_bytes(b"x")
+    (tmp_path / "notes.partial").write_bytes(b"mine")  # not ours: no leading dot
+    gone = mirror.remove_leftovers(tmp_path)
+    assert sorted(gone) == [".ckpt-10.data-00000-of-00001.partial", "ckpt-10.data-00000-of-00001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-5.data-00000-of-00001", "ckpt-5.index", "notes.partial"]
+
+
+def test_a_local_folder_from_another_run_is_set_aside(tmp_path):
+    remote, local = tmp_path / "drive" / "heads", tmp_path / "local" / "heads"
+    remote.mkdir(parents=True)
+    local.mkdir(parents=True)
+    (remote / "stage.json").write_text('{"created": "today"}')
+    (local / "stage.json").write_text('{"created": "last week"}')
+    (local / "ckpt-50.index").write_bytes(b"old run")
+    mirror.prepare_local(local, remote)
+    assert not (local / "ckpt-50.index").exists()
+    assert (local / "stage.json").read_text() == '{"created": "today"}'
+    assert (tmp_path / "local" / "heads.stale" / "ckpt-50.index").read_bytes() == b"old run"
+
+
+def test_local_checkpoints_only_for_a_workspace_on_drive(tmp_path, monkeypatch):
+    monkeypatch.delenv(mirror.ENV_VAR, raising=False)
+    monkeypatch.setattr(mirror, "COLAB_DRIVE", tmp_path / "content" / "drive")
+    monkeypatch.setattr(mirror, "COLAB_LOCAL", tmp_path / "content" / "nuclei_local")
+    assert mirror.local_checkpoint_root(tmp_path / "workspace") is None  # a local disk already
+    on_drive = tmp_path / "content" / "drive" / "MyDrive" / "nuclei_workspace"
+    got = mirror.local_checkpoint_root(on_drive)
+    assert got.parent == tmp_path / "content" / "nuclei_local"
+    assert got.name.startswith("nuclei_workspace-")
+    assert mirror.local_checkpoint_root(on_drive, False) is None
+    monkeypatch.setenv(mirror.ENV_VAR, "off")
+    assert mirror.local_checkpoint_root(on_drive) is None
+    monkeypatch.setenv(mirror.ENV_VAR, str(tmp_path / "fast"))
+    assert mirror.local_checkpoint_root(tmp_path / "workspace").parent == tmp_path / "fast"
