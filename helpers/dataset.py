@@ -330,7 +330,7 @@ def validate_dataset(ds: Dataset | str | os.PathLike, progress: bool = True,
     match their image size, are binary and non-empty; test images match the
     height/width in test_img_ids.json. Raises ``DatasetError`` on the first problem.
     """
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     if not isinstance(ds, Dataset):
         ds = open_dataset(ds)

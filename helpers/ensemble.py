@@ -531,7 +531,7 @@ def compare(per_model: PerModel, ground_truth: Mapping, router: Router | None = 
             max_dets: Sequence[int] = (100, 1000), progress: bool = True) -> Comparison:
     """Evaluate single models, route and merge on the validation ground truth; the best by
     ``metric`` (a key of ``EvalResult.summary``) is ``best`` and ``chosen``."""
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     from helpers.evaluate import evaluate
 

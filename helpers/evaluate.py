@@ -216,7 +216,7 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
 def load_ground_truth(dataset, image_ids: Sequence[str], progress: bool = True) -> dict[str, list[dict]]:
     """``{image_id: [RLE, ...]}`` for training-pool images (e.g. the validation split)
     of a ``helpers.dataset.Dataset`` (or a dataset root path)."""
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     from helpers import dataset as ds
 

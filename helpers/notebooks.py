@@ -3,7 +3,9 @@
 ``python -m helpers.notebooks --profile demo`` runs notebooks 01→05 on the
 generated demo data and keeps each executed notebook (with its outputs) in
 ``<workspace>/runs/``. The same parameters a user sets in a notebook's
-``parameters`` cell can be passed with ``-p name value``.
+``parameters`` cell can be passed with ``-p name value``; each notebook gets only
+the parameters its ``parameters`` cell declares, and a name that no notebook
+declares is an error.
 """
 from __future__ import annotations
 
@@ -40,9 +42,31 @@ def workflow_notebooks(upto: str | None = None) -> list[Path]:
     return books
 
 
+def declared_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names the notebook's ``parameters`` cell declares (papermill's own parsing)."""
+    import papermill as pm
+
+    return list(pm.inspect_notebook(str(notebook)))
+
+
+def check_parameters(parameters: dict, notebooks: list[Path]) -> dict[Path, list[str]]:
+    """Each notebook's declared names; ``ValueError`` for a parameter that none of them declares."""
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    known = {name for names in declared.values() for name in names}
+    unknown = [name for name in parameters if name not in known]
+    if unknown:
+        listing = "; ".join(f"{nb.name}: {', '.join(names)}" for nb, names in declared.items())
+        raise ValueError(f"no notebook declares the parameter(s) {', '.join(unknown)} "
+                         f"(a typo?). The parameters cells declare: {listing}")
+    return declared
+
+
 def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
                  workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> Path:
     """Execute one notebook headless; return the path of the executed copy in ``runs/``.
+
+    ``parameters`` must be names the notebook's ``parameters`` cell declares (``ValueError``
+    otherwise); ``workspace_root`` is passed as the notebook's own parameter.
 
     The executed copy is written atomically, so a failed or interrupted run never leaves a
     notebook that looks complete. On failure papermill raises ``PapermillExecutionError``
@@ -54,8 +78,15 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     ws = get_workspace(workspace_root)
     # headless, progress bars are text lines saved in the notebook: a few per bar, not hundreds
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+    os.environ.setdefault("NUCLEI_TEXT_PROGRESS", "1")  # text bars, kept in the executed copy
     params = dict(parameters or {})
-    params.setdefault("workspace_root", str(ws.root))
+    declared = declared_parameters(notebook)
+    unknown = [name for name in params if name not in declared]
+    if unknown:
+        raise ValueError(f"{notebook.name} does not declare the parameter(s) {', '.join(unknown)}; "
+                         f"its parameters cell declares: {', '.join(declared)}")
+    if "workspace_root" in declared:
+        params.setdefault("workspace_root", str(ws.root))
     out = ws.runs / notebook.name
     with atomic_path(out) as tmp:
         work = tmp.with_name(tmp.name + ".ipynb")  # papermill wants the .ipynb suffix
@@ -72,13 +103,20 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
 
 def run_workflow(profile: str = "demo", upto: str | None = None, parameters: dict | None = None,
                  workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> list[Path]:
-    """Run notebooks 01→05 (or up to ``upto``) in order with one profile."""
+    """Run notebooks 01→05 (or up to ``upto``) in order with one profile.
+
+    Each notebook gets the parameters its ``parameters`` cell declares. ``parameters`` (the
+    ``-p`` ones) are checked first against all the workflow's notebooks: a name that none of
+    them declares raises ``ValueError`` before anything runs.
+    """
+    declared = check_parameters(parameters or {}, workflow_notebooks())
+    params = {"profile": profile, **PROFILE_PARAMETERS.get(profile, {}), **(parameters or {})}
     done = []
     for nb in workflow_notebooks(upto):
         t0 = time.time()
         print(f"▶ {nb.name} (profile={profile})", flush=True)
-        params = {"profile": profile, **PROFILE_PARAMETERS.get(profile, {}), **(parameters or {})}
-        done.append(run_notebook(nb, params, workspace_root, log_output))
+        own = {k: v for k, v in params.items() if k in declared[nb]}
+        done.append(run_notebook(nb, own, workspace_root, log_output))
         print(f"✔ {nb.name} in {time.time() - t0:.0f} s → {done[-1]}", flush=True)
     return done
 
@@ -101,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     args = ap.parse_args(argv)
     params = {k: _parse_value(v) for k, v in args.p}
+    try:
+        check_parameters(params, workflow_notebooks())
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.time()
     run_workflow(args.profile, args.upto, params, args.workspace, args.log_output)
     print(f"Workflow finished in {time.time() - t0:.0f} s", flush=True)

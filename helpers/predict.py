@@ -137,7 +137,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     is only loaded when something is not cached yet. ``return_parts`` also returns
     ``{augmentation or "plain": {image_id: Detections}}`` before fusion.
     """
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     from helpers.model import load_model, resolve_checkpoint
 

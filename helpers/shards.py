@@ -281,7 +281,7 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
     ``tf.io.decode_png`` and compares it with its source mask (one pass over the
     sources instead of ``write_shards`` + ``verify_shards``' two; ~+50% time).
     """
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -526,7 +526,7 @@ def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike
     first difference; returns counts.
     """
     import tensorflow as tf
-    from tqdm.auto import tqdm
+    from helpers.progress import tqdm
 
     shards_dir = Path(shards_dir)
     workers = workers or min(4, os.cpu_count() or 1)

@@ -1,8 +1,10 @@
 """Where the workflow keeps its files.
 
-On Colab the workspace is a folder on the mounted Google Drive, so shards,
-checkpoints and predictions survive a disconnect. Elsewhere it is
-``$NUCLEI_WORKSPACE`` or ``./workspace``.
+On Colab the workspace is by default a folder on Google Drive (mounted when it is
+first needed), so shards, checkpoints and predictions survive a disconnect; a
+``workspace_root`` outside Drive (e.g. ``/content/nuclei_workspace``) needs no
+mount but is lost at disconnect. Elsewhere it is ``$NUCLEI_WORKSPACE`` or
+``./workspace``.
 """
 from __future__ import annotations
 
@@ -51,16 +53,20 @@ class Workspace:
 
 
 def default_root() -> Path:
-    """Drive on Colab, else ``$NUCLEI_WORKSPACE``, else ``./workspace``."""
+    """``$NUCLEI_WORKSPACE``, else the Drive folder on Colab, else ``./workspace`` (mounts nothing)."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
     if colab.in_colab():
-        colab.mount_drive()
         return colab.drive_workspace()
     return Path("workspace")
 
 
 def get_workspace(root: str | os.PathLike | None = None, create: bool = True) -> Workspace:
-    """The workspace at ``root`` (or the default one), with its subfolders made."""
-    ws = Workspace(Path(root).expanduser().resolve() if root else default_root().resolve())
+    """The workspace at ``root`` (or the default one), with its subfolders made.
+
+    On Colab, Drive is mounted first if (and only if) the workspace is on it.
+    """
+    path = Path(root).expanduser() if root else default_root()
+    colab.ensure_drive(path)
+    ws = Workspace(path.resolve())
     return ws.create() if create else ws

@@ -27,11 +27,17 @@ def test_local_workspace_default_is_cwd_workspace(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def fake_colab(tmp_path, monkeypatch):
-    """Stand-in for the google.colab package: its drive.mount creates MyDrive like Colab does."""
-    mounts = []
+    """Stand-in for the google.colab package (the only thing mocked): its drive.mount creates
+    MyDrive like Colab does, or raises ``fake_colab.error`` (a declined or timed-out consent).
+
+    ``fake_colab.mounts`` lists the mount calls; Drive's mountpoint is under tmp_path.
+    """
+    state = types.SimpleNamespace(mounts=[], error=None)
 
     def mount(path):
-        mounts.append(path)
+        state.mounts.append(path)
+        if state.error is not None:
+            raise state.error
         (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
 
     pkg = types.ModuleType("google.colab")
@@ -42,7 +48,7 @@ def fake_colab(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", tmp_path / "content" / "drive")
     monkeypatch.delenv("NUCLEI_WORKSPACE", raising=False)
-    return mounts
+    return state
 
 
 def test_colab_workspace_is_on_drive(fake_colab, tmp_path):
@@ -50,23 +56,31 @@ def test_colab_workspace_is_on_drive(fake_colab, tmp_path):
     ws = workspace.get_workspace()
     assert ws.root == (tmp_path / "content" / "drive" / "MyDrive" / "nuclei_workspace").resolve()
     assert (ws.root / "shards").is_dir()
-    assert fake_colab == [str(tmp_path / "content" / "drive")]
+    assert fake_colab.mounts == [str(tmp_path / "content" / "drive")]
     # a second call does not mount again
     workspace.get_workspace()
-    assert len(fake_colab) == 1
+    assert len(fake_colab.mounts) == 1
 
 
-def test_setup_off_colab_installs_nothing(monkeypatch):
-    monkeypatch.setattr(colab, "in_colab", lambda: False)
-    info = colab.setup()
-    assert info["colab"] is False and "drive" not in info
+def test_colab_local_workspace_mounts_nothing(fake_colab, tmp_path, monkeypatch):
+    ws = workspace.get_workspace(tmp_path / "content" / "nuclei_workspace")
+    assert (ws.root / "checkpoints").is_dir()
+    monkeypatch.setenv("NUCLEI_WORKSPACE", str(tmp_path / "content" / "other"))
+    assert workspace.get_workspace().root == (tmp_path / "content" / "other").resolve()
+    assert fake_colab.mounts == []
 
 
-def test_colab_install_keeps_colab_tensorflow():
-    cmds = colab.colab_install_commands("2.19.0")
-    flat = [" ".join(c) for c in cmds]
-    assert "tf-models-official==2.19.*" in flat[0] and "--no-deps" in cmds[0]
-    assert not any(arg.startswith("tensorflow==") or arg == "tensorflow" for c in cmds for arg in c)
+def test_colab_explicit_drive_folder_is_mounted(fake_colab, tmp_path):
+    root = tmp_path / "content" / "drive" / "MyDrive" / "elsewhere"
+    assert workspace.get_workspace(root).root == root.resolve()
+    assert fake_colab.mounts == [str(tmp_path / "content" / "drive")]
+
+
+def test_colab_declined_drive_says_what_to_do(fake_colab):
+    fake_colab.error = ValueError("mount failed")
+    with pytest.raises(colab.SetupError, match="allow access") as e:
+        workspace.get_workspace()
+    assert "workspace_root" in str(e.value) and "/content/nuclei_workspace" in str(e.value)
 
 
 def test_atomic_write_leaves_old_content_on_failure(tmp_path):
