@@ -21,6 +21,7 @@ from pathlib import Path
 DRIVE_MOUNTPOINT = Path("/content/drive")
 DRIVE_FOLDER = "nuclei_workspace"
 LOCAL_WORKSPACE_EXAMPLE = "/content/nuclei_workspace"
+LOCAL_CHECKPOINTS = Path("/content/nuclei_local")  # the runtime's own disk: fast, lost at disconnect
 
 # Import name -> pip name of the small packages official.vision (Mask R-CNN, our path) and our
 # helpers import. Colab has all of them; the install step adds only the ones a runtime lacks.
@@ -228,10 +229,12 @@ def install_model_garden() -> dict:
 def quiet() -> None:
     """Keep library chatter out of the notebooks (call before TensorFlow is first imported).
 
-    TensorFlow's C++ logs at ERROR and above only (CUDA/XLA info and warnings), absl (Model
+    TensorFlow's C++ logs at ERROR and above only (CUDA/XLA info and warnings; nothing at all
+    on a machine without GPU, where CUDA's errors are all noise), absl (Model
     Garden's Python logs) likewise, minus TFDS's protobuf gencode/runtime traceback.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Without a GPU, TensorFlow's CUDA build still logs "failed call to cuInit" at ERROR: noise.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if has_gpu() else "3")
     try:
         from absl import logging as absl_logging
     except ImportError:
@@ -269,11 +272,15 @@ def _ipython():
         return None
 
 
+def has_gpu() -> bool:
+    """An NVIDIA GPU is attached (checked without importing TensorFlow)."""
+    return Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
+
+
 def _runtime_label(colab: bool) -> str:
     if not colab:
         return "Local runtime (not Colab)"
-    gpu = Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
-    return "Colab GPU runtime" if gpu else \
+    return "Colab GPU runtime" if has_gpu() else \
         "Colab runtime without GPU (to train: Runtime → Change runtime type → T4 GPU)"
 
 

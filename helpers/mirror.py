@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import checkpoints as ckpts
+from helpers import colab
 
 PARTIAL = ".partial"
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 STAGE_FILE = "stage.json"
 ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
-COLAB_DRIVE = Path("/content/drive")
-COLAB_LOCAL = Path("/content/nuclei_local")   # the Colab runtime's own disk (lost at disconnect)
 _STATE_RE = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"', re.M)
 
 
@@ -61,16 +60,15 @@ def local_checkpoint_root(workspace_root, setting=None) -> Path | None:
 
     ``setting``: a folder, ``False``/``"off"`` (save straight into the workspace), or None for
     the default: ``$NUCLEI_LOCAL_CHECKPOINTS`` if set, else on for a workspace on Colab's Drive
-    mount (local folder :data:`COLAB_LOCAL`) and off elsewhere (the workspace already is a
-    local disk).
+    mount (local folder :data:`helpers.colab.LOCAL_CHECKPOINTS`) and off elsewhere (the
+    workspace already is a local disk).
     """
     if setting is None:
         setting = os.environ.get(ENV_VAR)
     if setting is None:
-        root = Path(workspace_root).resolve()
-        if not root.is_relative_to(COLAB_DRIVE):
+        if not colab.on_drive(workspace_root):
             return None
-        setting = COLAB_LOCAL
+        setting = colab.LOCAL_CHECKPOINTS
     if setting is False or str(setting).lower() in ("", "0", "off", "no", "false", "none"):
         return None
     # one folder per workspace, so two workspaces in one runtime never share checkpoints

@@ -183,7 +183,7 @@ def resolve_pretrained(profile: cfglib.Profile, ws: Workspace, timeout_s: float 
         tmp_tar = cache.parent / f".{name}.tar.gz"
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(tmp_tar) as tmp, urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            from tqdm.auto import tqdm
+            from helpers.progress import tqdm
 
             total = int(resp.headers.get("Content-Length") or 0) or None
             with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
@@ -261,7 +261,7 @@ class _Progress:
             "frcnn_box_loss", "mask_loss")
 
     def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None):
-        from tqdm.auto import tqdm
+        from helpers.progress import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
                         disable=not enabled, dynamic_ncols=True, file=sys.stderr)

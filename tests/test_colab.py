@@ -87,8 +87,13 @@ def test_setup_off_colab_is_a_local_no_op(tmp_path, monkeypatch, capsys, subproc
 
 def test_setup_quiets_tensorflow_before_it_is_imported(monkeypatch, capsys):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    monkeypatch.setattr(colab, "has_gpu", lambda: True)
     colab.setup()
-    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"  # GPU: CUDA's errors are real ones
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    monkeypatch.setattr(colab, "has_gpu", lambda: False)
+    colab.setup()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # no GPU: "failed call to cuInit" is noise
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own choice is kept
     colab.setup()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"

@@ -14,7 +14,7 @@ import pytest
 
 from _training_support import model_vars, new_workspace, optimizer_iterations, run_child
 from helpers import checkpoints as ckpts
-from helpers import mirror, training
+from helpers import colab, mirror, training
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,7 @@ def test_kill_during_the_drive_copy_keeps_the_previous_checkpoint_and_resume_use
     code = f"""
 import time
 from pathlib import Path
-from helpers import mirror, training
+from helpers import colab, mirror, training
 real = mirror.copy_file
 def slow(src, dst):
     if Path(src).name.startswith("ckpt-10.data"):
@@ -240,8 +240,8 @@ def test_a_local_folder_from_another_run_is_set_aside(tmp_path):
 
 def test_local_checkpoints_only_for_a_workspace_on_drive(tmp_path, monkeypatch):
     monkeypatch.delenv(mirror.ENV_VAR, raising=False)
-    monkeypatch.setattr(mirror, "COLAB_DRIVE", tmp_path / "content" / "drive")
-    monkeypatch.setattr(mirror, "COLAB_LOCAL", tmp_path / "content" / "nuclei_local")
+    monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", tmp_path / "content" / "drive")
+    monkeypatch.setattr(colab, "LOCAL_CHECKPOINTS", tmp_path / "content" / "nuclei_local")
     assert mirror.local_checkpoint_root(tmp_path / "workspace") is None  # a local disk already
     on_drive = tmp_path / "content" / "drive" / "MyDrive" / "nuclei_workspace"
     got = mirror.local_checkpoint_root(on_drive)
