@@ -92,7 +92,10 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
         work = tmp.with_name(tmp.name + ".ipynb")  # papermill wants the .ipynb suffix
         try:
             pm.execute_notebook(str(notebook), str(work), parameters=params, kernel_name="python3",
-                                cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
+                                cwd=str(notebook.parent), progress_bar=False, log_output=log_output,
+                                # the kernel's own start-up warnings ("running over TCP without
+                                # encryption" on a loopback kernel) are not the user's business
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except BaseException:
             if work.exists():
                 os.replace(work, ws.runs / f"{notebook.stem}.failed.ipynb")

@@ -459,7 +459,7 @@ def _tiny_notebook(path: Path, names: list[str]):
     nbformat.write(nb, str(path))
 
 
-def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatch, caplog):
+def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatch, caplog, capfd):
     books = tmp_path / "books"
     books.mkdir()
     _tiny_notebook(books / "01_a.ipynb", ["profile", "workspace_root", "seed"])
@@ -469,6 +469,8 @@ def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatc
     with caplog.at_level(logging.WARNING, logger="papermill"):
         runs = notebooks.run_workflow("demo", parameters={"seed": 7}, workspace_root=ws)
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
+    console = capfd.readouterr()
+    assert "WARNING" not in console.err and "Kernel is running" not in console.err  # the kernel's own
     printed = ["".join(json.loads(p.read_text())["cells"][-1]["outputs"][0]["text"]) for p in runs]
     ws_root = str(ws.resolve())
     assert printed[0] == f"[('profile', 'demo'), ('seed', 7), ('workspace_root', '{ws_root}')]\n"
