@@ -61,6 +61,29 @@ def check_parameters(parameters: dict, notebooks: list[Path]) -> dict[Path, list
     return declared
 
 
+# What the kernel's process itself prints is kept out of the notebook and off the console, in
+# runs/<name>.kernel.log: TensorFlow's C++ log lines (e.g. grappler's "W0000 ... Error in
+# PredictCost() for the op: CropAndResize", which TF_CPP_MIN_LOG_LEVEL does not reach) and the
+# kernel's own start-up warnings ("running over TCP without encryption" on a loopback kernel).
+# Python's stdout/stderr (results, progress bars, warnings, tracebacks) stay in the notebook.
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False", "--IPKernelApp.log_level=ERROR"]
+
+
+def _kernel_manager(log):
+    """A kernel manager class whose kernels write their process's stderr to ``log``."""
+    from jupyter_client import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_start_kernel(self, **kw):
+            kw.setdefault("stderr", log)
+            kw.setdefault("stdout", log)
+            return await super()._async_start_kernel(**kw)
+
+        start_kernel = _async_start_kernel
+
+    return LoggedKernelManager
+
+
 def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
                  workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> Path:
     """Execute one notebook headless; return the path of the executed copy in ``runs/``.
@@ -88,14 +111,13 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     if "workspace_root" in declared:
         params.setdefault("workspace_root", str(ws.root))
     out = ws.runs / notebook.name
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, open(ws.runs / f"{notebook.stem}.kernel.log", "w") as log:
         work = tmp.with_name(tmp.name + ".ipynb")  # papermill wants the .ipynb suffix
         try:
             pm.execute_notebook(str(notebook), str(work), parameters=params, kernel_name="python3",
                                 cwd=str(notebook.parent), progress_bar=False, log_output=log_output,
-                                # the kernel's own start-up warnings ("running over TCP without
-                                # encryption" on a loopback kernel) are not the user's business
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                kernel_manager_class=_kernel_manager(log),
+                                extra_arguments=KERNEL_ARGUMENTS)
         except BaseException:
             if work.exists():
                 os.replace(work, ws.runs / f"{notebook.stem}.failed.ipynb")

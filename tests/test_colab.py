@@ -471,7 +471,29 @@ def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatc
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
     console = capfd.readouterr()
     assert "WARNING" not in console.err and "Kernel is running" not in console.err  # the kernel's own
+    assert (ws / "runs" / "01_a.kernel.log").is_file()
     printed = ["".join(json.loads(p.read_text())["cells"][-1]["outputs"][0]["text"]) for p in runs]
     ws_root = str(ws.resolve())
     assert printed[0] == f"[('profile', 'demo'), ('seed', 7), ('workspace_root', '{ws_root}')]\n"
     assert printed[1] == f"[('profile', 'demo'), ('steps', 150), ('workspace_root', '{ws_root}')]\n"
+
+
+def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, capfd):
+    """TensorFlow's C++ logs write straight to file descriptor 2 (TF_CPP_MIN_LOG_LEVEL misses some)."""
+    import nbformat
+
+    line = "W0000 00:00:1795674489.435274   13711 op_level_cost_estimator.cc:699] Error in PredictCost()"
+    cells = [nbformat.v4.new_code_cell("workspace_root = None"),
+             nbformat.v4.new_code_cell(f"import os, sys\nos.write(2, b'{line}\\n')\n"
+                                       "print('result'); print('python warning', file=sys.stderr)")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "native.ipynb"))
+    out = notebooks.run_notebook(tmp_path / "native.ipynb", workspace_root=tmp_path / "ws")
+    outputs = json.loads(out.read_text())["cells"][-1]["outputs"]
+    texts = {o["name"]: "".join(o["text"]) for o in outputs}
+    assert texts == {"stdout": "result\n", "stderr": "python warning\n"}  # Python's own output stays
+    assert line not in capfd.readouterr().err
+    assert line in (tmp_path / "ws" / "runs" / "native.kernel.log").read_text()
+

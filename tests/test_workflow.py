@@ -1,5 +1,6 @@
 """The whole workflow, as the README's demo command runs it: notebooks 01→05 headless."""
 import json
+import re
 import zipfile
 
 import pytest
@@ -24,6 +25,21 @@ def test_every_notebook_ran_and_was_saved_with_outputs(demo_workflow):
         text, images, errors = _outputs(demo_workflow.runs / name)
         assert not errors, f"{name} has an error output"
         assert images >= 1, f"{name} shows no figure"
+
+
+# What users took for errors: TensorFlow/absl C++ log lines, CUDA on a machine without GPU,
+# papermill's parameter warnings, tqdm's widget warning, protobuf's gencode traceback.
+NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|cuInit|CUDA|Passed unknown "
+                   r"parameter|IProgress|TqdmWarning|[Gg]encode|^WARNING|^Traceback")
+
+
+def test_notebook_outputs_carry_no_library_noise(demo_workflow):
+    for name in [nb.name for nb in workflow_notebooks()]:
+        nb = json.loads((demo_workflow.runs / name).read_text())
+        for c in nb["cells"]:
+            for o in c.get("outputs", []):
+                for line in re.split(r"[\r\n]", "".join(o.get("text", ""))):
+                    assert not NOISE.search(line.strip()), f"{name}: {line[:200]}"
 
 
 def test_answer_zip_is_valid_and_loads_in_pycocotools(demo_workflow):
