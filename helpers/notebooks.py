@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from helpers.atomic import atomic_path
+from helpers.atomic import atomic_path, atomic_write_text
 from helpers.workspace import get_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +155,46 @@ def _parse_value(text: str):
         return text
 
 
+_REPO_URL_LINE = re.compile(r'^REPO_URL = "[^"]*"', re.M)
+_COLAB_BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/")
+_GITHUB_URL = re.compile(r"^https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$")
+
+
+def set_repo_url(url: str, repo: str | os.PathLike = REPO) -> list[Path]:
+    """Point the five notebooks' ``REPO_URL`` (and, for a GitHub URL, the README's "Open in
+    Colab" links) at ``url``, the git URL of your copy; return the files changed.
+
+    Run once in your fork and commit: ``python -m helpers.notebooks --set-repo-url URL``.
+    """
+    import json
+
+    if not re.match(r"^(https://|git@|ssh://)\S+$", url) or "OWNER" in url:
+        raise ValueError(f"{url!r} is not a git URL such as https://github.com/<you>/nuclei-maskrcnn")
+    repo = Path(repo)
+    changed = []
+    for nb_path in sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        src = "".join(cell["source"])
+        new = _REPO_URL_LINE.sub(f'REPO_URL = "{url}"', src, count=1)
+        if new == src and f'REPO_URL = "{url}"' not in src:
+            raise ValueError(f"{nb_path}: no REPO_URL line in its parameters cell")
+        if new != src:
+            cell["source"] = new.splitlines(keepends=True)
+            atomic_write_text(nb_path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            changed.append(nb_path)
+    github = _GITHUB_URL.match(url)
+    readme = repo / "README.md"
+    if github and readme.is_file():
+        text = readme.read_text()
+        new = _COLAB_BADGE.sub(f"https://colab.research.google.com/github/{github[1]}/{github[2]}/blob/",
+                               text)
+        if new != text:
+            atomic_write_text(readme, new)
+            changed.append(readme)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="demo", choices=["demo", "cpu", "colab"])
@@ -162,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a notebook parameter (JSON values are parsed)")
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    ap.add_argument("--set-repo-url", metavar="URL",
+                    help="point the notebooks' REPO_URL and the README's Colab links at your copy, "
+                         "then exit (commit the result)")
     args = ap.parse_args(argv)
+    if args.set_repo_url:
+        try:
+            changed = set_repo_url(args.set_repo_url)
+        except ValueError as e:
+            ap.error(str(e))
+        print("\n".join(f"updated {p}" for p in changed) or "already set; nothing changed")
+        return 0
     params = {k: _parse_value(v) for k, v in args.p}
     try:
         check_parameters(params, workflow_notebooks())

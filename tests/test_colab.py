@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -497,3 +498,24 @@ def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, cap
     assert line not in capfd.readouterr().err
     assert line in (tmp_path / "ws" / "runs" / "native.kernel.log").read_text()
 
+
+
+def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    shutil.copy2(REPO / "README.md", tmp_path / "README.md")
+    url = "https://github.com/alice/nuclei-maskrcnn"
+    changed = notebooks.set_repo_url(url, tmp_path)
+    assert len(changed) == 6 and tmp_path / "README.md" in changed
+    for nb in sorted((tmp_path / "notebooks").glob("0*.ipynb")):
+        params = notebooks.declared_parameters(nb)
+        assert "REPO_URL" in params
+        src = "".join(json.loads(nb.read_text())["cells"][1]["source"])
+        assert f'REPO_URL = "{url}"' in src and "OWNER/" not in src
+        assert json.loads(nb.read_text())["cells"][2] == json.loads(
+            (REPO / "notebooks" / nb.name).read_text())["cells"][2]  # the setup cell is untouched
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.count("colab.research.google.com/github/alice/nuclei-maskrcnn/blob/main/notebooks/") == 5
+    assert "github/OWNER" not in readme
+    assert notebooks.set_repo_url(url, tmp_path) == []  # already set: nothing rewritten
+    with pytest.raises(ValueError, match="not a git URL"):
+        notebooks.set_repo_url("https://github.com/OWNER/nuclei-maskrcnn", tmp_path)
