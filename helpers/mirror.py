@@ -78,9 +78,20 @@ def local_checkpoint_root(workspace_root, setting=None) -> Path | None:
 
 # ----------------------------------------------------------------------------- copying
 
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy one file's bytes (the mirror looks this up at call time, so a benchmark can slow it)."""
-    shutil.copyfile(src, dst)
+class CopyAbandoned(Exception):
+    """A copy stopped half-way because a newer checkpoint makes it pointless."""
+
+
+def copy_file(src: Path, dst: Path, abandon=None) -> None:
+    """Copy one file's bytes, in chunks; ``abandon()`` True stops it (:class:`CopyAbandoned`).
+
+    Looked up at call time, so a test can stand in a slower or failing one.
+    """
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        while chunk := f.read(8 << 20):
+            if abandon is not None and abandon():
+                raise CopyAbandoned(str(src))
+            g.write(chunk)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -98,11 +109,11 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def durable_copy(src: Path, dst: Path) -> int:
+def durable_copy(src: Path, dst: Path, abandon=None) -> int:
     """Copy ``src`` to ``dst`` via ``.<name>.partial``, fsync, rename; the bytes copied."""
     tmp = dst.with_name(f".{dst.name}{PARTIAL}")
     try:
-        copy_file(src, tmp)
+        copy_file(src, tmp, abandon=abandon)
         _fsync(tmp)
         os.replace(tmp, dst)
     except BaseException:
@@ -118,7 +129,7 @@ def checkpoint_files(prefix: Path) -> list[Path]:
     return [*ckpts._data_files(prefix), prefix.with_name(prefix.name + ".index")]
 
 
-def copy_checkpoint(prefix, dest_dir) -> tuple[Path, int]:
+def copy_checkpoint(prefix, dest_dir, abandon=None) -> tuple[Path, int]:
     """Copy checkpoint ``prefix`` into ``dest_dir``: complete or absent there, never torn.
 
     Returns the new prefix and the bytes copied. A checkpoint of the same name already in
@@ -130,7 +141,7 @@ def copy_checkpoint(prefix, dest_dir) -> tuple[Path, int]:
         (dest_dir / f"{prefix.name}.index").unlink()
     nbytes = 0
     for f in checkpoint_files(prefix):
-        nbytes += durable_copy(f, dest_dir / f.name)
+        nbytes += durable_copy(f, dest_dir / f.name, abandon)
     _fsync(dest_dir, directory=True)
     return dest_dir / prefix.name, nbytes
 
@@ -300,11 +311,13 @@ class CheckpointMirror:
             snap = self._snapshot(prefix)
             if snap is None:
                 return None  # deleted by CheckpointManager before we got to it: a newer one exists
-            _, nbytes = copy_checkpoint(snap, self.remote_dir)
+            _, nbytes = copy_checkpoint(snap, self.remote_dir, abandon=self._superseded(step))
             ckpts.write_state(self.remote_dir)
             prune(self.remote_dir, self.keep)
             mirror_tree(self.local_dir / "train", self.remote_dir / "train")
             self.error = None
+        except CopyAbandoned:
+            return None  # the run is ending and a newer checkpoint waits: copy that one instead
         except Exception as e:  # noqa: BLE001 - reported, retried with the next checkpoint
             self.error = e
             if not quiet:
@@ -318,6 +331,15 @@ class CheckpointMirror:
         self.copies.append(copy)
         self.mirrored_step = step
         return copy
+
+    def _superseded(self, step: int):
+        """While the run ends (``close``), a copy of ``step`` is not worth finishing when a
+        newer checkpoint waits: the end of a run then waits for one copy, not two. During
+        training every copy finishes, or with a slow Drive none ever would."""
+        def abandon() -> bool:
+            newest = newest_saved(self.local_dir) if self._stop.is_set() else None
+            return newest is not None and newest[0] > step
+        return abandon
 
     def _snapshot(self, prefix: Path) -> Path | None:
         """Hard links of ``prefix``'s files, safe from CheckpointManager's deletions."""

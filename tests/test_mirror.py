@@ -3,11 +3,13 @@
 Real Model Garden training on the demo profile; "Drive" is a plain folder, and a killed
 runtime is a SIGKILLed child process whose local folder is then thrown away.
 """
+import itertools
 import os
 import shutil
 import signal
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,14 +87,14 @@ import time
 from pathlib import Path
 from helpers import colab, mirror, training
 real = mirror.copy_file
-def slow(src, dst):
+def slow(src, dst, **kw):
     if Path(src).name.startswith("ckpt-10.data"):
         with open(src, "rb") as f, open(dst, "wb") as g:
             g.write(f.read(Path(src).stat().st_size // 2))
             g.flush()
         print("HALF-COPIED", flush=True)
         time.sleep(600)
-    real(src, dst)
+    real(src, dst, **kw)
 mirror.copy_file = slow
 training.train_stage("heads", "demo", {str(ws.root)!r}, local_checkpoints={str(local1)!r},
                      progress=False)
@@ -177,7 +179,7 @@ def test_failed_copy_keeps_drive_as_it_was_and_says_so(base, mirrored, monkeypat
     local = copy_stage(local0, base / "full_local", [0, 5, 10])
     remote = copy_stage(ws0.checkpoints / "heads", base / "full_drive", [0, 5])
 
-    def disk_full(src, dst):
+    def disk_full(src, dst, **kw):
         with open(dst, "wb") as f:
             f.write(b"\0" * 100)
         raise OSError(28, "No space left on device")
@@ -211,6 +213,45 @@ def test_mirror_keeps_the_newest_few_and_skips_to_the_newest(base, mirrored):
         tf.compat.v1.train.update_checkpoint_state(str(local), f"ckpt-{step}")
         m.mirror_newest()
     assert [s for s, _ in ckpts.list_checkpoints(remote)] == [15, 20]  # keep=2
+
+
+def test_the_end_of_a_run_abandons_a_copy_that_a_newer_checkpoint_supersedes(base, mirrored,
+                                                                              monkeypatch):
+    import threading
+
+    import tensorflow as tf
+
+    _, local0, _ = mirrored
+    local = copy_stage(local0, base / "supersede_local", [5, 10])
+    tf.compat.v1.train.update_checkpoint_state(str(local), "ckpt-5")  # newest saved: 5, for now
+    remote = base / "supersede_drive"
+    copying, real, abandoned = threading.Event(), mirror.copy_file, []
+
+    def slow_drive(src, dst, abandon=None):  # 5 KB/s for ckpt-5: its copy would take hours
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            for n in itertools.count():
+                chunk = f.read(5000)
+                if not chunk:
+                    break
+                copying.set()
+                if abandon is not None and abandon():
+                    abandoned.append(Path(src).name)
+                    raise mirror.CopyAbandoned(str(src))
+                if "ckpt-5" in str(src):
+                    assert n < 60, "the copy of ckpt-5 was not abandoned"
+                    time.sleep(1)
+                g.write(chunk)
+
+    monkeypatch.setattr(mirror, "copy_file", slow_drive)
+    m = mirror.CheckpointMirror(local, remote, poll_s=0.05).start()
+    assert copying.wait(60)  # the background copy of ckpt-5 is under way ...
+    tf.compat.v1.train.update_checkpoint_state(str(local), "ckpt-10")  # ... when the run's last save lands
+    m.close()
+    assert abandoned and abandoned[0].startswith("ckpt-5.")  # not waited for
+    assert [c.step for c in m.copies] == [10] and m.error is None
+    assert [s for s, _ in ckpts.list_checkpoints(remote)] == [10] and leftovers(remote) == []
+    monkeypatch.setattr(mirror, "copy_file", real)
+    assert ckpts.check_checkpoint(remote / "ckpt-10") is None
 
 
 def test_leftovers_of_a_killed_copy_are_removed(tmp_path):
