@@ -96,6 +96,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     notebook that looks complete. On failure papermill raises ``PapermillExecutionError``
     naming the failing cell, and the partial copy is kept as ``<name>.failed.ipynb``.
     """
+    # debugpy (imported with ipykernel's kernel spec) warns about frozen modules on Python 3.13
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     import papermill as pm
 
     notebook = Path(notebook)
