@@ -1,7 +1,7 @@
 """Checkpoint cost with the workspace on a Drive-like slow folder (a benchmark: prints, asserts nothing).
 
     python benchmarks/bench_checkpoints.py --profile demo    # smoke run, a few minutes
-    python benchmarks/bench_checkpoints.py                   # cpu profile, `all` stage (30-60 min)
+    python benchmarks/bench_checkpoints.py                   # cpu profile, `all` stage (1-2 h on 2 cores)
     python benchmarks/bench_checkpoints.py --sizes-only      # checkpoint size per profile and stage
 
 The workspace lives in a slow folder: a FUSE passthrough whose writes are held to
@@ -28,6 +28,18 @@ Then the checkpoint size of each profile (demo, cpu, colab) and stage (heads, al
 built from the real config (helpers.config.experiment_config, the task's build_model, the
 optimizer from the config with its slot variables created) saved as one checkpoint with the
 items Model Garden's trainer saves (global_step, model, optimizer).
+
+Measured here (2 shared cores, other jobs running; FUSE throttle at 4 MB/s; 20 timed steps):
+  cpu `all`:  a 35.4 / 30.7 s/step, b 40.2 / 30.4, c 65.4 (one run); b/a 1.134 and 0.993
+              (median 1.06), c/a 1.85. A local save of 363 MB took 1.3-1.5 s (b), a save into
+              the slow folder 91.3 s (c); background copies 90.7-91.4 s, Drive 1-4 steps behind
+              at the end of each; end wait for the last copy 92-142 s; final checkpoint complete.
+              (The steps were 4x slower than on an idle machine, so c/a is smaller than the
+              1 + 91/(5 x 7.5) = 3.4 expected at 7.5 s/step; b's cost stays ~1.4 s per 5 steps.)
+  demo `all`: b/a 1.46 (a 91 MB save every 5 steps of 0.4 s: 0.7 s each on local disk), c/a 12.6.
+  sizes (MB): demo heads 46.4 / all 91.1, cpu 268.8 / 362.8, colab 345.0 / 515.1; the table
+              matches the checkpoints the runs wrote (cpu heads 268.7, cpu all 362.8, demo all 91.1).
+  Wall time: demo mode ~15 min, cpu mode ~100 min on the loaded machine (4 s/step runs are 35 s).
 """
 from __future__ import annotations
 
@@ -132,11 +144,12 @@ def _measured_run(spec: dict) -> dict:
     orig_mirror = mirror.CheckpointMirror.mirror_newest
 
     def timed_mirror(self, *a, **kw):
-        started = now_step[0]
+        started, t0 = now_step[0], time.perf_counter()
         copy = orig_mirror(self, *a, **kw)
         if copy is not None:
             copies.append({"step": copy.step, "bytes": copy.nbytes, "seconds": copy.seconds,
-                           "started_at": started, "ended_at": now_step[0]})
+                           "started_at": started, "ended_at": now_step[0],
+                           "t0": t0, "t1": time.perf_counter()})
         return copy
 
     mirror.CheckpointMirror.mirror_newest = timed_mirror
@@ -182,6 +195,7 @@ def _measured_run(spec: dict) -> dict:
         "final_bytes": _prefix_bytes(r.checkpoint) if r.checkpoint else 0,
         "saves": saves, "copies": copies, "end_wait": ends[-1] if ends else 0.0,
         "step_times": [b[0] - a[0] for a, b in zip(steps_at, steps_at[1:])],
+        "steps_at": steps_at,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
     }
 
@@ -278,8 +292,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.worker:
-        res = _worker(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        res = _worker(spec)
         print(RESULT_TAG + json.dumps(res, default=str), flush=True)
+        if spec["kind"] == "run":  # kept beside the worker logs for a closer look
+            ws = Path(spec["workspace"])
+            with open(ws.parents[1] / "logs" / f"{ws.name}.json", "w") as f:
+                json.dump(res, f, default=str)
         return
 
     root = Path(tempfile.mkdtemp(prefix="bench_checkpoints.", dir=args.tmp))
@@ -377,6 +396,26 @@ def _timing(args, root: Path) -> int | None:
     return max(finals) if finals else None
 
 
+def copy_overlap(r: dict, every: int):
+    """Mean step time of timed steps that ran while a background copy ran (most of the step)
+    vs. those that did not; steps that include a save are left out of both. Returns
+    ``((mean, n) during, (mean, n) outside)`` or None without timestamps."""
+    steps_at, copies = r.get("steps_at"), [c for c in r.get("copies", []) if "t0" in c]
+    if not steps_at:
+        return None
+    during, outside = [], []
+    for (ta, _), (tb, step) in zip(steps_at, steps_at[1:]):
+        if (step - 1) % every == 0:
+            continue  # the save after step-1 is in this step's time
+        overlap = sum(max(0.0, min(tb, c["t1"]) - max(ta, c["t0"])) for c in copies)
+        (during if overlap > 0.5 * (tb - ta) else outside).append(tb - ta)
+
+    def mean(x):
+        return (statistics.mean(x) if x else float("nan"), len(x))
+
+    return mean(during), mean(outside)
+
+
 def _print_copies(r: dict, every: int) -> None:
     print(f"      background copies to the slow folder (lag = steps training was past the copied "
           f"checkpoint when its copy ended):")
@@ -388,6 +427,11 @@ def _print_copies(r: dict, every: int) -> None:
               f"({c['bytes'] / 1e6 / max(c['seconds'], 1e-9):5.1f} MB/s), started at step "
               f"{c['started_at']}, ended at step {c['ended_at']}: lag {c['ended_at'] - c['step']} steps{lost}")
         prev = c["step"]
+    ov = copy_overlap(r, every)
+    if ov:
+        (d, nd), (o, no) = ov
+        print(f"        steps without a save: {d:.2f} s/step while a copy ran ({nd} steps), "
+              f"{o:.2f} s/step otherwise ({no} steps)")
     saved = sorted({s["step"] for s in r["saves"]})
     copied = {c["step"] for c in r["copies"]}
     skipped = [s for s in saved if s not in copied]
