@@ -39,7 +39,7 @@ Measured here (2 shared cores, other jobs running; FUSE throttle at 4 MB/s; 20 t
   demo `all`: b/a 1.46 (a 91 MB save every 5 steps of 0.4 s: 0.7 s each on local disk), c/a 12.6.
   sizes (MB): demo heads 46.4 / all 91.1, cpu 268.8 / 362.8, colab 345.0 / 515.1; the table
               matches the checkpoints the runs wrote (cpu heads 268.7, cpu all 362.8, demo all 91.1).
-  Wall time: demo mode ~15 min, cpu mode ~100 min on the loaded machine (4 s/step runs are 35 s).
+  Wall time: demo mode ~15 min; cpu mode ~100 min on the loaded machine (30-40 s per step).
 """
 from __future__ import annotations
 
