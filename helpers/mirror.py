@@ -22,8 +22,11 @@ The whole policy, in one place:
   an upload that was cut off still has a complete predecessor.
 * **Training never waits on Drive**, except once when a run ends: the run's last checkpoint
   must be on Drive before the stage reports where it got to. While a copy runs, newer
-  checkpoints wait and only the newest is copied next, so after a disconnect at any moment a
-  user loses at most ``checkpoint_every`` steps plus what one copy takes.
+  checkpoints wait and only the newest is copied next. When a copy ends, Drive is behind by at
+  most ``checkpoint_every`` steps plus that copy's time; just before it ends, Drive still holds
+  the previous copy, so a disconnect at any moment loses at most ``checkpoint_every`` steps
+  plus the time of two copies (one copy, when a copy is faster than ``checkpoint_every`` steps).
+  Only a faster link or a smaller checkpoint shrinks that: copies share one upload link.
 """
 from __future__ import annotations
 
