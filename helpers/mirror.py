@@ -9,8 +9,8 @@ checkpoint to the stage folder in the workspace (Drive) while training goes on.
 The whole policy, in one place:
 
 * **A mirrored checkpoint is complete or absent.** Every file is written under a temp name
-  (``.<name>.partial``), fsynced, then renamed: the data files first, the index last, so a
-  ``ckpt-N.index`` on Drive means its data went before it. Then TensorFlow's ``checkpoint``
+  (``.<name>.*.partial``, :mod:`helpers.atomic`), fsynced, then renamed: the data files first,
+  the index last, so a ``ckpt-N.index`` on Drive means its data went before it. Then TensorFlow's ``checkpoint``
   state file is rewritten, and only then are older mirrored checkpoints removed (the newest
   ``keep`` stay). Temp files of a copy that a dead runtime left behind are removed by the next
   mirror.
@@ -44,8 +44,9 @@ from pathlib import Path
 
 from helpers import checkpoints as ckpts
 from helpers import colab
+from helpers.atomic import PARTIAL_MARKER, atomic_path, is_partial
 
-PARTIAL = ".partial"
+PARTIAL = PARTIAL_MARKER       # in the name of a temp file that a killed copy may leave
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 STAGE_FILE = "stage.json"
 ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
@@ -97,10 +98,10 @@ def copy_file(src: Path, dst: Path, abandon=None) -> None:
             g.write(chunk)
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
-    """fsync what the file system allows (Drive's FUSE mount may refuse directories)."""
+def _fsync_dir(path: Path) -> None:
+    """fsync a folder's entries where the file system allows it (Drive's FUSE mount may not)."""
     try:
-        fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -113,16 +114,9 @@ def _fsync(path: Path, directory: bool = False) -> None:
 
 
 def durable_copy(src: Path, dst: Path, abandon=None) -> int:
-    """Copy ``src`` to ``dst`` via ``.<name>.partial``, fsync, rename; the bytes copied."""
-    tmp = dst.with_name(f".{dst.name}{PARTIAL}")
-    try:
+    """Copy ``src`` to ``dst`` through the project's atomic write (temp file, fsync, rename)."""
+    with atomic_path(dst) as tmp:
         copy_file(src, tmp, abandon=abandon)
-        _fsync(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return dst.stat().st_size
 
 
@@ -145,7 +139,7 @@ def copy_checkpoint(prefix, dest_dir, abandon=None) -> tuple[Path, int]:
     nbytes = 0
     for f in checkpoint_files(prefix):
         nbytes += durable_copy(f, dest_dir / f.name, abandon)
-    _fsync(dest_dir, directory=True)
+    _fsync_dir(dest_dir)
     return dest_dir / prefix.name, nbytes
 
 
@@ -160,7 +154,7 @@ def remove_leftovers(folder) -> list[str]:
     for f in folder.iterdir():
         orphan = (f.name.startswith("ckpt-") and ".data-" in f.name
                   and f.name.split(".data-")[0] not in indexed)
-        if f.is_file() and ((f.name.startswith(".") and f.name.endswith(PARTIAL)) or orphan):
+        if f.is_file() and ((f.name.startswith(".") and is_partial(f)) or orphan):
             f.unlink()
             gone.append(f.name)
     shutil.rmtree(folder / SNAPSHOT_DIR, ignore_errors=True)
@@ -186,7 +180,7 @@ def mirror_tree(src_dir, dest_dir) -> int:
     src_dir, dest_dir = Path(src_dir), Path(dest_dir)
     n = 0
     for f in sorted(src_dir.rglob("*")) if src_dir.is_dir() else []:
-        if not f.is_file() or f.name.endswith(PARTIAL):
+        if not f.is_file() or is_partial(f):
             continue
         target = dest_dir / f.relative_to(src_dir)
         if not target.is_file() or target.stat().st_size != f.stat().st_size:
