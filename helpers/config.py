@@ -31,7 +31,10 @@ from typing import Sequence
 
 PROFILES = ("colab", "cpu", "demo")
 BASE_EXPERIMENT = "maskrcnn_resnetfpn_coco"  # Model Garden's registered experiment
+EXPERIMENT = "nuclei_maskrcnn"              # ours: BASE_EXPERIMENT + the task fields below
+SCALES = (1.0, 1.5, 2.0)                    # input magnifications the `scale` knob offers
 SPECIALIST_PREFIX = "specialist-"
+FINAL_STAGE = "final"  # an `all` stage on every labelled image (train + val), for the submission
 
 # Model Garden's published ImageNet ResNet checkpoints (MODEL_GARDEN.md, "ImageNet
 # Baselines"). A tar.gz holding a TF checkpoint whose top-level item is `backbone`,
@@ -98,12 +101,38 @@ class Profile:
     mask_filters: int = 256
     pretrained: str | None = None       # "imagenet" -> IMAGENET_RESNET_URLS[depth]
     mixed_precision: bool = False       # float16 on GPU only (ignored elsewhere)
+    # Input magnification, the same for training crops and prediction: a crop_size crop
+    # shows crop_size/scale native px, and images are enlarged by it before prediction.
+    # Nuclei are 10-96 px (median 30); matterport's nucleus sample upscales 2x.
+    scale: float = 1.0
+    # H&E stain jitter (Tellez et al. 2019): each optical-density channel of the
+    # haematoxylin-eosin-DAB decomposition becomes a*s + b, a ~ U(1-x, 1+x), b ~ U(-x, x),
+    # on the image only. 0 = off; 0.05 is Tellez's "HED-light".
+    stain_jitter: float = 0.0
+    # Training from random weights (no pretrained backbone; train_stage(from_scratch=True)):
+    # nothing is frozen (a frozen random backbone learns nothing), and the knobs in `scratch`
+    # replace the profile's: learning rates a random network needs rather than matterport's
+    # fine-tuning ones, and a model small enough to take many steps in the time there is.
+    from_scratch: bool = False
+    scratch: dict = dataclasses.field(default_factory=dict)
 
     @property
     def resnet_depth(self) -> int:
         if not self.backbone.startswith("resnet"):
             raise ConfigError(f"backbone {self.backbone!r}: only 'resnet<depth>' is supported")
         return int(self.backbone[len("resnet"):])
+
+    def stage_learning_rate(self, kind: str) -> float:
+        """Peak learning rate of a stage kind ('heads', 'all', 'specialist')."""
+        return self.learning_rate if kind == "heads" else self.learning_rate_all
+
+    def freezes_backbone(self, kind: str) -> bool:
+        """matterport's layers='heads': only with a pretrained backbone worth keeping."""
+        return kind == "heads" and not self.from_scratch
+
+    def window(self) -> int:
+        """Side in native px of the image window a training crop shows (crop_size / scale)."""
+        return int(round(self.crop_size / self.scale))
 
 
 _PROFILES = {
@@ -124,6 +153,8 @@ _PROFILES = {
         warmup_steps=200,
         pretrained="imagenet",          # ImageNet ResNet-101 backbone (init_checkpoint_modules)
         mixed_precision=True,
+        # random weights: every layer trains at once, so one LR (x10 matterport's `all`)
+        scratch={"learning_rate": 0.02, "learning_rate_all": 0.01},
     ),
     # No GPU (quota gone): the best that runs at a few s/step on 2 cores.
     "cpu": Profile(
@@ -139,6 +170,17 @@ _PROFILES = {
         pretrained="imagenet",
         max_num_instances=600,          # a 512^2 crop holds ~26% of <=1,900 nuclei, x2 margin
         num_proposals=1000,             # ~2x the nuclei in a 512 crop, cheaper on CPU
+        # The ROI heads cost most of a CPU step (measured: 21.8 -> 8.0 s/step on 2 cores):
+        # matterport's 2-fc box head (no convs), COCO's sample counts, a narrower mask head.
+        head_convs=0,
+        num_sampled_rois=256,
+        num_sampled_masks=128,
+        mask_filters=128,
+        # From scratch nothing is gained from ResNet-50's depth in a CPU-hour, while a
+        # ResNet-18 FPN of 128 channels takes ~1.6x the steps (4.9 vs 8.0 s/step) and a
+        # random network needs large learning rates with a short warm-up.
+        scratch={"backbone": "resnet18", "fpn_filters": 128, "rpn_filters": 128, "head_filters": 128,
+                 "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50},
     ),
     # Tests and the README's demo run: a few steps on 2 CPU cores in a couple of minutes.
     "demo": Profile(
@@ -179,24 +221,44 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in _PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     prof = _PROFILES[name]
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
+    if unknown:
+        raise ConfigError(f"unknown profile knob(s) {sorted(unknown)}")
+    if overrides.get("from_scratch"):  # the profile's from-scratch recipe, then the caller's knobs
+        prof = dataclasses.replace(prof, from_scratch=True, **prof.scratch)
     if overrides:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
-        if unknown:
-            raise ConfigError(f"unknown profile knob(s) {sorted(unknown)}")
         prof = dataclasses.replace(prof, **overrides)
+    check_profile(prof)
     return prof
 
 
+def check_profile(prof: Profile) -> None:
+    """ConfigError for knob values that cannot work together."""
+    if prof.scale not in SCALES:
+        raise ConfigError(f"scale {prof.scale!r}: use one of {SCALES}")
+    if not 0.0 <= prof.stain_jitter <= 0.5:
+        raise ConfigError(f"stain_jitter {prof.stain_jitter!r}: use 0 (off) to 0.5 (0.05 is typical)")
+    bad = set(prof.scratch) - ({f.name for f in dataclasses.fields(Profile)} - {"name", "from_scratch", "scratch"})
+    if bad:
+        raise ConfigError(f"profile {prof.name}: unknown knob(s) {sorted(bad)} in scratch")
+    if prof.test_num_proposals <= prof.max_num_detections:
+        raise ConfigError(f"test_num_proposals ({prof.test_num_proposals}) must exceed "
+                          f"max_num_detections ({prof.max_num_detections})")
+
+
 def stage_kind(stage: str) -> str:
-    """'heads', 'all' or 'specialist' (for 'specialist-<name>')."""
+    """'heads', 'all' (also for 'final') or 'specialist' (for 'specialist-<name>')."""
     if stage in ("heads", "all"):
         return stage
+    if stage == FINAL_STAGE:
+        return "all"
     if stage.startswith(SPECIALIST_PREFIX) and len(stage) > len(SPECIALIST_PREFIX):
         name = stage[len(SPECIALIST_PREFIX):]
         if not all(c.isalnum() or c in "-_" for c in name):
             raise ConfigError(f"stage {stage!r}: use letters, digits, '-' or '_' after 'specialist-'")
         return "specialist"
-    raise ConfigError(f"unknown stage {stage!r}; use 'heads', 'all' or 'specialist-<name>'")
+    raise ConfigError(f"unknown stage {stage!r}; use 'heads', 'all', '{FINAL_STAGE}' or "
+                      "'specialist-<name>'")
 
 
 def parent_stage(stage: str) -> str | None:
@@ -213,6 +275,38 @@ def detect_accelerator() -> str:
     if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):
         return "tpu"
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+_REGISTERED = []
+
+
+def register_experiment() -> None:
+    """Register :data:`EXPERIMENT` with Model Garden's ``exp_factory`` (once per process).
+
+    It is Model Garden's ``maskrcnn_resnetfpn_coco`` with the task config :class:`NucleiTask`
+    (the same fields plus ours), so a stored config rebuilds with every field it had.
+    """
+    if _REGISTERED:
+        return
+    from official.core import config_definitions as cfg
+    from official.core import exp_factory
+    from official.vision.configs import maskrcnn as mg_maskrcnn
+
+    @dataclasses.dataclass
+    class NucleiTask(mg_maskrcnn.MaskRCNNTask):
+        input_scale: float = 1.0   # Profile.scale: training windows and prediction input
+        stain_jitter: float = 0.0  # Profile.stain_jitter: H&E optical-density jitter (training)
+
+    def nuclei_maskrcnn() -> cfg.ExperimentConfig:
+        base = exp_factory.get_exp_config(BASE_EXPERIMENT)
+        task = NucleiTask()
+        task.override(base.task.as_dict(), is_strict=True)
+        return cfg.ExperimentConfig(runtime=base.runtime, task=task, trainer=base.trainer,
+                                    restrictions=list(base._restrictions))  # noqa: SLF001
+
+    if EXPERIMENT not in exp_factory._REGISTERED_CONFIGS:  # noqa: SLF001 - re-import safe
+        exp_factory.register_config_factory(EXPERIMENT)(nuclei_maskrcnn)
+    _REGISTERED.append(EXPERIMENT)
 
 
 def experiment_config(
@@ -244,9 +338,10 @@ def experiment_config(
         fits a Model Garden COCO Mask R-CNN checkpoint (its heads have 91 classes).
     """
     from official.core import exp_factory
-    from official.vision.configs import maskrcnn as _registers_maskrcnn  # noqa: F401
 
+    register_experiment()
     prof = get_profile(profile) if isinstance(profile, str) else profile
+    check_profile(prof)
     kind = stage_kind(stage)
     total = int(steps if steps is not None else prof.steps[kind])
     if total < 1:
@@ -257,11 +352,10 @@ def experiment_config(
     if prof.crop_size % stride or prof.predict_size % stride:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
 
-    # Training examples reach Model Garden's parser as crop-sized windows at native
-    # resolution (helpers.train_input.WindowDecoder). The parser scales its input by
-    # aug_scale * crop / input side, so aug_scale 1.0 is native and > 1 enlarges.
-    # (Images smaller than the crop, e.g. demo ones, are enlarged to it.)
-    native = 1.0
+    # Training examples reach Model Garden's parser as windows of crop/scale native px
+    # (helpers.train_input.WindowDecoder, task.input_scale). The parser scales its input
+    # by aug_scale * crop / window side, so the magnification is scale * aug_scale.
+    # (Images smaller than the window, e.g. demo ones, are enlarged to the crop.)
     lo, hi = prof.scale_jitter
     if lo < 1.0:
         raise ConfigError("scale_jitter must not go below 1.0: nuclei are never downscaled")
@@ -273,13 +367,13 @@ def experiment_config(
     else:
         precision, data_dtype = "float32", "float32"
 
-    lr = prof.learning_rate if kind == "heads" else prof.learning_rate_all
+    lr = prof.stage_learning_rate(kind)
     warmup = min(prof.warmup_steps, max(total // 5, 0))
     modules = init_modules or ("backbone" if kind == "heads" else "all")
     if not isinstance(modules, str):
         modules = list(modules)
 
-    cfg = exp_factory.get_exp_config(BASE_EXPERIMENT)
+    cfg = exp_factory.get_exp_config(EXPERIMENT)
     cfg.override({
         "runtime": {
             "mixed_precision_dtype": precision,
@@ -289,8 +383,11 @@ def experiment_config(
             "init_checkpoint": init_checkpoint or "",
             # heads: only the (pretrained) backbone; all/specialist: the whole parent model.
             "init_checkpoint_modules": modules,
-            # matterport layers='heads': backbone frozen (also keeps its BN statistics).
-            "freeze_backbone": kind == "heads",
+            # matterport layers='heads': backbone frozen (also keeps its BN statistics),
+            # unless it is random (from scratch).
+            "freeze_backbone": prof.freezes_backbone(kind),
+            "input_scale": prof.scale,
+            "stain_jitter": prof.stain_jitter,
             "annotation_file": "",
             "use_coco_metrics": False,  # we evaluate with pycocotools ourselves
             "losses": {"l2_weight_decay": prof.weight_decay},
@@ -340,8 +437,8 @@ def experiment_config(
                 "parser": {
                     "aug_rand_hflip": True,
                     "aug_rand_vflip": True,  # h+v flips also give 180-degree rotations
-                    "aug_scale_min": native * lo,
-                    "aug_scale_max": native * hi,
+                    "aug_scale_min": lo,
+                    "aug_scale_max": hi,
                     "max_num_instances": prof.max_num_instances,
                     "rpn_batch_size_per_im": prof.rpn_batch_size_per_im,
                     "rpn_fg_fraction": prof.rpn_fg_fraction,
@@ -437,5 +534,8 @@ def describe(profile: str | Profile) -> str:
     return (f"profile {p.name}: backbone {p.backbone}-FPN, images_per_batch {p.images_per_batch}, "
             f"learning_rate {p.learning_rate} (heads) / {p.learning_rate_all} (all), "
             f"checkpoint_every {p.checkpoint_every} steps, steps {p.steps}, "
-            f"crop {p.crop_size}px at native resolution, anchors "
+            f"crop {p.crop_size}px " + (f"of {p.window()} native px (scale {p.scale})"
+                                        if p.scale != 1.0 else "at native resolution")
+            + (f", stain jitter {p.stain_jitter}" if p.stain_jitter else "")
+            + (", from scratch" if p.from_scratch else "") + ", anchors "
             f"{[round(p.anchor_size * 2 ** l * 2 ** (s / p.num_scales)) for l in range(p.min_level, p.max_level + 1) for s in range(p.num_scales)]} px")

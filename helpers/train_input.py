@@ -20,6 +20,7 @@ the library's.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 from official.common import dataset_fn as dataset_fn_lib
 from official.vision.dataloaders import input_reader, input_reader_factory, maskrcnn_input
@@ -29,13 +30,47 @@ from official.vision.tasks import maskrcnn as mg_maskrcnn
 INSTANCE_MAP_KEY = "nuclei/instance_map"  # written by helpers.shards (pixel = object number)
 PIPELINE_VERSION = "window-decoder-v1"    # part of the stage config fingerprint
 
+# Ruifrok & Johnston's H&E-DAB stain vectors, as scikit-image's rgb2hed uses them
+# (third row: the cross product of the first two). Optical density is -ln(RGB), the
+# units of skimage < 0.19 that Tellez et al.'s sigma (0.05 for "HED-light") refers to.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.0, 0.0, 0.0]])
+_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+
+
+def rgb_to_hed(rgb):
+    """Stain optical densities (..., 3: haematoxylin, eosin, DAB) of float RGB in [0, 1]."""
+    od = -tf.math.log(tf.maximum(rgb, 1e-6))
+    return tf.tensordot(od, tf.constant(_HED_FROM_RGB, tf.float32), 1)
+
+
+def hed_to_rgb(hed):
+    """Inverse of :func:`rgb_to_hed`, clipped to [0, 1]."""
+    return tf.clip_by_value(tf.exp(-tf.tensordot(hed, tf.constant(_RGB_FROM_HED, tf.float32), 1)),
+                            0.0, 1.0)
+
+
+def stain_jitter(image, strength: float, seed=None):
+    """H&E stain augmentation (Tellez et al. 2019): each HED channel s becomes a*s + b with
+    a ~ U(1-strength, 1+strength), b ~ U(-strength, strength). uint8 (H, W, 3) in and out;
+    pixels move in colour only, never in place."""
+    if not strength:
+        return image
+    hed = rgb_to_hed(tf.cast(image, tf.float32) / 255.0)
+    a = tf.random.uniform([3], 1.0 - strength, 1.0 + strength, seed=seed)
+    b = tf.random.uniform([3], -strength, strength, seed=seed)
+    rgb = hed_to_rgb(hed * a + b)
+    return tf.cast(tf.round(rgb * 255.0), tf.uint8)
+
 
 class WindowDecoder(tf_example_decoder.TfExampleDecoder):
-    """``TfExampleDecoder`` that decodes one random ``window`` (h, w) of each example."""
+    """``TfExampleDecoder`` that decodes one random ``window`` (h, w) of each example,
+    its colours jittered by :func:`stain_jitter` when ``stain_jitter`` > 0."""
 
-    def __init__(self, window, **kwargs):
+    def __init__(self, window, stain_jitter: float = 0.0, **kwargs):
         super().__init__(include_mask=True, **kwargs)
         self._window = (int(window[0]), int(window[1]))
+        self._stain_jitter = float(stain_jitter)
         self._keys_to_features[INSTANCE_MAP_KEY] = tf.io.FixedLenFeature((), tf.string, default_value="")
 
     def decode(self, serialized_example):
@@ -50,7 +85,7 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
         wh, ww = tf.minimum(h, self._window[0]), tf.minimum(w, self._window[1])
         y0 = tf.random.uniform([], 0, h - wh + 1, dtype=tf.int32)
         x0 = tf.random.uniform([], 0, w - ww + 1, dtype=tf.int32)
-        image = image[y0:y0 + wh, x0:x0 + ww]
+        image = stain_jitter(image[y0:y0 + wh, x0:x0 + ww], self._stain_jitter)
 
         classes = parsed["image/object/class/label"]
         pngs = parsed["image/object/mask"]
@@ -110,7 +145,10 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
         if not params.is_training:
             return super().build_inputs(params, input_context, dataset_fn)
         model = self.task_config.model
-        decoder = WindowDecoder(window=model.input_size[:2])
+        # A crop of input_size shows input_size / input_scale native px (Profile.scale).
+        scale = float(getattr(self.task_config, "input_scale", 1.0) or 1.0)
+        decoder = WindowDecoder(window=[round(v / scale) for v in model.input_size[:2]],
+                                stain_jitter=getattr(self.task_config, "stain_jitter", 0.0))
         # The same Parser, with the same arguments, as MaskRCNNTask.build_inputs.
         parser = maskrcnn_input.Parser(
             output_size=model.input_size[:2],

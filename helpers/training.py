@@ -377,12 +377,31 @@ def build_task(cfg, logging_dir):
     return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
 
+def scratch_lineage(workspace, stage: str) -> bool:
+    """Whether ``stage`` descends from a heads stage trained from random weights
+    (its record says so); a stage's from-scratch recipe follows its parent's."""
+    parent = cfglib.parent_stage(stage)
+    while parent is not None:
+        info = read_stage_info(workspace, parent)
+        if info is not None and "from_scratch" in info:
+            return bool(info["from_scratch"])
+        parent = cfglib.parent_stage(parent)
+    return False
+
+
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
                init_modules=None, **profile_overrides):
-    """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage."""
+    """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
+
+    ``from_scratch`` (a profile knob) defaults to False for heads and to the parent
+    stage's choice for the stages after it.
+    """
     ws = _ws(workspace)
+    if profile_overrides.get("from_scratch") is None:
+        profile_overrides["from_scratch"] = (cfglib.stage_kind(stage) != "heads"
+                                             and scratch_lineage(ws, stage))
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
@@ -399,8 +418,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
 def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                 time_budget_s: float | None = None, stop_at_step: int | None = None,
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
-                train_files: Sequence[str] | None = None, splits: Sequence[str] = ("train",),
-                from_scratch: bool = False, init_checkpoint: str | None = None,
+                train_files: Sequence[str] | None = None, splits: Sequence[str] | None = None,
+                from_scratch: bool | None = None, init_checkpoint: str | None = None,
                 init_modules=None, strategy=None, progress: bool = True,
                 local_checkpoints=None, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
@@ -418,10 +437,13 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       stop_at_step: stop (with a checkpoint) at this global step; re-run to continue.
       image_ids / organs: training subset (specialist stages), via helpers.shards.select_shards.
       train_files: explicit shard paths instead (bypasses the workspace's shard index).
-      splits: manifest splits to train on; ("train", "val") for a final model on every
-        labeled image (other data: the fingerprint check refuses to mix it into a stage
-        already trained on "train" only).
-      from_scratch: heads stage without pretrained weights.
+      splits: manifest splits to train on; default ("train",), and ("train", "val") for
+        stage ``"final"``: the `all` stage again, on every labelled image, once the choices
+        are made on validation (other data: the fingerprint check refuses to mix it into a
+        stage already trained on "train" only).
+      from_scratch: heads stage without pretrained weights: every layer trains (nothing is
+        frozen) with the profile's ``scratch`` recipe (``Profile.scratch``). Later stages follow the
+        heads stage's choice (None); it is part of the config fingerprint.
       init_checkpoint: explicit checkpoint for a fresh heads stage (a local copy
         of the pretrained backbone, or a Model Garden COCO Mask R-CNN checkpoint).
       init_modules: what to load from it: "backbone" (default for heads) or
@@ -437,9 +459,12 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
 
     t_call = time.perf_counter()
     ws = _ws(workspace)
+    if splits is None:
+        splits = ("train", "val") if stage == cfglib.FINAL_STAGE else ("train",)
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
                                  organs=organs, train_files=train_files, splits=splits,
-                                 init_modules=init_modules, **profile_overrides)
+                                 init_modules=init_modules, from_scratch=from_scratch,
+                                 **profile_overrides)
     planned = int(cfg.trainer.train_steps)
     local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
     model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
@@ -460,7 +485,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     if where == "drive" and model_dir != sdir:
         latest = (latest[0], mirror.bring_local(latest[1], model_dir))
     if not latest:
-        _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint, from_scratch)
+        _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint)
 
     from official.core import train_lib
     from official.modeling import performance
@@ -514,13 +539,13 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     return result
 
 
-def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint, from_scratch) -> None:
+def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None:
     """A stage's first run: choose its starting weights and write its record ``stage.json``."""
     init = None
     if cfglib.stage_kind(stage) == "heads":
         if init_checkpoint:
             init = init_checkpoint
-        elif prof.pretrained and not from_scratch:
+        elif prof.pretrained and not prof.from_scratch:
             init = resolve_pretrained(prof, ws)
     else:
         init = _parent_checkpoint(ws, stage)
@@ -528,6 +553,7 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint, from_sc
     sdir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sdir / STAGE_FILE, {
         "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
+        "from_scratch": prof.from_scratch, "scale": prof.scale,
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

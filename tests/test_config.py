@@ -110,3 +110,38 @@ def test_invalid_requests_are_clear_errors():
     with pytest.raises(config.ConfigError, match="multiples"):
         config.experiment_config(config.get_profile("demo", crop_size=100), "heads", [], accelerator="cpu")
     assert "resnet101" in config.describe("colab") and "checkpoint_every 5" in config.describe("colab")
+
+
+def test_from_scratch_trains_every_layer_with_its_own_learning_rates():
+    prof = config.get_profile("cpu", from_scratch=True)
+    heads, all_ = cfg(prof, "heads"), cfg(prof, "all")
+    assert heads.task.freeze_backbone is False  # a frozen random backbone learns nothing
+    lr = lambda c: c.trainer.optimizer_config.learning_rate.cosine.initial_learning_rate  # noqa: E731
+    recipe = config.get_profile("cpu").scratch
+    assert lr(heads) == recipe["learning_rate"] and lr(all_) == recipe["learning_rate_all"]
+    assert lr(heads) > lr(cfg("cpu", "heads")) and lr(all_) > lr(cfg("cpu", "all"))
+    assert heads.task.model.backbone.resnet.model_id == 18 and cfg("cpu").task.model.backbone.resnet.model_id == 50
+    # the caller's knobs win over the recipe
+    assert config.get_profile("cpu", from_scratch=True, learning_rate=0.03).learning_rate == 0.03
+    assert config.fingerprint(heads) != config.fingerprint(cfg("cpu", "heads"))
+    assert "from scratch" in config.describe(prof)
+
+
+def test_scale_and_stain_jitter_reach_the_task_config():
+    c = cfg(config.get_profile("demo", scale=1.5, stain_jitter=0.05))
+    assert (c.task.input_scale, c.task.stain_jitter) == (1.5, 0.05)
+    assert config.get_profile("demo", scale=2.0).window() == 64
+    assert config.fingerprint(c) != config.fingerprint(cfg("demo"))
+    with pytest.raises(config.ConfigError, match="scale"):
+        config.get_profile("demo", scale=1.3)
+    with pytest.raises(config.ConfigError, match="stain_jitter"):
+        config.get_profile("demo", stain_jitter=-0.1)
+
+
+def test_cross_field_rules_are_checked():
+    with pytest.raises(config.ConfigError, match="test_num_proposals"):
+        config.get_profile("demo", test_num_proposals=200, max_num_detections=200)
+
+
+def test_final_stage_is_an_all_stage():
+    assert config.stage_kind("final") == "all" and config.parent_stage("final") == "heads"

@@ -1,4 +1,6 @@
 """The window decoder returns what Model Garden's TfExampleDecoder returns, for a window."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,67 @@ def test_without_instance_map_the_mask_pngs_are_used(records):
     h, w = full["image"].shape[:2]
     win = _window(rec, (h, w))
     np.testing.assert_array_equal(win["groundtruth_instance_masks"], full["groundtruth_instance_masks"])
+
+
+def test_stain_jitter_changes_colour_but_not_geometry(records):
+    """Same random window (same seed), with and without jitter: identical masks and boxes; the
+    image differs, and equal colours map to equal colours (a per-colour map: nothing moves)."""
+    import tensorflow as tf
+
+    from helpers.train_input import WindowDecoder
+
+    for rec in records:
+        tf.random.set_seed(7)
+        plain = {k: v.numpy() for k, v in WindowDecoder((96, 112)).decode(rec).items()}
+        tf.random.set_seed(7)
+        jit = {k: v.numpy() for k, v in WindowDecoder((96, 112), stain_jitter=0.2).decode(rec).items()}
+        np.testing.assert_array_equal(jit["groundtruth_instance_masks"], plain["groundtruth_instance_masks"])
+        np.testing.assert_array_equal(jit["groundtruth_boxes"], plain["groundtruth_boxes"])
+        a, b = plain["image"].reshape(-1, 3), jit["image"].reshape(-1, 3)
+        assert jit["image"].dtype == np.uint8 and jit["image"].shape == plain["image"].shape
+        assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5
+        _, first, inverse = np.unique(a, axis=0, return_index=True, return_inverse=True)
+        np.testing.assert_array_equal(b, b[first][inverse.reshape(-1)])
+
+
+def test_hed_round_trip_and_stain_directions():
+    import tensorflow as tf
+
+    from helpers.train_input import hed_to_rgb, rgb_to_hed, stain_jitter
+
+    rgb = np.random.default_rng(0).uniform(0.05, 1, (16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(rgb)).numpy(), rgb, atol=1e-4)
+    # pure haematoxylin (its RGB absorption) is all H, no E
+    h = np.exp(-np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])).astype(np.float32)
+    hed = rgb_to_hed(tf.constant(h[None])).numpy()[0]
+    assert hed[0] > 0.5 and abs(hed[1]) < 1e-3
+    img = tf.constant((rgb * 255).astype(np.uint8))
+    assert stain_jitter(img, 0.0) is img
+
+
+def _parsed_box_sides(base: Path, scale, n=8):
+    """Median box side (px) of the parser's ground truth for the demo profile at ``scale``."""
+    import tensorflow as tf
+
+    from helpers import config, training
+
+    prof = config.get_profile("demo", scale=scale, scale_jitter=(1.0, 1.0))
+    files = sorted(str(f) for f in demo_shards(base).glob("labeled-*.tfrecord"))
+    cfg = config.experiment_config(prof, "heads", files, accelerator="cpu")
+    tf.random.set_seed(0)
+    ds = training.build_task(cfg, base / f"scale{scale}").build_inputs(cfg.task.train_data)
+    sides = []
+    for images, labels in ds.take(n):
+        assert images.shape[1:3] == (prof.crop_size, prof.crop_size)
+        b = labels["gt_boxes"][0].numpy()
+        c = prof.crop_size
+        whole = (b[:, 0] > 1) & (b[:, 1] > 1) & (b[:, 2] < c - 1) & (b[:, 3] < c - 1)  # not cut by the crop
+        b = b[whole & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+        sides += list(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+    return float(np.median(sides))
+
+
+def test_scale_enlarges_the_training_crops_content(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "training"
+    ratio = _parsed_box_sides(base, 2.0) / _parsed_box_sides(base, 1.0)
+    assert 1.6 < ratio < 2.4, ratio

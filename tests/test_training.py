@@ -218,6 +218,35 @@ def test_specialist_trains_on_the_chosen_organ_only(base):
     assert cfg.task.freeze_backbone is False and cfg.task.init_checkpoint_modules == "all"
 
 
+def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
+    """all / final / specialists inherit from_scratch from the heads record; final trains on
+    train + val by default."""
+    import json as _json
+
+    from helpers import config
+    from helpers.atomic import atomic_write_json
+
+    ws = new_workspace(base, "scratch_plan")
+    lr = lambda c: c.trainer.optimizer_config.learning_rate.cosine.initial_learning_rate  # noqa: E731
+    demo = config.get_profile("demo")
+    _, cfg, _ = training.plan_stage("all", "demo", ws)
+    assert lr(cfg) == demo.learning_rate_all  # no heads record: pretrained recipe
+    (ws.checkpoints / "heads").mkdir(parents=True)
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"from_scratch": True})
+    for stage in ("all", "final"):
+        _, cfg, _ = training.plan_stage(stage, "demo", ws)
+        assert cfg.task.freeze_backbone is False
+        assert lr(cfg) == config.get_profile("demo", from_scratch=True).learning_rate_all
+    _, cfg, _ = training.plan_stage("all", "cpu", ws)
+    assert cfg.task.model.backbone.resnet.model_id == 18  # the cpu profile's scratch recipe
+    _, heads, _ = training.plan_stage("heads", "demo", ws, from_scratch=True)
+    assert heads.task.freeze_backbone is False
+    index = _json.loads((ws.shards / "index.json").read_text())["shards"]
+    labelled = {e["file"] for e in index if e["split"] in ("train", "val")}
+    _, cfg, _ = training.plan_stage("final", "demo", ws, splits=("train", "val"))
+    assert {os.path.basename(f) for f in cfg.task.train_data.input_path} == labelled
+
+
 def test_unreachable_pretrained_weights_fail_fast_with_the_way_out(base):
     from helpers import config
 
