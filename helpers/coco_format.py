@@ -304,12 +304,15 @@ class Detections:
     """The instance masks of one image: RLEs (counts str), scores in [0, 1], image size (H, W).
 
     ``boxes`` ([x, y, w, h], from the RLE) and ``areas`` are computed on demand.
+    ``mask_scores`` (optional, one per mask) is how sure the mask head was of each mask:
+    the mean mask probability inside the mask (Mask Scoring R-CNN's point), for rescoring.
     """
 
     rles: list[dict]
     scores: np.ndarray
     size: tuple[int, int]
     _boxes: np.ndarray | None = field(default=None, repr=False)
+    mask_scores: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.rles = [_jsonable(r) for r in self.rles]
@@ -317,9 +320,18 @@ class Detections:
         self.size = (int(self.size[0]), int(self.size[1]))
         if len(self.rles) != len(self.scores):
             raise ValueError(f"{len(self.rles)} masks but {len(self.scores)} scores")
+        if self.mask_scores is not None:
+            self.mask_scores = np.asarray(self.mask_scores, np.float64).reshape(-1)
+            if len(self.mask_scores) != len(self.scores):
+                raise ValueError(f"{len(self.mask_scores)} mask scores for {len(self.scores)} masks")
         for r in self.rles:
             if list(r["size"]) != list(self.size):
                 raise ValueError(f"mask size {r['size']} differs from the image size {list(self.size)}")
+
+    def with_scores(self, scores, mask_scores=None) -> "Detections":
+        """The same masks with new scores (and mask scores, default: kept)."""
+        return Detections(self.rles, scores, self.size, self._boxes,
+                          self.mask_scores if mask_scores is None else mask_scores)
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -346,8 +358,10 @@ class Detections:
         sizes = {p.size for p in parts}
         if len(sizes) != 1:
             raise ValueError(f"cannot concatenate detections of different image sizes: {sorted(sizes)}")
+        ms = (np.concatenate([p.mask_scores for p in parts])
+              if all(p.mask_scores is not None for p in parts) else None)
         return cls([r for p in parts for r in p.rles], np.concatenate([p.scores for p in parts]),
-                   parts[0].size)
+                   parts[0].size, mask_scores=ms)
 
     @property
     def boxes(self) -> np.ndarray:
@@ -368,7 +382,8 @@ class Detections:
     def subset(self, idx: Sequence[int] | np.ndarray) -> "Detections":
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
-        return Detections([self.rles[i] for i in idx], self.scores[idx], self.size)
+        return Detections([self.rles[i] for i in idx], self.scores[idx], self.size,
+                          mask_scores=None if self.mask_scores is None else self.mask_scores[idx])
 
     def sorted(self) -> "Detections":
         """Highest score first (stable)."""
@@ -384,8 +399,11 @@ class Detections:
         return self.subset(np.flatnonzero(keep))
 
     def to_json(self) -> dict:
-        return {"size": list(self.size), "scores": [float(s) for s in self.scores],
-                "counts": [r["counts"] for r in self.rles]}
+        out = {"size": list(self.size), "scores": [float(s) for s in self.scores],
+               "counts": [r["counts"] for r in self.rles]}
+        if self.mask_scores is not None:
+            out["mask_scores"] = [float(s) for s in self.mask_scores]
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping, validate: bool = True) -> "Detections":
@@ -398,7 +416,10 @@ class Detections:
         if validate:
             for r in rles:
                 check_rle(r)
-        return cls(rles, scores, size)
+        ms = obj.get("mask_scores")
+        if ms is not None and len(ms) != len(scores):
+            raise RLEError(f"{len(ms)} mask scores for {len(scores)} masks")
+        return cls(rles, scores, size, mask_scores=ms)
 
 
 def detections_from_model_garden(box_masks: np.ndarray, boxes_yxyx: np.ndarray, scores: np.ndarray,
@@ -423,13 +444,22 @@ def detections_from_model_garden(box_masks: np.ndarray, boxes_yxyx: np.ndarray, 
     if len(box_masks) != n or len(boxes) != n or len(scores) != n:
         raise ValueError(f"need {n} masks, boxes and scores; got {len(box_masks)}, {len(boxes)}, {len(scores)}")
     if n == 0:
-        return Detections.empty((height, width))
+        return Detections([], np.zeros((0,)), (height, width), mask_scores=np.zeros((0,)))
     xywh = box_ops.yxyx_to_xywh(boxes)
     rles: list[dict] = []
     for s in range(0, n, max(1, int(chunk))):
         pasted = mask_ops.paste_instance_masks(box_masks[s:s + chunk], xywh[s:s + chunk], height, width)
         rles.extend(encode_masks(pasted))
-    return Detections(rles, scores, (height, width))
+    return Detections(rles, scores, (height, width), mask_scores=mask_confidence(box_masks))
+
+
+def mask_confidence(box_masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Mean probability inside each mask (pixels above ``threshold``) of (K, m, m) box-relative
+    mask probabilities; 0 for a mask with no pixel above it."""
+    m = np.asarray(box_masks, np.float64)
+    inside = m > threshold
+    n = inside.sum(axis=(1, 2))
+    return np.where(n > 0, (m * inside).sum(axis=(1, 2)) / np.maximum(n, 1), 0.0)
 
 
 # --------------------------------------------------------------------------- COCO structures

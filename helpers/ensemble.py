@@ -218,13 +218,15 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
     order = np.argsort(-scores, kind="stable")
     rles = [pooled.rles[i] for i in order]
     scores, source = scores[order], source[order]
+    ms = None if pooled.mask_scores is None else pooled.mask_scores[order]
     if not len(rles):
         return Detections.empty(pooled.size)
     clusters = _clusters(rles, iou_threshold)
     n_sources = len(parts)
     if method == "nms":
         keep = [c[0] for c in clusters]
-        out = Detections([rles[i] for i in keep], scores[keep], pooled.size)
+        out = Detections([rles[i] for i in keep], scores[keep], pooled.size,
+                         mask_scores=None if ms is None else ms[keep])
     else:
         out_rles: list[dict | None] = []
         out_scores = []
@@ -243,7 +245,8 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
             offsets.append(off)
         for slot, rle in zip(slots, encode_crops(crops, offsets, pooled.size)):
             out_rles[slot] = rle
-        out = Detections(out_rles, out_scores, pooled.size)
+        out = Detections(out_rles, out_scores, pooled.size,
+                         mask_scores=None if ms is None else [float(ms[c].mean()) for c in clusters])
         out = out.subset(np.flatnonzero(out.areas > 0))
     return out.top(max_dets)
 
@@ -287,7 +290,8 @@ def transform_detections(dets: Detections, name: str) -> Detections:
             crops.append(np.rot90(crop, 1)); offsets.append((w - bx - bw, by))  # noqa: E702
         else:  # rot270: (r, c) -> (c, H-1-r)
             crops.append(np.rot90(crop, 3)); offsets.append((bx, h - by - bh))  # noqa: E702
-    return Detections(encode_crops(crops, offsets, out_size), dets.scores, out_size)
+    return Detections(encode_crops(crops, offsets, out_size), dets.scores, out_size,
+                      mask_scores=dets.mask_scores)
 
 
 def invert_tta(dets: Detections, name: str) -> Detections:
@@ -304,7 +308,8 @@ def place_in_image(dets: Detections, offset: Sequence[int], size: Sequence[int])
     for rle, (bx, by, bw, bh) in zip(dets.rles, dets.boxes.astype(int)):
         crops.append(decode_crop(rle, (by, bx, by + bh, bx + bw)))
         offsets.append((by + y0, bx + x0))
-    return Detections(encode_crops(crops, offsets, size), dets.scores, tuple(size))
+    return Detections(encode_crops(crops, offsets, size), dets.scores, tuple(size),
+                      mask_scores=dets.mask_scores)
 
 
 # =========================================================================== tiles
@@ -386,14 +391,17 @@ def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], i
     groups: dict[int, list[int]] = {}
     for i in range(len(pooled)):
         groups.setdefault(find(i), []).append(i)
-    rles, scores = [], []
+    rles, scores, mask_scores = [], [], []
     for members in groups.values():
         if len(members) == 1:
             rles.append(pooled.rles[members[0]])
         else:
             rles.append(rle_union([pooled.rles[i] for i in members]))
         scores.append(float(pooled.scores[members].max()))
-    out = Detections(rles, scores, size)
+        if pooled.mask_scores is not None:
+            mask_scores.append(float(pooled.mask_scores[members].mean()))
+    out = Detections(rles, scores, size,
+                     mask_scores=mask_scores if pooled.mask_scores is not None else None)
     return out.subset(np.flatnonzero(rle_area(out.rles) > 0)).top(max_dets)
 
 

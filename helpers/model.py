@@ -33,7 +33,6 @@ def _ws(workspace) -> Workspace:
 def stage_params(workspace, stage: str, profile: str | None = None):
     """The stage's training ExperimentConfig, rebuilt from its ``stage.json``."""
     from official.core import exp_factory
-    from official.vision.configs import maskrcnn as _registers  # noqa: F401
 
     sdir = _ws(workspace).checkpoints / stage
     info_path = sdir / "stage.json"
@@ -44,7 +43,8 @@ def stage_params(workspace, stage: str, profile: str | None = None):
     if profile and info["profile"] != profile:
         raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
                          f"{info['profile']!r}, not {profile!r}")
-    params = exp_factory.get_exp_config(cfglib.BASE_EXPERIMENT)
+    cfglib.register_experiment()
+    params = exp_factory.get_exp_config(cfglib.EXPERIMENT)
     params.override(info["config"], is_strict=False)
     return params, info
 
@@ -117,6 +117,11 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
     return model, params
 
 
+def input_scale(params) -> float:
+    """How much a stage enlarges its input (``Profile.scale``; 1.0 for older stages)."""
+    return float(getattr(params.task, "input_scale", 1.0) or 1.0)
+
+
 def _infer_fn(model):
     import tensorflow as tf
 
@@ -155,11 +160,13 @@ def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.0
     h, w = image.shape[:2]
     stride = 2 ** params.task.model.max_level
     x = preprocess_ops.normalize_image(tf.convert_to_tensor(image))
-    padded = preprocess_ops.compute_padded_size([h, w], stride)
-    x, info = preprocess_ops.resize_and_crop_image(x, [h, w], padded_size=padded)
+    # Enlarged by the stage's input scale (as its training crops were), then padded.
+    want = [int(round(h * input_scale(params))), int(round(w * input_scale(params)))]
+    padded = preprocess_ops.compute_padded_size(want, stride)
+    x, info = preprocess_ops.resize_and_crop_image(x, want, padded_size=padded)
     out = _infer_fn(model)(x[None], info[1][None])
     n = int(out["num_detections"][0])
-    scale = info[2].numpy()  # 1.0: the image is only padded
+    scale = info[2].numpy()  # (sy, sx): the input scale; boxes go back to image pixels
     boxes = out["detection_boxes"][0, :n].numpy() / np.tile(scale, 2)
     scores = out["detection_scores"][0, :n].numpy()
     keep = scores >= score_threshold

@@ -100,13 +100,14 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
     Masks are pasted as Model Garden's COCO evaluation does it
     (``coco_format.detections_from_model_garden``).
     """
-    from helpers.model import predict_image
+    from helpers.model import input_scale, predict_image
 
     if augmentation is not None and augmentation not in AUGMENTATIONS:
         raise PredictionError(f"augmentation {augmentation!r} unknown; use one of {list(AUGMENTATIONS)}")
     view = augment_image(image, augmentation) if augmentation else image
     size = view.shape[:2]
-    windows = tile_grid(size[0], size[1], tile, overlap)
+    # ``tile`` is the model's input side; an input scale s enlarges a tile of tile/s px to it.
+    windows = tile_grid(size[0], size[1], int(tile / input_scale(params)), overlap)
     parts = []
     for (y0, x0, y1, x1) in windows:
         det = predict_image(model, params, np.ascontiguousarray(view[y0:y1, x0:x1]),
@@ -147,7 +148,8 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
     prefix = resolve_checkpoint(ws, stage, checkpoint)
-    meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile)
+    meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
+                            outputs="masks+mask_scores")
     cache = PredictionCache(ws.predictions)
     _entries(ws, image_ids)  # unknown ids fail before any work
     loaded = {}

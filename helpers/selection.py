@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from helpers import ensemble
+from helpers import ensemble, rescore
 from helpers.coco_format import Detections
 from helpers.predict import predict_stage, split_ids
 from helpers.prepare import workspace_manifest
@@ -69,19 +69,92 @@ def choose(workspace, comparison, choice: str = "", overwrite: bool = False):
     return comparison.strategy
 
 
-def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool = True, **kw):
-    """Notebook 05: the saved strategy applied to the test images (predicting what is not cached)."""
+def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequence[str] = (),
+                      stages: Mapping[str, str] | None = None, progress: bool = False,
+                      **kw) -> dict[str, list[Detections]]:
+    """``{image_id: [Detections, ...]}``: every pass (plain and each of ``tta``) of every model
+    the strategy uses, for rescoring by agreement. From the prediction cache when it is there."""
+    ws = _ws(workspace)
+    stages = stages or _stages_of(ws, strategy.models)
+    out: dict[str, list[Detections]] = {i: [] for i in image_ids}
+    for name, stage in stages.items():
+        _, parts = predict_stage(ws, stage, list(image_ids), tta=tta, name=_cache_name(name, stage),
+                                 progress=progress, return_parts=True, **kw)
+        for preds in parts.values():
+            for i in image_ids:
+                out[i].append(preds[i])
+    return out
+
+
+def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_truth: Mapping,
+              tta: Sequence[str] = (), metric: str = "AP@100", choice: str = "",
+              overwrite: bool = False, **kw):
+    """Notebook 04: every rescoring recipe on validation, the best kept (only if it wins on
+    ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``."""
+    ws = _ws(workspace)
+    passes = prediction_passes(ws, strategy, list(val_preds), tta, **kw)
+    cmp = rescore.compare(val_preds, ground_truth, passes, metric=metric, choice=choice)
+    print(cmp.format())
+    path = rescore.choice_path(ws.predictions)
+    if path.is_file() and not overwrite:
+        saved = rescore.load_choice(ws.predictions)
+        if saved.name != cmp.chosen:
+            raise FileExistsError(f"{path} holds rescoring {saved.name!r} from an earlier run; pass "
+                                  f"overwrite_choice=True to replace it with {cmp.chosen!r}")
+    print(f"rescoring: {cmp.chosen}; saved to {rescore.save_choice(ws.predictions, cmp)}")
+    return cmp, rescore.apply_all(cmp.chosen, val_preds, passes)
+
+
+def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool = True,
+                            use_final: bool = False, **kw):
+    """Notebook 05: the saved strategy and rescoring applied to the test images (predicting
+    what is not cached). ``use_final``: the ``final`` stage (all labelled images) stands in
+    for ``all`` wherever the strategy uses it."""
     ws = _ws(workspace)
     strategy = ensemble.load_strategy(choice_path(ws))
+    recipe = rescore.load_choice(ws.predictions)
     test_ids = split_ids(ws, "test")
     stages = _stages_of(ws, strategy.models)
-    needs_tta = any(m.endswith(TTA_SUFFIX) for m in strategy.models)
+    if use_final:
+        stages = _with_final(ws, stages)
+    needs_tta = any(m.endswith(TTA_SUFFIX) for m in strategy.models) or recipe.needs_passes
     if needs_tta and not tta:
-        raise ValueError(f"the chosen strategy {strategy.name!r} uses test-time augmentation: pass the same "
-                         "tta as in notebook 04")
-    per_model = model_predictions(ws, stages, test_ids, tta=tta if needs_tta else (), progress=progress, **kw)
-    print(f"strategy {strategy.name!r} ({strategy.kind}: {', '.join(strategy.models)}) on {len(test_ids)} test images")
-    return strategy.apply(per_model, test_ids)
+        raise ValueError(f"the chosen strategy {strategy.name!r} and rescoring {recipe.name!r} use "
+                         "test-time augmentation: pass the same tta as in notebook 04")
+    tta = tta if needs_tta else ()
+    per_model = {}
+    for name, stage in stages.items():
+        cached = _cache_name(name, stage)
+        preds = model_predictions(ws, {cached: stage}, test_ids, tta=tta, progress=progress, **kw)
+        per_model.update({name + k[len(cached):]: v for k, v in preds.items()})
+    print(f"strategy {strategy.name!r} ({strategy.kind}: {', '.join(strategy.models)}) on {len(test_ids)} "
+          f"test images" + (f", with {stages}" if use_final else "") + f"; rescoring {recipe.name!r}")
+    preds = strategy.apply(per_model, test_ids)
+    if recipe.name == "none":
+        return preds
+    passes = prediction_passes(ws, strategy, test_ids, tta, stages=stages, **kw) if recipe.needs_passes else None
+    return rescore.apply_all(recipe, preds, passes)
+
+
+def _cache_name(name: str, stage: str) -> str:
+    """Predictions of the final stage standing in for model ``name`` are cached apart from it."""
+    from helpers.config import FINAL_STAGE
+
+    return f"{name}-{FINAL_STAGE}" if stage == FINAL_STAGE and name != FINAL_STAGE else name
+
+
+def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
+    from helpers.config import FINAL_STAGE
+    from helpers.training import stage_status
+
+    status = stage_status(ws, FINAL_STAGE)
+    if "finished" not in status or "in progress" in status:
+        raise ValueError(f"use_final needs a finished stage {FINAL_STAGE!r} ({status}): train it in "
+                         f"notebook 03 with stage = {FINAL_STAGE!r}")
+    if "all" not in stages.values():
+        raise ValueError(f"the chosen strategy uses {sorted(set(stages.values()))}, not 'all': "
+                         f"the {FINAL_STAGE!r} stage has nothing to replace")
+    return {n: (FINAL_STAGE if s == "all" else s) for n, s in stages.items()}
 
 
 def test_images(workspace):

@@ -116,7 +116,8 @@ def resolve_overlaps(dets: Detections, min_area: int = 1) -> Detections:
             crops.append(free)
             offsets.append((y, x))
             keep.append(i)
-    return Detections(encode_crops(crops, offsets, (h, w)), dets.scores[keep], (h, w))
+    return Detections(encode_crops(crops, offsets, (h, w)), dets.scores[keep], (h, w),
+                      mask_scores=None if dets.mask_scores is None else dets.mask_scores[keep])
 
 
 def build_answer(predictions: Mapping[str, Detections], test_images, resolve: bool = False,

@@ -76,3 +76,22 @@ def test_chosen_checkpoint_and_torn_one_refused(heads_ws):
         M.load_model(ws, "all-but-not-trained")
     with pytest.raises(ValueError, match="profile"):
         M.stage_params(ws, "heads", profile="colab")
+
+
+def test_input_scale_enlarges_the_model_input_and_maps_back(loaded, image):
+    """A stage trained at scale s sees images enlarged by s; detections come back in image pixels."""
+    import copy
+
+    model, params = loaded
+    h, w = image.shape[:2]
+    scaled = copy.deepcopy(params)
+    scaled.override({"task": {"input_scale": 2.0}}, is_strict=True)
+    assert M.input_scale(params) == 1.0 and M.input_scale(scaled) == 2.0
+    plain = M.predict_image(model, params, image, score_threshold=0.0)
+    big = M.predict_image(model, scaled, image, score_threshold=0.0)
+    stride = 2 ** params.task.model.max_level
+    shapes = {tuple(c.structured_input_signature[0][0].shape)
+              for c in model._nuclei_infer._list_all_concrete_functions()}
+    assert (1, -(-2 * h // stride) * stride, -(-2 * w // stride) * stride, 3) in shapes
+    assert big["image_shape"] == plain["image_shape"] == (h, w)
+    assert len(big["boxes"]) and big["boxes"].max() <= max(h, w) + 1e-3 and big["boxes"].min() >= -1e-3

@@ -1,0 +1,224 @@
+"""Leaderboard-aware ranking: give each detection's final score more than the classifier's confidence.
+
+COCO's evaluation keeps the 100 highest-scoring detections of each image (``maxDets`` 100, the
+leaderboard's setting). An image holding ~390 nuclei can then match at most a quarter of them, so
+what counts is *which* 100 come first: the ones most likely to be real and well outlined. Three
+signals besides the classifier's score, each in [0, 1]:
+
+* ``agreement``: how well the prediction passes agree on the nucleus: the mean, over the passes
+  (plain and each test-time augmentation), of the best mask IoU with a detection of that pass,
+  0 where a pass missed it;
+* ``mask``: how sure the mask head was: the mean mask probability inside the mask
+  (``Detections.mask_scores``; Mask Scoring R-CNN's argument that box confidence says little
+  about mask quality);
+* ``border``: 1 when the mask touches the image border (a cut nucleus), else 0.
+
+A :class:`Recipe` combines them: ``score * agreement**a * mask**b * border_factor**border``.
+:func:`compare` scores every recipe of ``RECIPES`` on the validation split and keeps one only if
+it beats ``"none"`` on the chosen metric (AP@100 by default); the table also shows AP@1000, so a
+recipe that trades real quality for leaderboard rank says so. :func:`save_choice` /
+:func:`load_choice` carry the choice from notebook 04 to notebook 05.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from helpers.atomic import atomic_write_json
+from helpers.coco_format import Detections, rle_iou
+
+CHOICE_FILE = "rescoring.json"  # predictions/rescoring.json: the recipe notebook 04 chose
+
+
+class RescoreError(ValueError):
+    """A recipe needs a signal the predictions do not carry."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``score * agreement**agreement * mask**mask * border_factor**(at border)``."""
+
+    name: str
+    agreement: float = 0.0
+    mask: float = 0.0
+    border_factor: float = 1.0
+
+    @property
+    def needs_passes(self) -> bool:
+        return self.agreement > 0
+
+    def describe(self) -> str:
+        parts = ["score"]
+        if self.agreement:
+            parts.append("agreement" + (f"^{self.agreement:g}" if self.agreement != 1 else ""))
+        if self.mask:
+            parts.append("mask" + (f"^{self.mask:g}" if self.mask != 1 else ""))
+        if self.border_factor != 1:
+            parts.append(f"({self.border_factor:g} at the border)")
+        return " x ".join(parts)
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("none"),
+    Recipe("agreement", agreement=1.0),
+    Recipe("mask", mask=1.0),
+    Recipe("border", border_factor=0.5),
+    Recipe("agreement+mask", agreement=1.0, mask=1.0),
+    Recipe("agreement^2+mask", agreement=2.0, mask=1.0),
+    Recipe("agreement+mask+border", agreement=1.0, mask=1.0, border_factor=0.5),
+)}
+
+
+# --------------------------------------------------------------------------- signals
+def agreement(dets: Detections, passes: Sequence[Detections]) -> np.ndarray:
+    """Mean over ``passes`` of each detection's best mask IoU with that pass (0 if none)."""
+    if not passes:
+        raise RescoreError("agreement needs the prediction passes (plain + test-time augmentations)")
+    out = np.zeros(len(dets))
+    if not len(dets):
+        return out
+    for p in passes:
+        if p.size != dets.size:
+            raise RescoreError(f"a pass has image size {p.size}, the detections {dets.size}")
+        if len(p):
+            out += np.asarray(rle_iou(dets.rles, p.rles)).reshape(len(dets), len(p)).max(axis=1)
+    return out / len(passes)
+
+
+def at_border(dets: Detections) -> np.ndarray:
+    """1.0 where a mask touches the image border, else 0.0."""
+    if not len(dets):
+        return np.zeros(0)
+    x, y, w, h = dets.boxes.T
+    H, W = dets.size
+    return ((x <= 0) | (y <= 0) | (x + w >= W) | (y + h >= H)).astype(np.float64)
+
+
+def signals(dets: Detections, passes: Sequence[Detections] | None = None) -> dict[str, np.ndarray]:
+    """The signals available for ``dets``: border always, mask and agreement when possible."""
+    out = {"border": at_border(dets)}
+    if dets.mask_scores is not None:
+        out["mask"] = np.clip(dets.mask_scores, 0.0, 1.0)
+    if passes:
+        out["agreement"] = agreement(dets, passes)
+    return out
+
+
+def apply(recipe: Recipe | str, dets: Detections, passes: Sequence[Detections] | None = None,
+          sig: Mapping[str, np.ndarray] | None = None) -> Detections:
+    """``dets`` rescored by ``recipe`` and sorted by the new score."""
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    sig = sig if sig is not None else signals(dets, passes if recipe.needs_passes else None)
+    score = dets.scores.copy()
+    if recipe.agreement:
+        if "agreement" not in sig:
+            raise RescoreError(f"recipe {recipe.name!r} needs the prediction passes (use test-time "
+                               "augmentation in notebook 04 and 05)")
+        score *= sig["agreement"] ** recipe.agreement
+    if recipe.mask:
+        if "mask" not in sig:
+            raise RescoreError(f"recipe {recipe.name!r} needs mask scores; these predictions were "
+                               "cached without them: delete the workspace's predictions/ folder "
+                               "and predict again")
+        score *= sig["mask"] ** recipe.mask
+    if recipe.border_factor != 1:
+        score *= recipe.border_factor ** sig["border"]
+    return dets.with_scores(score).sorted()
+
+
+def apply_all(recipe: Recipe | str, preds: Mapping[str, Detections],
+              passes: Mapping[str, Sequence[Detections]] | None = None) -> dict[str, Detections]:
+    """:func:`apply` to every image of ``preds`` (``passes``: {image_id: [Detections, ...]})."""
+    return {i: apply(recipe, d, (passes or {}).get(i)) for i, d in preds.items()}
+
+
+# --------------------------------------------------------------------------- choosing one
+@dataclass
+class RescoreComparison:
+    rows: list[dict]           # one per recipe: name, formula, the metrics
+    best: str                  # best by ``metric`` ("none" unless a recipe beats it)
+    metric: str
+    chosen: str
+    ceiling: dict              # what perfect masks score on this split (helpers.evaluate.ceiling)
+
+    def format(self) -> str:
+        from helpers.evaluate import format_table
+
+        lines = [format_table([{**r, "": "<- chosen" if r["recipe"] == self.chosen else ""}
+                               for r in self.rows])]
+        lines.append("ceiling (perfect masks): " + "  ".join(f"{k} {v:.4f}" for k, v in self.ceiling.items()
+                                                             if k.startswith("AP@")))
+        base = next(r for r in self.rows if r["recipe"] == "none")
+        chosen = next(r for r in self.rows if r["recipe"] == self.chosen)
+        if self.chosen != "none":
+            lines.append(f"{self.chosen}: {self.metric} {base[self.metric]:.4f} -> {chosen[self.metric]:.4f}"
+                         + _tradeoff(base, chosen, self.metric))
+        else:
+            lines.append(f"no recipe beats the classifier's score on {self.metric}: keeping it")
+        return "\n".join(lines)
+
+
+def _tradeoff(base: Mapping, chosen: Mapping, metric: str) -> str:
+    other = "AP@1000" if metric != "AP@1000" else "AP@100"
+    if other in base and chosen[other] < base[other]:
+        return f"; it costs {other} ({base[other]:.4f} -> {chosen[other]:.4f})"
+    return ""
+
+
+def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
+            passes: Mapping[str, Sequence[Detections]] | None = None, metric: str = "AP@100",
+            recipes: Sequence[str] | None = None, choice: str = "") -> RescoreComparison:
+    """Each recipe's validation metrics; the best is kept only if it beats ``"none"``."""
+    from helpers.evaluate import ceiling, evaluate
+
+    names = list(recipes or RECIPES)
+    if "none" not in names:
+        names.insert(0, "none")
+    sig = {i: signals(d, (passes or {}).get(i)) for i, d in preds.items()}
+    rows = []
+    for name in names:
+        recipe = RECIPES[name]
+        try:
+            rescored = {i: apply(recipe, d, sig=sig[i]) for i, d in preds.items()}
+        except RescoreError:
+            continue  # a signal these predictions lack (e.g. no TTA passes)
+        summary = evaluate(rescored, ground_truth, per_image=False).summary
+        rows.append({"recipe": name, "formula": recipe.describe(), **summary})
+    top = ceiling(ground_truth)
+    for r in rows:
+        r["% of ceiling@100"] = 100.0 * r["AP@100"] / top["AP@100"] if top["AP@100"] > 0 else float("nan")
+    if metric not in rows[0]:
+        raise ValueError(f"metric {metric!r} unknown; use one of {[k for k in rows[0] if k.startswith('AP')]}")
+    base = rows[0][metric]
+    best = max(rows, key=lambda r: (r[metric] > base, r[metric]))["recipe"]
+    if choice and choice not in {r["recipe"] for r in rows}:
+        raise RescoreError(f"rescoring {choice!r} is not in the table; use one of "
+                           f"{[r['recipe'] for r in rows]}")
+    return RescoreComparison(rows, best, metric, choice or best, top)
+
+
+def choice_path(predictions_dir) -> Path:
+    return Path(predictions_dir) / CHOICE_FILE
+
+
+def save_choice(predictions_dir, comparison: RescoreComparison) -> Path:
+    """Write the chosen recipe (and the table it won) for notebook 05."""
+    path = choice_path(predictions_dir)
+    atomic_write_json(path, {"recipe": asdict(RECIPES[comparison.chosen]), "metric": comparison.metric,
+                             "table": comparison.rows})
+    return path
+
+
+def load_choice(predictions_dir) -> Recipe:
+    """The recipe notebook 04 chose; ``"none"`` when it saved none."""
+    path = choice_path(predictions_dir)
+    if not path.is_file():
+        return RECIPES["none"]
+    try:
+        return Recipe(**json.loads(path.read_text())["recipe"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RescoreError(f"{path} is not a rescoring choice ({e}); run notebook 04 again") from e
