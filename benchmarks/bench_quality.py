@@ -1,0 +1,255 @@
+"""Quality on the real data: the workflow from scratch on ../shared/data/vrdl_hw3, scored on validation.
+
+    python benchmarks/bench_quality.py                       # the default recipe ("chosen" levers)
+    python benchmarks/bench_quality.py --name scale1.5 --scale 1.5
+    python benchmarks/bench_quality.py --table               # the README table from saved runs
+
+What it runs, on this machine's CPU (profile ``cpu``), with notebooks 01-04's helpers:
+* notebook 01: the dataset checked against the manifest and sharded, default validation split
+  (4 of the 24 labelled images, stratified by organ);
+* notebook 02: the heads stage **from scratch** (no pretrained weights are reachable here), a
+  fixed ``--heads-steps``; notebook 03: the ``all`` stage, a fixed ``--all-steps``. The default
+  steps are sized to about one CPU-hour on a 2-core machine;
+* notebook 04: predictions of the validation images, plain and with ``--tta``; each scored with
+  pycocotools, and every rescoring recipe of ``helpers.rescore`` on the better of the two.
+
+It prints, for the validation split: AP, AP50 and AP75 at maxDets 100 and 1000; the split's
+AP@100 ceiling (perfect masks) and AP@100 as a percentage of it; the losses at the start and the
+end of each stage (against chance: ln 2 = 0.69 for the RPN's objectness); s/step, s/image and
+wall time. Everything goes to ``benchmarks/results/quality/<name>.json`` with the commit, so
+runs with different levers sit side by side (``--table``). The workspace lives outside the
+project (``--root``); re-running a name resumes its training where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = REPO.parent / "shared" / "data" / "vrdl_hw3"
+RESULTS = REPO / "benchmarks" / "results" / "quality"
+ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / "nuclei-bench-quality"
+PROFILE = "cpu"
+# About one CPU-hour of training on a 2-core machine for the default recipe (see the README).
+HEADS_STEPS = 300
+ALL_STEPS = 400
+TTA = ("hflip", "vflip")
+TABLE_COLUMNS = ("AP@100", "AP50@100", "AP75@100", "AP@1000", "AP50@1000", "AP75@1000")
+
+
+def _commit() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "helpers"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def levers(args) -> dict:
+    """Profile knobs of this run (what differs from the cpu profile, besides from_scratch)."""
+    out = {}
+    if args.scale != 1.0:
+        out["scale"] = args.scale
+    if args.stain:
+        out["stain_jitter"] = args.stain
+    for kv in args.set or ():
+        k, v = kv.split("=", 1)
+        out[k] = json.loads(v)
+    return out
+
+
+# --------------------------------------------------------------------------- notebook 01
+def prepare(root: Path, data: Path):
+    """The sharded dataset with the default split, once per ``root`` (shared by every run)."""
+    from helpers import prepare as prep
+    from helpers import shards
+    from helpers.workspace import get_workspace
+
+    ws = get_workspace(root / "base")
+    if (ws.shards / shards.INDEX_NAME).is_file():
+        return ws
+    dataset_root, manifest = prep.get_dataset(ws, str(data), PROFILE)
+    rows = prep.check_dataset(dataset_root, manifest)
+    rows = prep.choose_split(ws, rows)
+    shards.write_shards(dataset_root, rows, ws.shards, progress=False)
+    return ws
+
+
+def run_workspace(root: Path, name: str):
+    """The run's own workspace, reading the shared shards (no copy)."""
+    from helpers.workspace import get_workspace
+
+    base = get_workspace(root / "base")
+    ws = get_workspace(root / "runs" / name)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    if not ws.shards.is_symlink():
+        if ws.shards.is_dir():
+            ws.shards.rmdir()  # the empty folder get_workspace made
+        ws.shards.symlink_to(base.shards, target_is_directory=True)
+    ws.data.mkdir(parents=True, exist_ok=True)
+    manifest = ws.data / "manifest.csv"
+    if not manifest.exists():
+        manifest.write_bytes((base.data / "manifest.csv").read_bytes())
+    return ws
+
+
+# --------------------------------------------------------------------------- notebooks 02-03
+def loss_summary(ws, stage: str, n: int = 20) -> dict:
+    """Mean of each loss over the stage's first and last ``n`` logged steps."""
+    from helpers import curves
+
+    c = curves.read_curves(ws, stage)
+    out = {}
+    for k in ("rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "mask_loss", "total_loss"):
+        if k in c:
+            vals = list(c[k][1])
+            out[k] = {"first": sum(vals[:n]) / len(vals[:n]), "last": sum(vals[-n:]) / len(vals[-n:])}
+    return out
+
+
+def train(ws, args) -> dict:
+    from helpers import training
+
+    out = {}
+    for stage, steps, kw in (("heads", args.heads_steps, {"from_scratch": True}),
+                             ("all", args.all_steps, {})):
+        res = training.train_stage(stage, PROFILE, ws, steps=steps, checkpoint_every=50,
+                                   progress=not args.quiet, **kw, **levers(args))
+        out[stage] = {"steps": res.planned_steps, "end_step": res.end_step,
+                      "s_per_step": res.s_per_step, "seconds": res.seconds, "status": res.status,
+                      "losses": loss_summary(ws, stage)}
+    return out
+
+
+# --------------------------------------------------------------------------- notebook 04
+def evaluate(ws, args) -> dict:
+    from helpers import evaluate as ev
+    from helpers import predict, rescore, selection
+
+    val_ids = predict.split_ids(ws, "val")
+    gt = predict.load_ground_truth(ws, val_ids)
+    t0 = time.perf_counter()
+    fused, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta, return_parts=True,
+                                         progress=not args.quiet)
+    n_pred = len(val_ids) * (1 + len(args.tta))
+    s_per_image = (time.perf_counter() - t0) / n_pred
+    variants = {"plain": parts["plain"], "tta": fused} if args.tta else {"plain": parts["plain"]}
+    scores = {k: ev.evaluate(v, gt, per_image=False).summary for k, v in variants.items()}
+    best = max(scores, key=lambda k: scores[k]["AP@100"])
+    passes = {i: [parts[a][i] for a in parts] for i in val_ids}
+    cmp = rescore.compare(variants[best], gt, passes)
+    print(cmp.format())
+    n_dets = {i: len(d) for i, d in variants[best].items()}
+    return {"val_ids": val_ids, "n_gt": {i: len(g) for i, g in gt.items()}, "n_dets": n_dets,
+            "predict_s_per_image": s_per_image, "ceiling": ev.ceiling(gt),
+            "variants": scores, "best_variant": best,
+            "rescoring": cmp.rows, "rescoring_chosen": cmp.chosen}
+
+
+# --------------------------------------------------------------------------- report
+def report(res: dict) -> str:
+    ev = res["eval"]
+    ceil = ev["ceiling"]["AP@100"]
+    lines = [f"run {res['name']} (commit {res['commit']}): profile {PROFILE} from scratch, "
+             f"levers {res['levers'] or 'none'}, steps heads {res['train']['heads']['steps']} + "
+             f"all {res['train']['all']['steps']}"]
+    for stage, t in res["train"].items():
+        losses = ", ".join(f"{k} {v['first']:.3f} -> {v['last']:.3f}" for k, v in t["losses"].items())
+        lines.append(f"  {stage}: {t['s_per_step'] or float('nan'):.2f} s/step; {losses}")
+    lines.append(f"  (chance for the RPN objectness loss: ln 2 = {math.log(2):.3f})")
+    lines.append(f"  validation: {len(ev['val_ids'])} images, {sum(ev['n_gt'].values())} nuclei; "
+                 f"AP@100 ceiling (perfect masks) {ceil:.4f}")
+    for k, s in ev["variants"].items():
+        lines.append(f"  {k:6s} " + "  ".join(f"{c} {s[c]:.4f}" for c in TABLE_COLUMNS)
+                     + f"  AP@100 = {100 * s['AP@100'] / ceil:.1f}% of the ceiling")
+    lines.append(f"  rescoring of {ev['best_variant']}: chosen {ev['rescoring_chosen']}")
+    for r in ev["rescoring"]:
+        lines.append(f"    {r['recipe']:24s} AP@100 {r['AP@100']:.4f}  AP50@100 {r['AP50@100']:.4f}  "
+                     f"AP@1000 {r['AP@1000']:.4f}  AP50@1000 {r['AP50@1000']:.4f}")
+    lines.append(f"  prediction {ev['predict_s_per_image']:.1f} s/image/pass; wall time "
+                 f"{res['wall_s'] / 60:.1f} min (training {res['train_s'] / 60:.1f} min)")
+    return "\n".join(lines)
+
+
+def table(results_dir: Path = RESULTS) -> str:
+    """Markdown: one row per saved run (its chosen rescoring), and each rescoring recipe of the
+    baseline run as its own row."""
+    rows = []
+    for p in sorted(results_dir.glob("*.json")):
+        r = json.loads(p.read_text())
+        ev = r["eval"]
+        ceil = ev["ceiling"]["AP@100"]
+        chosen = next(x for x in ev["rescoring"] if x["recipe"] == ev["rescoring_chosen"])
+        sps = sum(t["s_per_step"] * t["steps"] for t in r["train"].values()) / sum(
+            t["steps"] for t in r["train"].values())
+        rows.append(f"| {r['name']} | {', '.join(f'{k}={v}' for k, v in r['levers'].items()) or '-'} "
+                    f"| {ev['best_variant']} + {ev['rescoring_chosen']} | {chosen['AP@100']:.4f} "
+                    f"| {chosen['AP50@100']:.4f} | {chosen['AP@1000']:.4f} | {chosen['AP50@1000']:.4f} "
+                    f"| {ceil:.3f} ({100 * chosen['AP@100'] / ceil:.0f}%) | {sps:.1f} "
+                    f"| {ev['predict_s_per_image']:.1f} | {r['commit']} |")
+    head = ("| run | levers | prediction | AP@100 | AP50@100 | AP@1000 | AP50@1000 | AP@100 ceiling "
+            "| s/step | s/image/pass | commit |\n|" + "---|" * 11)
+    return "\n".join([head, *rows])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="baseline", help="run name (its workspace and result file)")
+    ap.add_argument("--heads-steps", type=int, default=HEADS_STEPS)
+    ap.add_argument("--all-steps", type=int, default=ALL_STEPS)
+    ap.add_argument("--scale", type=float, default=1.0, help="Profile.scale: 1.0, 1.5 or 2.0")
+    ap.add_argument("--stain", type=float, default=0.0, help="Profile.stain_jitter (0 = off)")
+    ap.add_argument("--set", action="append", metavar="KNOB=JSON", help="another profile knob")
+    ap.add_argument("--tta", default=",".join(TTA), help="comma-separated test-time augmentations")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--root", type=Path, default=ROOT, help="benchmark workspaces (outside the project)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--table", action="store_true", help="print the table of saved runs and exit")
+    args = ap.parse_args(argv)
+    args.tta = tuple(t for t in args.tta.split(",") if t)
+    if args.table:
+        print(table(args.results))
+        return 0
+    if not (args.data / "train").is_dir():
+        print(f"{args.data} not found: this benchmark needs the real dataset beside the project "
+              "(../shared/data/vrdl_hw3)", file=sys.stderr)
+        return 2
+
+    from helpers import colab
+
+    colab.quiet()
+    t0 = time.perf_counter()
+    prepare(args.root, args.data)
+    ws = run_workspace(args.root, args.name)
+    t1 = time.perf_counter()
+    trained = train(ws, args)
+    t2 = time.perf_counter()
+    res = {"name": args.name, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+           "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
+           "train": trained, "eval": evaluate(ws, args), "train_s": t2 - t1,
+           "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{args.name}.json"
+    from helpers.atomic import atomic_write_json
+
+    atomic_write_json(out, res)
+    print(report(res))
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
