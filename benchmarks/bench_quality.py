@@ -231,13 +231,14 @@ def main(argv=None) -> int:
     from helpers import colab
 
     colab.quiet()
+    commit = _commit()  # the code this run imports (later edits do not change it)
     t0 = time.perf_counter()
     prepare(args.root, args.data)
     ws = run_workspace(args.root, args.name)
     t1 = time.perf_counter()
     trained = train(ws, args)
     t2 = time.perf_counter()
-    res = {"name": args.name, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    res = {"name": args.name, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
            "train": trained, "eval": evaluate(ws, args), "train_s": t2 - t1,
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
