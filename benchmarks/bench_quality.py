@@ -119,6 +119,29 @@ def loss_summary(ws, stage: str, n: int = 20) -> dict:
     return out
 
 
+def save_curves(ws, name: str, results: Path) -> Path:
+    """Both stages' loss curves side by side, with chance for the RPN objectness (ln 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers import curves
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, stage in zip(axes, ("heads", "all")):
+        curves.plot_curves(ws, stage, ax=ax, show_lr=False)
+        ax.axhline(math.log(2), color="red", ls="--", lw=1, label="ln 2 (RPN at chance)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"bench_quality {name}: profile {PROFILE} from scratch")
+    fig.tight_layout()
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{name}.curves.png"
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
 def train(ws, args) -> dict:
     from helpers import training
 
@@ -183,24 +206,30 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def table(results_dir: Path = RESULTS) -> str:
-    """Markdown: one row per saved run (its chosen rescoring), and each rescoring recipe of the
-    baseline run as its own row."""
+def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
+    """Markdown, one row per (run, rescoring): each run without rescoring (the lever alone) and
+    with the recipe it chose; every recipe for the ``all_recipes_of`` run (rescoring alone)."""
+    head = ("| run | levers | prediction | rescoring | AP@100 | AP50@100 | AP75@100 | AP@1000 | AP50@1000 "
+            "| AP@100 / ceiling | s/step | s/image/pass | commit |\n|" + "---|" * 13)
     rows = []
     for p in sorted(results_dir.glob("*.json")):
         r = json.loads(p.read_text())
         ev = r["eval"]
         ceil = ev["ceiling"]["AP@100"]
-        chosen = next(x for x in ev["rescoring"] if x["recipe"] == ev["rescoring_chosen"])
         sps = sum(t["s_per_step"] * t["steps"] for t in r["train"].values()) / sum(
             t["steps"] for t in r["train"].values())
-        rows.append(f"| {r['name']} | {', '.join(f'{k}={v}' for k, v in r['levers'].items()) or '-'} "
-                    f"| {ev['best_variant']} + {ev['rescoring_chosen']} | {chosen['AP@100']:.4f} "
-                    f"| {chosen['AP50@100']:.4f} | {chosen['AP@1000']:.4f} | {chosen['AP50@1000']:.4f} "
-                    f"| {ceil:.3f} ({100 * chosen['AP@100'] / ceil:.0f}%) | {sps:.1f} "
-                    f"| {ev['predict_s_per_image']:.1f} | {r['commit']} |")
-    head = ("| run | levers | prediction | AP@100 | AP50@100 | AP@1000 | AP50@1000 | AP@100 ceiling "
-            "| s/step | s/image/pass | commit |\n|" + "---|" * 11)
+        lev = ", ".join(f"{k}={v}" for k, v in r["levers"].items()) or "-"
+        wanted = ({x["recipe"] for x in ev["rescoring"]} if r["name"] == all_recipes_of
+                  else {"none", ev["rescoring_chosen"]})
+        for x in ev["rescoring"]:
+            if x["recipe"] not in wanted:
+                continue
+            mark = " (chosen)" if x["recipe"] == ev["rescoring_chosen"] else ""
+            rows.append(f"| {r['name']} | {lev} | {ev['best_variant']} | {x['recipe']}{mark} "
+                        f"| {x['AP@100']:.4f} | {x['AP50@100']:.4f} | {x['AP75@100']:.4f} "
+                        f"| {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
+                        f"| {100 * x['AP@100'] / ceil:.1f}% of {ceil:.3f} | {sps:.1f} "
+                        f"| {ev['predict_s_per_image']:.1f} | {r['commit']} |")
     return "\n".join([head, *rows])
 
 
@@ -218,10 +247,14 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--table", action="store_true", help="print the table of saved runs and exit")
+    ap.add_argument("--curves", action="store_true", help="(re)draw the run's loss curves and exit")
     args = ap.parse_args(argv)
     args.tta = tuple(t for t in args.tta.split(",") if t)
     if args.table:
         print(table(args.results))
+        return 0
+    if args.curves:
+        print(save_curves(run_workspace(args.root, args.name), args.name, args.results))
         return 0
     if not (args.data / "train").is_dir():
         print(f"{args.data} not found: this benchmark needs the real dataset beside the project "
@@ -238,6 +271,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     trained = train(ws, args)
     t2 = time.perf_counter()
+    print(f"loss curves: {save_curves(ws, args.name, args.results)}")
     res = {"name": args.name, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
            "train": trained, "eval": evaluate(ws, args), "train_s": t2 - t1,

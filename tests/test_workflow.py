@@ -70,6 +70,23 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     assert result.summary["AP50@100"] > 0.5
 
 
+def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
+    from helpers import rescore
+
+    text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
+    saved = json.loads((demo_workflow.predictions / rescore.CHOICE_FILE).read_text())
+    names = [r["recipe"] for r in saved["table"]]
+    assert names[0] == "none" and "agreement" in names and "mask" in names  # TTA passes, mask scores
+    assert "ceiling (perfect masks)" in text and f"rescoring: {saved['recipe']['name']}" in text
+    best = max(saved["table"], key=lambda r: r["AP@100"])
+    chosen = next(r for r in saved["table"] if r["recipe"] == saved["recipe"]["name"])
+    none = saved["table"][0]
+    assert chosen["AP@100"] == best["AP@100"] or chosen is none
+    assert chosen["AP@100"] >= none["AP@100"]
+    text05, _, _ = _outputs(demo_workflow.runs / "05_submit.ipynb")
+    assert f"rescoring {saved['recipe']['name']!r}" in text05
+
+
 def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
     ids = predict.split_ids(demo_workflow, "val", "test")
     predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False)
