@@ -338,7 +338,8 @@ class Detections:
 
     @classmethod
     def empty(cls, size: Sequence[int]) -> "Detections":
-        return cls([], np.zeros((0,)), tuple(size))
+        """No detections (which have every per-detection signal, mask scores included)."""
+        return cls([], np.zeros((0,)), tuple(size), mask_scores=np.zeros((0,)))
 
     @classmethod
     def from_masks(cls, masks: np.ndarray, scores: Sequence[float],
@@ -358,8 +359,9 @@ class Detections:
         sizes = {p.size for p in parts}
         if len(sizes) != 1:
             raise ValueError(f"cannot concatenate detections of different image sizes: {sorted(sizes)}")
-        ms = (np.concatenate([p.mask_scores for p in parts])
-              if all(p.mask_scores is not None for p in parts) else None)
+        # mask scores survive when every part that has detections carries them
+        ms = (np.concatenate([np.zeros(0) if p.mask_scores is None else p.mask_scores for p in parts])
+              if all(p.mask_scores is not None or not len(p) for p in parts) else None)
         return cls([r for p in parts for r in p.rles], np.concatenate([p.scores for p in parts]),
                    parts[0].size, mask_scores=ms)
 
@@ -444,7 +446,7 @@ def detections_from_model_garden(box_masks: np.ndarray, boxes_yxyx: np.ndarray, 
     if len(box_masks) != n or len(boxes) != n or len(scores) != n:
         raise ValueError(f"need {n} masks, boxes and scores; got {len(box_masks)}, {len(boxes)}, {len(scores)}")
     if n == 0:
-        return Detections([], np.zeros((0,)), (height, width), mask_scores=np.zeros((0,)))
+        return Detections.empty((height, width))
     xywh = box_ops.yxyx_to_xywh(boxes)
     rles: list[dict] = []
     for s in range(0, n, max(1, int(chunk))):

@@ -479,6 +479,7 @@ def experiment_config(
 
 # Fields that may change between runs of the same stage without mixing anything:
 # where the data lives, where weights started from, how often to save/log.
+_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0}  # NucleiTask's own fields
 _NOT_FINGERPRINTED = {
     ("task", "init_checkpoint"),
     ("task", "train_data", "input_path"),
@@ -500,6 +501,11 @@ def fingerprint_dict(cfg) -> dict:
         return node
 
     d = strip(d)
+    # Our task fields at their defaults are left out, so stages recorded before they existed
+    # (same config, fewer fields) still resume.
+    for key, default in _TASK_FIELD_DEFAULTS.items():
+        if d.get("task", {}).get(key) == default:
+            del d["task"][key]
     from helpers.train_input import PIPELINE_VERSION
 
     d["input_pipeline"] = PIPELINE_VERSION

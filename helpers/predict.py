@@ -148,8 +148,12 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
     prefix = resolve_checkpoint(ws, stage, checkpoint)
+    from helpers.model import stage_params
+
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
-                            outputs="masks+mask_scores")
+                            outputs="masks+mask_scores",
+                            # a stage trained again (other config) to the same step is another model
+                            fingerprint=stage_params(ws, stage)[1].get("fingerprint"))
     cache = PredictionCache(ws.predictions)
     _entries(ws, image_ids)  # unknown ids fail before any work
     loaded = {}

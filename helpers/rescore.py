@@ -112,6 +112,8 @@ def apply(recipe: Recipe | str, dets: Detections, passes: Sequence[Detections] |
           sig: Mapping[str, np.ndarray] | None = None) -> Detections:
     """``dets`` rescored by ``recipe`` and sorted by the new score."""
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    if not len(dets):
+        return dets
     sig = sig if sig is not None else signals(dets, passes if recipe.needs_passes else None)
     score = dets.scores.copy()
     if recipe.agreement:
@@ -205,20 +207,22 @@ def choice_path(predictions_dir) -> Path:
     return Path(predictions_dir) / CHOICE_FILE
 
 
-def save_choice(predictions_dir, comparison: RescoreComparison) -> Path:
-    """Write the chosen recipe (and the table it won) for notebook 05."""
+def save_choice(predictions_dir, comparison: RescoreComparison, tta: Sequence[str] = ()) -> Path:
+    """Write the chosen recipe, the augmentations its agreement was measured over, and the
+    table it won, for notebook 05."""
     path = choice_path(predictions_dir)
-    atomic_write_json(path, {"recipe": asdict(RECIPES[comparison.chosen]), "metric": comparison.metric,
-                             "table": comparison.rows})
+    atomic_write_json(path, {"recipe": asdict(RECIPES[comparison.chosen]), "tta": list(tta),
+                             "metric": comparison.metric, "table": comparison.rows})
     return path
 
 
-def load_choice(predictions_dir) -> Recipe:
-    """The recipe notebook 04 chose; ``"none"`` when it saved none."""
+def load_choice(predictions_dir) -> tuple[Recipe, list[str]]:
+    """``(recipe, tta)`` notebook 04 chose; ``("none", [])`` when it saved none."""
     path = choice_path(predictions_dir)
     if not path.is_file():
-        return RECIPES["none"]
+        return RECIPES["none"], []
     try:
-        return Recipe(**json.loads(path.read_text())["recipe"])
+        obj = json.loads(path.read_text())
+        return Recipe(**obj["recipe"]), list(obj.get("tta", []))
     except (ValueError, KeyError, TypeError) as e:
         raise RescoreError(f"{path} is not a rescoring choice ({e}); run notebook 04 again") from e

@@ -36,6 +36,7 @@ def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], imag
     """
     if not isinstance(models, Mapping):
         models = {m: m for m in models}
+    _refuse_final_on_validation(workspace, models, image_ids)
     out = {}
     for name, stage in models.items():
         fused, parts = predict_stage(workspace, stage, list(image_ids), tta=tta, name=name,
@@ -76,12 +77,20 @@ def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequen
     the strategy uses, for rescoring by agreement. From the prediction cache when it is there."""
     ws = _ws(workspace)
     stages = stages or _stages_of(ws, strategy.models)
+    base = lambda m: m[: -len(TTA_SUFFIX)] if m.endswith(TTA_SUFFIX) else m  # noqa: E731
+    if strategy.kind == "route":  # each image: the passes of the model it is routed to
+        users = {i: {base(strategy.router.model_for(i))} for i in image_ids}
+    else:
+        users = {i: {base(m) for m in strategy.models} for i in image_ids}
     out: dict[str, list[Detections]] = {i: [] for i in image_ids}
     for name, stage in stages.items():
-        _, parts = predict_stage(ws, stage, list(image_ids), tta=tta, name=_cache_name(name, stage),
+        ids = [i for i in image_ids if name in users[i]]
+        if not ids:
+            continue
+        _, parts = predict_stage(ws, stage, ids, tta=tta, name=_cache_name(name, stage),
                                  progress=progress, return_parts=True, **kw)
         for preds in parts.values():
-            for i in image_ids:
+            for i in ids:
                 out[i].append(preds[i])
     return out
 
@@ -97,11 +106,11 @@ def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_t
     print(cmp.format())
     path = rescore.choice_path(ws.predictions)
     if path.is_file() and not overwrite:
-        saved = rescore.load_choice(ws.predictions)
+        saved, _ = rescore.load_choice(ws.predictions)
         if saved.name != cmp.chosen:
             raise FileExistsError(f"{path} holds rescoring {saved.name!r} from an earlier run; pass "
                                   f"overwrite_choice=True to replace it with {cmp.chosen!r}")
-    print(f"rescoring: {cmp.chosen}; saved to {rescore.save_choice(ws.predictions, cmp)}")
+    print(f"rescoring: {cmp.chosen}; saved to {rescore.save_choice(ws.predictions, cmp, tta)}")
     return cmp, rescore.apply_all(cmp.chosen, val_preds, passes)
 
 
@@ -112,16 +121,19 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
     for ``all`` wherever the strategy uses it."""
     ws = _ws(workspace)
     strategy = ensemble.load_strategy(choice_path(ws))
-    recipe = rescore.load_choice(ws.predictions)
+    recipe, recipe_tta = rescore.load_choice(ws.predictions)
     test_ids = split_ids(ws, "test")
     stages = _stages_of(ws, strategy.models)
     if use_final:
         stages = _with_final(ws, stages)
-    needs_tta = any(m.endswith(TTA_SUFFIX) for m in strategy.models) or recipe.needs_passes
+    if recipe.needs_passes and list(tta) != recipe_tta:
+        raise ValueError(f"rescoring {recipe.name!r} was chosen in notebook 04 with tta = {recipe_tta}: "
+                         f"use the same here (got {list(tta)})")
+    needs_tta = any(m.endswith(TTA_SUFFIX) for m in strategy.models)
     if needs_tta and not tta:
-        raise ValueError(f"the chosen strategy {strategy.name!r} and rescoring {recipe.name!r} use "
-                         "test-time augmentation: pass the same tta as in notebook 04")
-    tta = tta if needs_tta else ()
+        raise ValueError(f"the chosen strategy {strategy.name!r} uses test-time augmentation: pass the "
+                         "same tta as in notebook 04")
+    tta = tta if (needs_tta or recipe.needs_passes) else ()
     per_model = {}
     for name, stage in stages.items():
         cached = _cache_name(name, stage)
@@ -134,6 +146,15 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
         return preds
     passes = prediction_passes(ws, strategy, test_ids, tta, stages=stages, **kw) if recipe.needs_passes else None
     return rescore.apply_all(recipe, preds, passes)
+
+
+def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:
+    from helpers.config import FINAL_STAGE
+
+    if FINAL_STAGE in models.values() and set(image_ids) & set(split_ids(_ws(workspace), "val")):
+        raise ValueError(f"stage {FINAL_STAGE!r} was trained on the validation images, so it would win "
+                         "any comparison on them: leave it out of notebook 04's models and set "
+                         "final_model = True in notebook 05 instead")
 
 
 def _cache_name(name: str, stage: str) -> str:

@@ -30,11 +30,10 @@ from official.vision.tasks import maskrcnn as mg_maskrcnn
 INSTANCE_MAP_KEY = "nuclei/instance_map"  # written by helpers.shards (pixel = object number)
 PIPELINE_VERSION = "window-decoder-v1"    # part of the stage config fingerprint
 
-# Ruifrok & Johnston's H&E-DAB stain vectors, as scikit-image's rgb2hed uses them
-# (third row: the cross product of the first two). Optical density is -ln(RGB), the
-# units of skimage < 0.19 that Tellez et al.'s sigma (0.05 for "HED-light") refers to.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.0, 0.0, 0.0]])
-_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+# Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's
+# rgb2hed inverts. Optical density is -ln(RGB), the units of skimage < 0.19 that Tellez et
+# al.'s sigma (0.05 for "HED-light") refers to.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
 

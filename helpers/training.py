@@ -377,16 +377,15 @@ def build_task(cfg, logging_dir):
     return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
 
-def scratch_lineage(workspace, stage: str) -> bool:
-    """Whether ``stage`` descends from a heads stage trained from random weights
-    (its record says so); a stage's from-scratch recipe follows its parent's."""
+INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter")  # a stage takes these from its parent
+
+
+def inherited_knobs(workspace, stage: str) -> dict:
+    """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
+    continues its parent's model (random or pretrained start, input scale, stain jitter)."""
     parent = cfglib.parent_stage(stage)
-    while parent is not None:
-        info = read_stage_info(workspace, parent)
-        if info is not None and "from_scratch" in info:
-            return bool(info["from_scratch"])
-        parent = cfglib.parent_stage(parent)
-    return False
+    info = read_stage_info(workspace, parent) if parent else None
+    return {k: info[k] for k in INHERITED_KNOBS if info and k in info}
 
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
@@ -395,13 +394,21 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
                init_modules=None, **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
 
-    ``from_scratch`` (a profile knob) defaults to False for heads and to the parent
-    stage's choice for the stages after it.
+    ``from_scratch``, ``scale`` and ``stain_jitter`` default to the parent stage's (recorded
+    in its ``stage.json``); ``from_scratch`` defaults to False for heads.
     """
     ws = _ws(workspace)
+    parent = inherited_knobs(ws, stage)
     if profile_overrides.get("from_scratch") is None:
-        profile_overrides["from_scratch"] = (cfglib.stage_kind(stage) != "heads"
-                                             and scratch_lineage(ws, stage))
+        profile_overrides["from_scratch"] = parent.get("from_scratch", False)
+    elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
+        raise cfglib.ConfigError(
+            f"stage {stage!r}: from_scratch={profile_overrides['from_scratch']} but its parent "
+            f"{cfglib.parent_stage(stage)!r} was trained with from_scratch={parent['from_scratch']}; "
+            "a stage continues its parent's model, so leave from_scratch unset")
+    for k in ("scale", "stain_jitter"):
+        if k in parent and k not in profile_overrides:
+            profile_overrides[k] = parent[k]
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
@@ -553,7 +560,7 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
     sdir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sdir / STAGE_FILE, {
         "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
-        "from_scratch": prof.from_scratch, "scale": prof.scale,
+        "from_scratch": prof.from_scratch, "scale": prof.scale, "stain_jitter": prof.stain_jitter,
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -132,6 +132,10 @@ def test_scale_and_stain_jitter_reach_the_task_config():
     assert (c.task.input_scale, c.task.stain_jitter) == (1.5, 0.05)
     assert config.get_profile("demo", scale=2.0).window() == 64
     assert config.fingerprint(c) != config.fingerprint(cfg("demo"))
+    # at their defaults our fields stay out of the fingerprint: stages recorded before they
+    # existed still resume
+    assert "input_scale" not in config.fingerprint_dict(cfg("demo"))["task"]
+    assert config.fingerprint_dict(c)["task"]["input_scale"] == 1.5
     with pytest.raises(config.ConfigError, match="scale"):
         config.get_profile("demo", scale=1.3)
     with pytest.raises(config.ConfigError, match="stain_jitter"):

@@ -74,6 +74,10 @@ def test_rescoring_reorders_by_the_recipe():
     assert out.scores[0] == pytest.approx(0.7) and out.scores[1:].tolist() == [0.0, 0.0]
     with pytest.raises(rescore.RescoreError, match="mask scores"):
         rescore.apply("mask", Detections.from_masks(np.stack(grid(2)), [0.5, 0.4]))
+    # an image without detections has every signal: nothing to rescore, no error
+    empty = merge_detections([Detections.empty((H, W))] * 2, "wmf")
+    assert len(rescore.apply("agreement+mask", empty, [empty])) == 0
+    assert Detections.concat([d, Detections.empty((H, W))]).mask_scores is not None
 
 
 def test_compare_keeps_a_recipe_only_when_it_wins_at_100_detections():
@@ -102,9 +106,9 @@ def test_choice_round_trip(tmp_path):
     gt = {"a": Detections.from_masks(np.stack(real), np.ones(5))}
     cmp = rescore.compare(gt, gt, choice="border", recipes=["border"])
     assert cmp.chosen == "border"
-    rescore.save_choice(tmp_path, cmp)
-    assert rescore.load_choice(tmp_path) == rescore.RECIPES["border"]
-    assert rescore.load_choice(tmp_path / "nowhere").name == "none"
+    rescore.save_choice(tmp_path, cmp, ("hflip",))
+    assert rescore.load_choice(tmp_path) == (rescore.RECIPES["border"], ["hflip"])
+    assert rescore.load_choice(tmp_path / "nowhere")[0].name == "none"
     (tmp_path / rescore.CHOICE_FILE).write_text("{not json")
     with pytest.raises(rescore.RescoreError, match="rescoring.json"):
         rescore.load_choice(tmp_path)

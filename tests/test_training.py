@@ -232,13 +232,17 @@ def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
     _, cfg, _ = training.plan_stage("all", "demo", ws)
     assert lr(cfg) == demo.learning_rate_all  # no heads record: pretrained recipe
     (ws.checkpoints / "heads").mkdir(parents=True)
-    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"from_scratch": True})
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE,
+                      {"from_scratch": True, "scale": 2.0, "stain_jitter": 0.05})
     for stage in ("all", "final"):
         _, cfg, _ = training.plan_stage(stage, "demo", ws)
+        assert (cfg.task.input_scale, cfg.task.stain_jitter) == (2.0, 0.05)
         assert cfg.task.freeze_backbone is False
         assert lr(cfg) == config.get_profile("demo", from_scratch=True).learning_rate_all
     _, cfg, _ = training.plan_stage("all", "cpu", ws)
     assert cfg.task.model.backbone.resnet.model_id == 18  # the cpu profile's scratch recipe
+    with pytest.raises(config.ConfigError, match="from_scratch"):
+        training.plan_stage("all", "cpu", ws, from_scratch=False)  # would not fit the parent
     _, heads, _ = training.plan_stage("heads", "demo", ws, from_scratch=True)
     assert heads.task.freeze_backbone is False
     index = _json.loads((ws.shards / "index.json").read_text())["shards"]
