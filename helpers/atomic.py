@@ -3,17 +3,47 @@
 A reader never sees a half-written file: either the old content (or nothing)
 or the complete new content. Temp files carry a ``.partial`` marker so a file
 left by an interrupted run is recognisable and is never mistaken for output.
+
+The file gets the mode an ordinary ``open(path, "w")`` would give it (0644 under the usual
+umask 022), not ``mkstemp``'s private 0600: shards, manifests and answers are data a user
+may share or inspect.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 PARTIAL_MARKER = ".partial"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic swap (briefly changes it)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new ordinary file: 0o666 minus the umask (0o644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode of a new ordinary folder: 0o777 minus the umask (``mkdtemp`` makes 0o700)."""
+    return 0o777 & ~_umask()
 
 
 def is_partial(path: str | os.PathLike) -> bool:
@@ -35,6 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, file_mode())  # mkstemp makes it 0600
         yield tmp_path
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
@@ -57,3 +88,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def remove_stale_partials(dest: str | os.PathLike, quiet: bool = False) -> list[str]:
+    """Remove the temp folders ``.<name>.<random>.partial`` that a killed run making the folder
+    ``dest`` (``tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial")`` + rename) left next to it.
+
+    Only folders with exactly that pattern go; a user's own files never match it. Returns their names.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.[A-Za-z0-9_]+{re.escape(PARTIAL_MARKER)}$")
+    gone = []
+    for p in sorted(dest.parent.iterdir()):
+        if pattern.match(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    if gone and not quiet:
+        print(f"removed {len(gone)} temp folder(s) left by an interrupted run in {dest.parent}: {gone[:3]}")
+    return gone

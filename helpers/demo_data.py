@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from helpers.atomic import dir_mode, remove_stale_partials
 from helpers.manifest import MANIFEST_NAME, build_manifest, manifest_csv, read_manifest, write_manifest
 
 # (tss code, organ) used for demo ids; train cycles through these
@@ -168,8 +169,10 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0, n_train: int = 6, 
     if n_train < 1 or n_test < 0 or size < 64:
         raise ValueError("need n_train >= 1, n_test >= 0 and size >= 64")
     root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(root, quiet=True)  # left by a killed run
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
     try:
+        os.chmod(tmp, dir_mode())  # it becomes root: an ordinary folder, not mkdtemp's 0700
         ss = np.random.SeedSequence(seed)
         children = ss.spawn(n_train + n_test)
         for i in range(n_train):
