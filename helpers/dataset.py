@@ -11,7 +11,11 @@
 test_img_ids.json); ``validate_dataset`` decodes every image and mask and checks
 sizes and values. Bad input raises ``DatasetError`` naming the file and saying
 what to do. Images that are RGBA or greyscale are converted to RGB with a
-``DatasetNote`` warning (not an error).
+``DatasetNote`` warning (not an error). An all-zero mask holds no nucleus: it is
+skipped with a ``DatasetNote`` warning, and every nucleus count (``read_masks``,
+``validate_dataset``, the manifest, the shards) counts only the non-empty masks.
+A mask that covers most of its image (inverted: nucleus 0, background 255) is an
+error.
 """
 from __future__ import annotations
 
@@ -42,6 +46,15 @@ class DatasetNote(UserWarning):
     """Something was fixed on the fly (e.g. an RGBA image converted to RGB)."""
 
 
+class EmptyMaskError(DatasetError):
+    """A mask file with no foreground pixel: it holds no nucleus (readers skip it)."""
+
+
+# A nucleus is tiny next to its image (at most ~100 px across in 1000x1000): a mask covering more
+# than this fraction of the image is the background, i.e. the mask is inverted.
+MAX_MASK_FRACTION = 0.5
+
+
 @dataclass(frozen=True)
 class TrainItem:
     image_id: str
@@ -50,6 +63,8 @@ class TrainItem:
 
     @property
     def n_nuclei(self) -> int:
+        """Mask files (cheap, no decoding); an all-zero one among them is not a nucleus,
+        so the nuclei are at most this many (``nonempty_mask_paths`` counts them)."""
         return len(self.mask_paths)
 
 
@@ -171,10 +186,10 @@ def _read_test_index(root: Path, notes: list[str]) -> list[TestItem]:
         raise DatasetError(f"{test_dir} not found but {ids_file} exists; copy the test/ folder from the "
                            "course download into the dataset root")
     try:
-        spec = json.loads(ids_file.read_text())
+        spec = json.loads(ids_file.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
         entries = spec["images"] if isinstance(spec, dict) else spec
         entries = [(str(e["file_name"]), int(e["id"]), e.get("height"), e.get("width")) for e in entries]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
         raise DatasetError(f"{ids_file} is not valid: expected {{'images': [{{'file_name', 'id', "
                            f"'height', 'width'}}, ...]}} ({e}); re-download it") from e
     names = [n for n, *_ in entries]
@@ -247,8 +262,10 @@ def _decode_gray(path: Path) -> np.ndarray:
 def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np.ndarray:
     """Decode one nucleus mask to a bool HxW array, checking it.
 
-    A mask must be single-valued (0 and one other value, normally 255), not empty,
-    and (if ``shape`` is given) the size of its image. Raises ``DatasetError``.
+    A mask must be single-valued (0 and one other value, normally 255), not empty
+    (``EmptyMaskError``, which readers catch to skip the file), cover at most half
+    of its image (else it is inverted), and (if ``shape`` is given) be the size of
+    its image. Raises ``DatasetError``.
     """
     path = Path(path)
     m = _decode_gray(path)
@@ -262,8 +279,12 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
                            f"{shape[1]}x{shape[0]}; masks must match the image size: fix or remove it")
     nz = int(np.count_nonzero(m))
     if nz == 0:
-        raise DatasetError(f"{path} is empty (no foreground pixel); remove it: each mask must "
-                           "hold exactly one nucleus")
+        raise EmptyMaskError(f"{path} is empty (no foreground pixel): it holds no nucleus, so the dataset "
+                             "readers skip it and count only non-empty masks")
+    if nz > MAX_MASK_FRACTION * m.size:
+        raise DatasetError(f"{path} covers {100 * nz / m.size:.0f}% of its image: it looks inverted (nucleus 0, "
+                           "background 255). Invert it in your dataset source (mask = 255 - mask), or remove it "
+                           "if it is no nucleus, and run again")
     # value checks on the bounding box only (a nucleus is tiny next to the image)
     rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
     crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
@@ -278,18 +299,52 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
     return out
 
 
-def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int | None = None) -> np.ndarray:
-    """All masks of a training item as a bool array (N, H, W), in mask file order."""
+def warn_empty_masks(paths: Sequence[Path], notes: list[str] | None = None) -> None:
+    """One ``DatasetNote`` for the all-zero masks of one image folder."""
+    if paths:
+        names = [Path(p).name for p in paths]
+        _note(notes, f"skipping {len(names)} empty mask(s) in {Path(paths[0]).parent} (no foreground pixel, "
+                     f"no nucleus): {names[:5]}{'...' if len(names) > 5 else ''}; they are not counted as "
+                     "nuclei (delete them from your dataset source to silence this)")
+
+
+def nonempty_mask_paths(paths: Sequence[Path], shape: Sequence[int] | None = None,
+                        workers: int | None = None) -> tuple[list[Path], list[Path]]:
+    """``(non-empty, empty)`` mask files, in order; decodes (and checks) every mask."""
+    def one(p: Path) -> bool:
+        try:
+            read_mask(p, shape)
+        except EmptyMaskError:
+            return False
+        return True
+
+    flags = _map(one, paths, workers)
+    return [p for p, f in zip(paths, flags) if f], [p for p, f in zip(paths, flags) if not f]
+
+
+def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int | None = None,
+               notes: list[str] | None = None) -> np.ndarray:
+    """The nuclei of a training item as a bool array (N, H, W), in mask file order.
+
+    All-zero mask files are skipped with a ``DatasetNote`` warning (N counts the others).
+    """
     if shape is None:
         with Image.open(item.image_path) as im:
             shape = (im.height, im.width)
     paths = item.mask_paths
     out = np.empty((len(paths), shape[0], shape[1]), dtype=bool)
+    empty = np.zeros(len(paths), bool)
 
     def one(i: int) -> None:
-        out[i] = read_mask(paths[i], shape)
+        try:
+            out[i] = read_mask(paths[i], shape)
+        except EmptyMaskError:
+            empty[i] = True
 
     _map(one, range(len(paths)), workers)
+    if empty.any():
+        warn_empty_masks([p for p, e in zip(paths, empty) if e], notes)
+        out = out[~empty]
     return out
 
 
@@ -313,6 +368,23 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise DatasetError(f"{path} is corrupt or not an image ({e}); replace it with a good copy") from e
 
 
+def check_test_size(root: str | os.PathLike, item: TestItem, size: Sequence[int] | None = None) -> None:
+    """DatasetError if ``test_img_ids.json`` gives ``item`` another height/width than its image has.
+
+    answer.json takes each test image's size from that json, so a wrong entry would only
+    show up when the submission is built; ``size`` defaults to the PNG header's.
+    """
+    h, w = size if size is not None else image_size(item.image_path)
+    if item.height is None and item.width is None:
+        return
+    if (item.height, item.width) != (h, w):
+        raise DatasetError(
+            f"{Path(root) / TEST_IDS_FILE} says {item.file_name} is {item.width}x{item.height} (width x height) but "
+            f"{item.image_path} is {w}x{h}: submissions take the size from this json, so fix that entry "
+            f"(\"height\": {h}, \"width\": {w}) in your dataset source (or put back the right image), then run "
+            "notebook 01 again")
+
+
 @dataclass(frozen=True)
 class ImageStats:
     image_id: str
@@ -327,8 +399,10 @@ def validate_dataset(ds: Dataset | str | os.PathLike, progress: bool = True,
     """Decode every image and mask and check them; return stats per image id.
 
     Checks: images decode (RGBA/greyscale -> converted with a note), masks decode,
-    match their image size, are binary and non-empty; test images match the
-    height/width in test_img_ids.json. Raises ``DatasetError`` on the first problem.
+    match their image size, are binary and not inverted; all-zero masks are skipped
+    with a note and not counted (``ImageStats.n_nuclei`` counts the non-empty ones);
+    test images match the height/width in test_img_ids.json. Raises ``DatasetError``
+    on the first problem.
     """
     from helpers.progress import tqdm
 
@@ -342,18 +416,14 @@ def validate_dataset(ds: Dataset | str | os.PathLike, progress: bool = True,
             img = read_image(it.image_path, ds.notes)
             h, w = img.shape[:2]
 
-            def one(p: Path, shape=(h, w)) -> None:
-                read_mask(p, shape)
-
-            _map(one, it.mask_paths, workers)
+            kept, empty = nonempty_mask_paths(it.mask_paths, (h, w), workers)
+            warn_empty_masks(empty, ds.notes)
             bar.update(it.n_nuclei)
-            stats[it.image_id] = ImageStats(it.image_id, "train", it.n_nuclei, h, w)
+            stats[it.image_id] = ImageStats(it.image_id, "train", len(kept), h, w)
         for it in ds.test:
             img = read_image(it.image_path, ds.notes)
             h, w = img.shape[:2]
-            if (it.height, it.width) != (None, None) and (it.height, it.width) != (h, w):
-                raise DatasetError(f"{it.image_path} is {w}x{h} but {ds.root / TEST_IDS_FILE} says "
-                                   f"{it.width}x{it.height}; fix the json or the image")
+            check_test_size(ds.root, it, (h, w))
             bar.update(1)
             stats[it.image_id] = ImageStats(it.image_id, "test", 0, h, w)
     finally:

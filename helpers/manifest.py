@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from helpers.atomic import atomic_write_text
-from helpers.dataset import DatasetError, image_size, open_dataset, validate_dataset
+from helpers.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
+                             validate_dataset, warn_empty_masks)
 from helpers.organs import organ_of
 
 COLUMNS = ("image_id", "split", "organ", "n_nuclei", "height", "width", "sha256", "shard")
@@ -136,15 +137,22 @@ def build_manifest(root: str | os.PathLike, val_ids: Iterable[str] | None = None
                    seed: int = 0, check_pixels: bool = True, progress: bool = True) -> list[dict]:
     """Rows for every image of the dataset at ``root`` (train images first, then test).
 
-    ``check_pixels`` decodes every image and mask (``validate_dataset``); otherwise
-    sizes come from the PNG headers and masks are only counted. The validation
+    ``n_nuclei`` counts the non-empty masks (an all-zero mask holds no nucleus and
+    is skipped with a warning). ``check_pixels`` checks every image and mask
+    (``validate_dataset``); otherwise sizes come from the PNG headers and masks are
+    decoded only to count the non-empty ones. The validation
     split is ``val_ids`` if given, else ``choose_val_split(rows, n_val, seed)``.
     """
     ds = open_dataset(root)
     if check_pixels:
         stats = {k: (s.n_nuclei, s.height, s.width) for k, s in validate_dataset(ds, progress=progress).items()}
     else:
-        stats = {it.image_id: (it.n_nuclei, *image_size(it.image_path)) for it in ds.train}
+        stats = {}
+        for it in ds.train:
+            h, w = image_size(it.image_path)
+            kept, empty = nonempty_mask_paths(it.mask_paths, (h, w))
+            warn_empty_masks(empty, ds.notes)
+            stats[it.image_id] = (len(kept), h, w)
         stats.update({it.image_id: (0, *image_size(it.image_path)) for it in ds.test})
     rows = []
     for it, split in [(it, "train") for it in ds.train] + [(it, "test") for it in ds.test]:
@@ -228,7 +236,10 @@ def validate_against_manifest(root: str | os.PathLike, rows: Iterable[dict] | st
     """Check the dataset at ``root`` against manifest rows (default: the committed manifest).
 
     Always: the same image ids (train+val under train/, test under test/), sha256
-    of every image file, number of mask files, and image sizes (PNG header).
+    of every image file, number of nuclei (mask files; when there are more files
+    than the manifest counts, the masks of that image are decoded and all-zero
+    ones, which hold no nucleus, are skipped with a warning), image sizes (PNG
+    header), and the test images' sizes in test_img_ids.json.
     ``check_pixels`` also decodes every image and mask (``validate_dataset``).
     Raises ``DatasetError`` naming the first file that differs; returns ``summarize(rows)``.
     """
@@ -258,9 +269,23 @@ def validate_against_manifest(root: str | os.PathLike, rows: Iterable[dict] | st
         h, w = image_size(it.image_path)
         if (h, w) != (r["height"], r["width"]):
             raise DatasetError(f"{it.image_path} is {w}x{h} but the manifest says {r['width']}x{r['height']}")
+        if image_id in have_test:
+            check_test_size(root, it, (h, w))
         if image_id in have_train and it.n_nuclei != r["n_nuclei"]:
-            raise DatasetError(f"{it.image_path.parent.parent / 'masks'} holds {it.n_nuclei} masks but the "
-                               f"manifest says {r['n_nuclei']}; re-acquire the dataset")
+            masks = it.image_path.parent.parent / "masks"
+            empty: list = []
+            if it.n_nuclei > r["n_nuclei"]:  # all-zero masks are no nuclei: count the others
+                kept, empty = nonempty_mask_paths(it.mask_paths, (h, w))
+                if len(kept) == r["n_nuclei"]:
+                    warn_empty_masks(empty)
+                    continue
+            skipped = (f" ({len(empty)} of its {it.n_nuclei} mask files are empty, so {it.n_nuclei - len(empty)} "
+                       "nuclei)") if empty else ""
+            raise DatasetError(
+                f"{masks} holds {it.n_nuclei} masks{skipped} but the manifest says {r['n_nuclei']}: the dataset "
+                "differs from the one the manifest describes. Re-acquire the original dataset, or, if your data "
+                "is meant to be this way, rebuild the manifest from it (helpers.manifest.build_manifest + "
+                "write_manifest) and pass it as manifest_path")
     if check_pixels:
         validate_dataset(ds, progress=progress)
     return summarize(rows)

@@ -77,12 +77,17 @@ def test_mask_size_differs_from_image(demo):
         validate_dataset(demo, progress=False)
 
 
-def test_empty_mask(demo):
+def test_empty_mask_is_skipped_with_a_note_and_not_counted(demo):
     it = first(open_dataset(demo))
     p = it.mask_paths[0]
     Image.fromarray(np.zeros((256, 256), np.uint8)).save(p)
-    with pytest.raises(DatasetError, match=rf"{p.name} is empty.*remove it"):
-        validate_dataset(demo, progress=False)
+    with pytest.raises(DatasetError, match=rf"{p.name} is empty.*holds no nucleus"):
+        read_mask(p)
+    with pytest.warns(DatasetNote, match=rf"skipping 1 empty mask.*{p.name}"):
+        stats = validate_dataset(demo, progress=False)
+    assert stats[it.image_id].n_nuclei == it.n_nuclei - 1
+    with pytest.warns(DatasetNote, match="skipping 1 empty mask"):
+        assert len(read_masks(it)) == it.n_nuclei - 1
 
 
 def test_non_binary_mask(demo):
@@ -210,5 +215,5 @@ def test_test_image_size_differs_from_json(demo):
     spec = json.loads(f.read_text())
     spec["images"][0]["height"] = 300
     f.write_text(json.dumps(spec))
-    with pytest.raises(DatasetError, match="says 256x300"):
+    with pytest.raises(DatasetError, match=r"says TCGA-\S+\.png is 256x300 .* is 256x256.*fix that entry"):
         validate_dataset(demo, progress=False)
