@@ -4,7 +4,9 @@ Layout of ``shards_dir``::
 
     labeled-<organ>-<k:05d>-of-<n:05d>.tfrecord   train + val images (pool "labeled")
     test-<organ>-<k:05d>-of-<n:05d>.tfrecord      test images (no objects)
-    index.json                                    written last; lists every shard
+    index.json                                    lists every shard; "complete": false while
+                                                  write_shards runs (each finished shard is
+                                                  recorded as it completes), true at the end
 
 One image per file, so any training subset (one organ, a split, hand-picked
 images) is just a list of files: ``select_shards``. The split lives only in
@@ -30,6 +32,12 @@ Re-running ``write_shards`` skips shards whose file matches index.json (size
 and sha256) and whose content is still what the manifest asks for. Temp files
 of an interrupted run (``*.partial``), shards that do not match the index and
 shards not in the index are reported and rewritten, never read.
+
+index.json is rewritten (atomically) before the first shard is written, marked
+``"complete": false``, and again after every finished shard, so an interrupted
+run (a disconnect, a bad mask) keeps every finished shard: the re-run skips them
+and writes only the rest. Readers (``load_index``, ``select_shards``) refuse an
+incomplete index with a message saying to re-run write_shards.
 """
 from __future__ import annotations
 
@@ -43,7 +51,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from helpers.atomic import atomic_path, atomic_write_json, is_partial
-from helpers.dataset import DatasetError, open_dataset, read_image, read_mask
+from helpers.dataset import (DatasetError, EmptyMaskError, nonempty_mask_paths, open_dataset, read_image,
+                             read_mask, warn_empty_masks)
 from helpers.manifest import assign_shards, pool_of, sha256_file
 
 try:
@@ -116,6 +125,7 @@ class _Encoded:
     areas: list[int]
     instance_map_png: bytes | None
     notes: list[str] = field(default_factory=list)
+    empty: list[Path] = field(default_factory=list)  # all-zero mask files, skipped
 
 
 def _tf_decode_png(data: bytes, dtype=None) -> np.ndarray:
@@ -131,7 +141,8 @@ def _encode_item(item, workers: int, verify: bool = False) -> _Encoded:
     image) and compared with the labels built from the source masks, so every
     source mask is checked bit for bit against what the shard holds.
     ``verify`` also decodes every per-instance mask PNG (Model Garden's input)
-    and compares it with its source mask; ShardError otherwise.
+    and compares it with its source mask; ShardError otherwise. An all-zero mask
+    holds no nucleus: it is skipped with a ``DatasetNote`` warning (``empty``).
     """
     notes: list[str] = []
     img = read_image(item.image_path, notes)
@@ -148,7 +159,10 @@ def _encode_item(item, workers: int, verify: bool = False) -> _Encoded:
     labels = np.zeros((h, w), np.uint16) if n else None
 
     def one(i: int):
-        m = read_mask(mask_paths[i], (h, w))
+        try:
+            m = read_mask(mask_paths[i], (h, w))
+        except EmptyMaskError:
+            return None
         y0, x0, y1, x1 = mask_box(m)
         png = encode_png(m.view(np.uint8))  # 0/1
         if verify and not np.array_equal(_tf_decode_png(png), m.view(np.uint8)):
@@ -159,17 +173,28 @@ def _encode_item(item, workers: int, verify: bool = False) -> _Encoded:
         return m[y0:y1, x0:x1]
 
     overlap = n >= 65535
+    crops: list = []
     if n:
         with ThreadPoolExecutor(max(1, workers)) as ex:
-            for i, crop in enumerate(ex.map(one, range(n))):
-                if overlap:
-                    continue
-                y0, x0, y1, x1 = boxes[i]
-                win = labels[y0:y1, x0:x1]
-                if np.any(win[crop]):
-                    overlap = True
-                    continue
-                win[crop] = i + 1
+            crops = list(ex.map(one, range(n)))
+    empty = [Path(mask_paths[i]) for i, c in enumerate(crops) if c is None]
+    if empty:
+        keep = [i for i, c in enumerate(crops) if c is not None]
+        mask_pngs = [mask_pngs[i] for i in keep]
+        boxes = [boxes[i] for i in keep]
+        areas = [areas[i] for i in keep]
+        crops = [crops[i] for i in keep]
+        n = len(keep)
+        warn_empty_masks(empty, notes)
+    for i, crop in enumerate(crops):
+        if overlap:
+            break
+        y0, x0, y1, x1 = boxes[i]
+        win = labels[y0:y1, x0:x1]
+        if np.any(win[crop]):
+            overlap = True
+            continue
+        win[crop] = i + 1
     instance_map_png = encode_png(labels) if n and not overlap else None
     if instance_map_png is not None:
         import tensorflow as tf
@@ -178,7 +203,7 @@ def _encode_item(item, workers: int, verify: bool = False) -> _Encoded:
             raise ShardError(f"instance map of {item.image_id} does not decode to the source masks")
     if n and overlap:
         notes.append(f"masks of {item.image_id} overlap: no {INSTANCE_MAP_KEY} (fast read falls back)")
-    return _Encoded(image_png, h, w, mask_pngs, boxes, areas, instance_map_png, notes)
+    return _Encoded(image_png, h, w, mask_pngs, boxes, areas, instance_map_png, notes, empty)
 
 
 def make_example(enc: _Encoded, image_id: str, source_id: str) -> bytes:
@@ -208,25 +233,49 @@ def make_example(enc: _Encoded, image_id: str, source_id: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- index
-def load_index(shards_dir: str | os.PathLike) -> dict:
-    """The parsed index.json; ShardError if it is absent or unreadable."""
+def _parse_index(shards_dir: str | os.PathLike) -> dict:
+    """index.json as it is on disk, complete or not; ShardError if absent or unreadable."""
     p = Path(shards_dir) / INDEX_NAME
     if not p.is_file():
         raise ShardError(f"{p} not found: the shards were never completed here; run "
                          "helpers.shards.write_shards (notebook 01) first")
     try:
-        idx = json.loads(p.read_text())
-        idx["shards"]
+        idx = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(idx["shards"], list):
+            raise TypeError("'shards' is not a list")
     except (ValueError, KeyError, TypeError) as e:
-        raise ShardError(f"{p} is unreadable ({e}); re-run write_shards to rebuild it") from e
+        raise ShardError(f"{p} is unreadable ({e}); re-run write_shards (notebook 01) to rebuild it") from e
+    return idx
+
+
+def load_index(shards_dir: str | os.PathLike) -> dict:
+    """The parsed index.json of a finished ``write_shards`` run.
+
+    ShardError if it is absent, unreadable, or records an interrupted run
+    (``"complete": false``; an index without the key is from an older, finished run).
+    """
+    p = Path(shards_dir) / INDEX_NAME
+    idx = _parse_index(shards_dir)
+    if idx.get("complete") is False:
+        raise ShardError(
+            f"{p} records an interrupted write_shards run ({len(idx['shards'])} of {idx.get('n_wanted', '?')} "
+            "shards finished): run notebook 01 (helpers.shards.write_shards) again; it keeps the finished "
+            "shards and writes only the rest")
     return idx
 
 
 def _read_index_or_empty(shards_dir: Path) -> dict:
     try:
-        return load_index(shards_dir)
+        return _parse_index(shards_dir)
     except ShardError:
         return {"version": FORMAT_VERSION, "shards": []}
+
+
+def _index(dataset_root, entries: Iterable[dict], complete: bool, n_wanted: int) -> dict:
+    entries = sorted(entries, key=lambda e: e["file"])
+    return {"version": FORMAT_VERSION, "complete": complete, "n_wanted": n_wanted,
+            "dataset_root": str(Path(dataset_root).resolve()), "n_shards": len(entries),
+            "n_nuclei": sum(e["n_nuclei"] for e in entries), "shards": entries}
 
 
 def source_ids(rows: Sequence[dict], ds) -> dict[str, str]:
@@ -324,9 +373,23 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
             (report.mismatched if prev is not None else report.unindexed).append(r["shard"])
         todo.append((r, it, want, path))
 
-    # 3. write (atomically: temp file + rename)
+    # 3. shards of an older index that are no longer wanted (ours: we listed them)
+    wanted = {r["shard"] for r in rows}
+    for name in sorted(set(old) - wanted):
+        p = shards_dir / name
+        if p.is_file() and p.suffix == SHARD_SUFFIX and not is_partial(p):
+            p.unlink()
+            report.stale_removed.append(name)
+
+    # 4. write (atomically: temp file + rename); index.json records every finished shard as it
+    #    completes, marked incomplete until the last one, so an interruption loses only the shard
+    #    being written
     import tensorflow as tf
 
+    n_wanted = len(entries) + len(todo)
+    index_path = shards_dir / INDEX_NAME
+    if todo:
+        atomic_write_json(index_path, _index(dataset_root, entries, False, n_wanted))
     bar = tqdm(total=sum(max(1, r["n_nuclei"]) for r, *_ in todo), desc="write shards", unit="mask",
                disable=not progress or not todo)
     try:
@@ -334,15 +397,22 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
             bar.set_postfix_str(r["image_id"])
             if it.image_id != r["image_id"]:  # pragma: no cover - defensive
                 raise ShardError(f"internal error: {it.image_id} != {r['image_id']}")
+            masks_dir = Path(it.image_path).parent.parent / "masks"
             n_files = len(getattr(it, "mask_paths", ()))
-            if n_files != r["n_nuclei"]:
-                raise DatasetError(f"{Path(it.image_path).parent.parent / 'masks'} holds {n_files} masks but "
-                                   f"the manifest says {r['n_nuclei']}; re-acquire the dataset or rebuild "
-                                   "the manifest")
+            if n_files < r["n_nuclei"]:  # more files than nuclei: empty masks, counted below
+                raise DatasetError(f"{masks_dir} holds {n_files} masks but the manifest says {r['n_nuclei']}; "
+                                   "re-acquire the dataset or rebuild the manifest")
             if sha256_file(it.image_path) != r["sha256"]:
                 raise DatasetError(f"{it.image_path}: sha256 does not match the manifest; re-acquire "
                                    "the dataset or rebuild the manifest")
             enc = _encode_item(it, workers, verify)
+            if len(enc.mask_pngs) != r["n_nuclei"]:
+                raise DatasetError(
+                    f"{masks_dir} holds {len(enc.mask_pngs)} non-empty masks ({len(enc.empty)} empty one(s) "
+                    f"skipped: {[q.name for q in enc.empty[:3]]}) but the manifest says {r['n_nuclei']}: the "
+                    "dataset differs from the one the manifest describes. Restore the masks from the original "
+                    "dataset, or, if your data is meant to be this way, rebuild the manifest from it "
+                    "(helpers.manifest.build_manifest + write_manifest) and pass it as manifest_path")
             if (enc.height, enc.width) != (r["height"], r["width"]):
                 raise DatasetError(f"{it.image_path} is {enc.width}x{enc.height} but the manifest says "
                                    f"{r['width']}x{r['height']}")
@@ -356,24 +426,19 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
             entries.append({**want, "size": path.stat().st_size, "sha256": sha256_file(path),
                             "instance_map": enc.instance_map_png is not None})
             report.written.append(path.name)
+            complete = len(entries) == n_wanted
+            atomic_write_json(index_path, _index(dataset_root, entries, complete, n_wanted))
             bar.update(max(1, r["n_nuclei"]))
+    except DatasetError as e:
+        raise DatasetError(f"{e}\n(the {len(entries)} finished shard(s) of {n_wanted} are kept in {index_path}: "
+                           "after the fix, the re-run writes only the rest)") from e
     finally:
         bar.close()
 
-    # 4. shards of an older index that are no longer wanted (ours: we listed them)
-    wanted = {e["file"] for e in entries}
-    for name in sorted(set(old) - wanted):
-        p = shards_dir / name
-        if p.is_file() and p.suffix == SHARD_SUFFIX and not is_partial(p):
-            p.unlink()
-            report.stale_removed.append(name)
-
-    # 5. index.json last
-    entries.sort(key=lambda e: e["file"])
-    index = {"version": FORMAT_VERSION, "dataset_root": str(Path(dataset_root).resolve()),
-             "n_shards": len(entries), "n_nuclei": sum(e["n_nuclei"] for e in entries),
-             "shards": entries}
-    atomic_write_json(shards_dir / INDEX_NAME, index)
+    # 5. index.json, complete (already written after the last shard when there was one to write)
+    index = _index(dataset_root, entries, True, n_wanted)
+    if not todo:
+        atomic_write_json(index_path, index)
     if verbose:
         print(report.summary())
     return {**index, "report": report}
@@ -556,7 +621,9 @@ def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike
                 raise ShardError(f"{path}: image differs from {it.image_path}")
             h, w = img.shape[:2]
             pngs = list(f["image/object/mask"].bytes_list.value)
-            paths = getattr(it, "mask_paths", ())
+            paths = list(getattr(it, "mask_paths", ()))
+            if len(pngs) < len(paths):  # all-zero masks are skipped when shards are written
+                paths = nonempty_mask_paths(paths, (h, w), workers)[0]
             if len(pngs) != len(paths) or len(pngs) != e["n_nuclei"]:
                 raise ShardError(f"{path}: {len(pngs)} masks but {len(paths)} mask files for {it.image_id}")
             bn = np.stack([np.array(f[f"image/object/bbox/{k}"].float_list.value, np.float32)
