@@ -8,15 +8,25 @@ or a Google Drive file (id or URL, via gdown).
 * Unpacking is atomic: everything goes to a temp folder next to ``dest``
   (``.<name>.*.partial``), is checked (``open_dataset``, and the manifest if
   given), and only then renamed to ``dest``. An interrupted run leaves at most a
-  ``*.partial`` folder, never a half-filled ``dest``.
-* An existing ``dest`` is never overwritten. If it already holds the same
-  dataset (matches the manifest; without a manifest: same files and sizes as a
-  local source, or simply a readable dataset for a Drive source, which is not
-  downloaded again) the call is a no-op. Otherwise ``DatasetError``.
+  ``*.partial`` folder, never a half-filled ``dest``; the next run removes it.
+  Errors found while checking name the user's source (the folder, or the file
+  inside the zip), never the temp folder.
+* ``dest`` records where its copy came from (``.acquired_from.json``: a folder's
+  file names, sizes and modification times, a zip's names, sizes and CRCs, or a
+  Drive file id). When the source changes (a mask fixed in the folder or zip, a
+  new Drive file id), the next call replaces the copy, once the new one passed
+  its checks; an unchanged source is a no-op.
+* An existing ``dest`` that this module did not make is never overwritten. If it
+  already holds the same dataset (matches the manifest; without a manifest: same
+  files and sizes as a local source, or simply a readable dataset for a Drive
+  source, which is not downloaded again) the call is a no-op. Otherwise
+  ``DatasetError``.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -25,11 +35,20 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
+from helpers.atomic import atomic_write_json, remove_stale_partials
 from helpers.dataset import DatasetError, open_dataset
 from helpers.manifest import read_manifest, validate_against_manifest
 
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")
 _IGNORED = {"__MACOSX", ".DS_Store"}
+RECORD_NAME = ".acquired_from.json"  # inside dest: what the copy was made from
+
+
+def looks_like_drive_id(s: str) -> bool:
+    """A Drive file id: 25+ characters of ``[A-Za-z0-9_-]`` mixing upper- and lower-case letters
+    and digits (ids are 28, 33 or 44 random characters). ``hw3-data-release-2024`` is no id."""
+    return (len(s) >= 25 and bool(_DRIVE_ID.match(s)) and any(c.isupper() for c in s)
+            and any(c.islower() for c in s) and any(c.isdigit() for c in s))
 
 
 def is_drive_source(source: str | os.PathLike) -> bool:
@@ -37,7 +56,7 @@ def is_drive_source(source: str | os.PathLike) -> bool:
     s = str(source)
     if re.match(r"^https?://", s):
         return "drive.google.com" in s or "docs.google.com" in s
-    return bool(_DRIVE_ID.match(s)) and not Path(s).exists()
+    return looks_like_drive_id(s) and not Path(s).exists()
 
 
 def find_dataset_root(folder: str | os.PathLike) -> Path:
@@ -59,7 +78,7 @@ def find_dataset_root(folder: str | os.PathLike) -> Path:
 
 def _listing(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
-            if p.is_file() and not any(part in _IGNORED for part in p.parts)}
+            if p.is_file() and p.name != RECORD_NAME and not any(part in _IGNORED for part in p.parts)}
 
 
 def _zip_listing(zf: zipfile.ZipFile) -> dict[str, int]:
@@ -91,6 +110,56 @@ def _check(root: Path, rows: list[dict] | None, what: str) -> None:
             raise DatasetError(f"{what} does not match the manifest: {e}") from e
 
 
+# --------------------------------------------------------------------------- where a copy came from
+def _digest(items) -> str:
+    return hashlib.sha256(json.dumps(sorted(items)).encode()).hexdigest()
+
+
+def source_fingerprint(source: str | os.PathLike) -> dict:
+    """What identifies the content of ``source`` cheaply, without reading every byte.
+
+    A folder: each file's relative path, size and modification time. A zip: each member's
+    name, size and CRC-32 (from the zip's directory). A Drive source: its file id.
+    """
+    if is_drive_source(source):
+        return {"kind": "drive", "id": drive_file_id(str(source)) or str(source)}
+    src = Path(source).expanduser()
+    if src.is_dir():
+        root = find_dataset_root(src)
+        items = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p in root.rglob("*")
+                 if p.is_file() and not any(part in _IGNORED for part in p.relative_to(root).parts)
+                 and p.name != RECORD_NAME for st in (p.stat(),)]
+        return {"kind": "folder", "digest": _digest(items), "files": len(items)}
+    try:
+        with zipfile.ZipFile(src) as zf:
+            items = [(i.filename, i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DatasetError(f"{src} is neither a folder nor a readable zip file ({e}); download it again") from e
+    return {"kind": "zip", "digest": _digest(items), "files": len(items)}
+
+
+def _read_record(dest: Path) -> dict | None:
+    try:
+        rec = json.loads((dest / RECORD_NAME).read_text(encoding="utf-8"))
+        return rec if isinstance(rec, dict) and "fingerprint" in rec else None
+    except (OSError, ValueError):
+        return None
+
+
+def _same_source(rec: dict, fp: dict) -> bool:
+    return rec.get("fingerprint") == fp
+
+
+# --------------------------------------------------------------------------- temp folders
+def _source_paths(message: str, tmp: Path, shown: dict[Path, tuple[str, str]]) -> str:
+    """``message`` with the temp folder's paths replaced by what the user knows: their source
+    folder, or ``<zip>:<path inside it>``. ``shown``: {temp path: (as itself, as a prefix)}."""
+    for path, (name, prefix) in sorted(shown.items(), key=lambda kv: -len(str(kv[0]))):
+        message = message.replace(str(path) + os.sep, prefix).replace(str(path), name)
+    return message.replace(str(tmp), "(a temp folder, now removed)")
+
+
+# --------------------------------------------------------------------------- acquire
 def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
                     manifest: Iterable[dict] | str | os.PathLike | None = None, quiet: bool = False) -> Path:
     """Put the dataset from ``source`` at ``dest`` (see module doc) and return ``dest``.
@@ -104,38 +173,85 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
     drive = is_drive_source(source)
     src = None if drive else Path(source).expanduser()
     if src is not None and not src.exists():
-        raise DatasetError(f"source {src} not found; pass a dataset folder, a .zip, or a Google Drive "
-                           "file id/URL")
+        raise DatasetError(_not_found(str(source), src))
+    remove_stale_partials(dest, quiet)
+    replacing = False
     if dest.exists() and any(dest.iterdir()):
-        return _existing(dest, src, rows, drive)
+        rec = _read_record(dest)
+        if rec is None or (src is not None and src.resolve() == dest.resolve()):
+            return _existing(dest, src, rows, drive)
+        fp = source_fingerprint(source)
+        if _same_source(rec, fp):
+            _check_existing(dest, rows)
+            return dest
+        replacing = True  # our own copy, of a source that changed since: replace it (after the checks)
+    fp = None if drive else source_fingerprint(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    shown: dict[Path, tuple[str, str]] = {}
     try:
-        if drive:
-            src = _download(str(source), tmp, quiet)
-        if src.is_dir():
-            root = find_dataset_root(src)
-            shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED))
-            staged = tmp / "data"
-        elif zipfile.is_zipfile(src):
-            _extract(src, tmp / "unzipped")
-            staged = find_dataset_root(tmp / "unzipped")
-        else:
-            raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
-                               "download?); download it again")
-        _check(staged, rows, f"the dataset from {source}")
-        if dest.exists():  # an empty folder: rename onto it
+        try:
+            if drive:
+                shown[tmp / "download.zip"] = (f"the zip downloaded from Google Drive ({source})", "")
+                shown[tmp / "unzipped"] = (f"the Drive zip {source}", f"the Drive zip {source}:")
+                src = _download(str(source), tmp, quiet)
+                fp = {"kind": "drive", "id": drive_file_id(str(source)) or str(source)}
+            if src.is_dir():
+                root = find_dataset_root(src)
+                shown[tmp / "data"] = (str(root), str(root) + os.sep)
+                shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED, RECORD_NAME))
+                staged = tmp / "data"
+            elif zipfile.is_zipfile(src):
+                if not drive:
+                    shown[tmp / "unzipped"] = (str(src), f"{src}:")
+                _extract(src, tmp / "unzipped")
+                staged = find_dataset_root(tmp / "unzipped")
+            else:
+                raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
+                                   "download?); download it again")
+            _check(staged, rows, f"the dataset from {source}")
+        except DatasetError as e:
+            msg = _source_paths(str(e), tmp, shown)
+            if src is not None and not drive:
+                msg += f"\n(fix it in your source, {src}, and run again: nothing was copied to {dest})"
+            if replacing:
+                msg += f"\n({dest}, the copy of the source as it was before, is kept as it is)"
+            if msg == str(e):
+                raise
+            raise DatasetError(msg) from (e.__cause__ or e)
+        atomic_write_json(staged / RECORD_NAME, {"source": str(source), "fingerprint": fp})
+        if replacing:
+            os.replace(dest, tmp / "replaced")
+        elif dest.exists():  # an empty folder: rename onto it
             dest.rmdir()
         os.replace(staged, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
-        print(f"dataset ready at {dest}: {open_dataset(dest)!r}")
+        what = "replaced (the source changed since the copy was made)" if replacing else "ready"
+        print(f"dataset {what} at {dest}: {open_dataset(dest)!r}")
     return dest
 
 
+def _not_found(text: str, src: Path) -> str:
+    where = src if src.is_absolute() else f"{src} (looked in {Path.cwd()})"
+    msg = f"source {where} not found; pass a dataset folder, a .zip, or a Google Drive file id/URL"
+    if _DRIVE_ID.match(text):
+        msg += (f". {text!r} is not a Google Drive file id either (ids are 25+ characters mixing upper- and "
+                "lower-case letters and digits, e.g. the part after /file/d/ in a share link)")
+    return msg
+
+
+def _check_existing(dest: Path, rows) -> None:
+    try:
+        _check(dest, rows, str(dest))
+    except DatasetError as e:
+        raise DatasetError(f"{e}\n({dest} was made from the same, unchanged source: fix the source and run "
+                           "again, and the copy is replaced)") from e
+
+
 def _existing(dest: Path, src: Path | None, rows, drive: bool) -> Path:
-    """``dest`` is not empty: no-op if it is the same dataset, else a clear error."""
+    """``dest`` is not empty and not a copy we made: no-op if it is the same dataset, else a clear error."""
     if src is not None and src.resolve() == dest.resolve():
         _check(dest, rows, str(dest))
         return dest
@@ -168,8 +284,12 @@ def _existing(dest: Path, src: Path | None, rows, drive: bool) -> Path:
 
 
 def _extract(zip_path: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(zip_path) as zf:
+            if not any(not i.is_dir() for i in zf.infolist()):
+                raise DatasetError(f"{zip_path} is empty (it holds no files): zip the dataset again (the folder "
+                                   "with train/, test/ and test_img_ids.json), or download it again")
             bad = zf.testzip()
             if bad is not None:
                 raise DatasetError(f"{zip_path} is corrupt (bad CRC in {bad}); download it again")
@@ -240,6 +360,13 @@ def _download_errors(gdown) -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _no_local(source: str) -> str:
+    """For a bare id that failed: it is no local path either (a name can look like both)."""
+    if re.match(r"^https?://", source):
+        return ""
+    return f". (Taken as a Drive file id, since there is no file or folder {source!r} in {Path.cwd()} either.)"
+
+
 def _download(source: str, folder: Path, quiet: bool) -> Path:
     """Download a Drive file into ``folder`` with gdown; DatasetError with advice on failure."""
     import gdown
@@ -252,7 +379,8 @@ def _download(source: str, folder: Path, quiet: bool) -> Path:
         raise DatasetError(
             f"could not download {source!r} from Google Drive ({type(e).__name__}: {e}). Check the network, "
             "that the id/URL is right and the file is shared as 'Anyone with the link'; or download the zip "
-            "yourself and pass its local path (or the unpacked folder) as the source") from e
+            "yourself and pass its local path (or the unpacked folder) as the source"
+            + _no_local(source)) from e
     if not got or not out.is_file() or out.stat().st_size == 0:
         raise DatasetError(f"Google Drive download of {source!r} produced no file; check the id and sharing, "
                            "or download the zip yourself and pass its local path")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.acquire import acquire_dataset, find_dataset_root, is_drive_source
+from helpers.acquire import RECORD_NAME, acquire_dataset, find_dataset_root, is_drive_source
 from helpers.dataset import DatasetError, open_dataset
 from helpers.demo_data import make_demo_dataset
 from helpers.manifest import read_manifest
@@ -16,7 +16,9 @@ def demo(tmp_path_factory):
 
 
 def listing(root):
-    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in Path(root).rglob("*") if p.is_file())
+    """Every file and its bytes (but the record of where an acquired copy came from)."""
+    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in Path(root).rglob("*")
+                  if p.is_file() and p.name != RECORD_NAME)
 
 
 def make_zip(src, zip_path, prefix=""):
