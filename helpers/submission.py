@@ -5,10 +5,14 @@ counts: str}, bbox: [x, y, w, h], score}``; ``image_id`` is the COCO id that
 ``test_img_ids.json`` gives the image's file name; ``bbox`` comes from the RLE.
 
 * ``build_answer(predictions, test_images, resolve=False)`` makes the entries
-  (optionally giving each pixel to the highest-scoring mask: ``resolve_overlaps``).
+  (optionally giving each pixel to the highest-scoring mask: ``resolve_overlaps``);
+  detections with a NaN score are left out with a ``SubmissionNote`` warning saying
+  how many, per image.
 * ``check_answer`` lists every problem; ``validate_answer`` raises ``SubmissionError``
   naming them (every test image present, sizes match, scores in [0, 1], category 1,
   known image_id, valid RLE, and pycocotools' ``COCO.loadRes`` accepts the file).
+  numpy scalars (``numpy.float32`` scores, ``numpy.int64`` ids) are accepted and
+  written as plain JSON numbers.
 * ``write_answer`` validates, writes ``answer.json`` atomically and zips it as
   ``answer.zip`` (``answer.json`` at the zip root). An existing answer is never
   replaced unless ``overwrite=True``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,24 @@ _MAX_LISTED = 12
 
 class SubmissionError(ValueError):
     """The answer (or its inputs) would not be accepted; the message lists the problems."""
+
+
+class SubmissionNote(UserWarning):
+    """Something was left out of the answer (e.g. detections with a NaN score)."""
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values (``json.dumps(..., default=_json_default)``)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def plain_entries(entries: Any) -> Any:
+    """``entries`` with numpy scalars/arrays turned into plain Python numbers and lists."""
+    return json.loads(json.dumps(entries, default=_json_default))
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ def load_test_images(source) -> list[TestImage]:
         if not path.is_file():
             raise SubmissionError(f"{path} not found; point at the dataset's {TEST_IDS_FILE}")
         try:
-            source = json.loads(path.read_text(encoding="utf-8"))
+            source = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
         except ValueError as e:
             raise SubmissionError(f"{path} is not valid JSON ({e}); re-download it") from None
     entries = source["images"] if isinstance(source, Mapping) else source
@@ -154,6 +177,11 @@ def build_answer(predictions: Mapping[str, Detections], test_images, resolve: bo
         if tuple(dets.size) != (t.height, t.width):
             raise SubmissionError(f"predictions for {t.file_name} are {dets.size[0]}x{dets.size[1]} but "
                                   f"{TEST_IDS_FILE} says {t.height}x{t.width}; predict at full resolution")
+        nan = int(np.isnan(np.asarray(dets.scores, np.float64)).sum())
+        if nan:
+            warnings.warn(f"{nan} of the {len(dets)} detections of {t.file_name} have a NaN score and are left "
+                          "out of the answer: the model or the rescoring produced it; check this image's "
+                          "predictions (predict it again) if that is unexpected", SubmissionNote, stacklevel=2)
         dets = dets.filter(min_score=min_score, min_area=1)
         if resolve:
             dets = resolve_overlaps(dets)
@@ -224,7 +252,7 @@ def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox
                                             "width": t.width} for t in images],
                                 "annotations": [], "categories": [dict(c) for c in CATEGORIES]})
         try:
-            load_results(gt, json.loads(json.dumps(entries)))
+            load_results(gt, plain_entries(entries))
         except Exception as err:  # pycocotools raises AssertionError, KeyError, ...
             problems.append(f"pycocotools COCO.loadRes rejects the answer: {type(err).__name__}: {err}")
     return problems
@@ -268,6 +296,7 @@ def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=No
                                   "the answer, or choose another folder")
     summary = validate_answer(entries, test_images, require_all) if test_images is not None else \
         {"entries": len(entries), "images": None}
+    entries = plain_entries(entries)  # numpy scalars -> JSON numbers
     atomic_write_json(json_path, entries, indent=None)
     with atomic_path(zip_path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
