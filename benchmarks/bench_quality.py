@@ -78,8 +78,11 @@ def prepare(root: Path, data: Path):
     from helpers.workspace import get_workspace
 
     ws = get_workspace(root / "base")
-    if (ws.shards / shards.INDEX_NAME).is_file():
+    try:
+        shards.load_index(ws.shards)  # complete: every shard written
         return ws
+    except Exception:  # noqa: BLE001 - absent or incomplete: notebook 01's steps (they resume)
+        pass
     dataset_root, manifest = prep.get_dataset(ws, str(data), PROFILE)
     rows = prep.check_dataset(dataset_root, manifest)
     rows = prep.choose_split(ws, rows)

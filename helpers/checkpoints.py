@@ -10,7 +10,11 @@ every tensor reads back with a valid checksum.
 A torn checkpoint is reported with a :class:`TornCheckpointWarning`, moved
 into ``<stage dir>/torn/`` (never deleted) and TensorFlow's ``checkpoint``
 state file is rewritten to list only complete checkpoints, so Model Garden's
-CheckpointManager resumes from the newest complete one.
+CheckpointManager resumes from the newest complete one. So are data files whose
+index is gone (a deleted or never-written ``.index``), and a state file that does
+not parse (a 0-byte file is Drive's typical failure) is rebuilt from the complete
+checkpoints present. ``ckpt-N_temp/`` folders, TensorFlow's own scratch space for a
+save that never finished (disk full, a kill), are removed.
 """
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ import warnings
 from pathlib import Path
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
+DATA_RE = re.compile(r"^ckpt-(\d+)\.data-\d+-of-\d+$")
+TEMP_RE = re.compile(r"^ckpt-\d+_temp")  # TensorFlow's sharded-save scratch folder
 TORN_DIR = "torn"
+STATE_FILE = "checkpoint"
 
 
 class TornCheckpointWarning(UserWarning):
@@ -107,16 +114,60 @@ def _quarantine(prefix: Path, reason: str) -> Path:
     return dest
 
 
+def orphan_data(ckpt_dir) -> list[tuple[int, Path]]:
+    """``(step, prefix)`` of data files whose ``.index`` is missing (never loadable)."""
+    ckpt_dir = Path(ckpt_dir)
+    steps = {int(m.group(1)) for p in ckpt_dir.iterdir() if (m := DATA_RE.match(p.name))} \
+        if ckpt_dir.is_dir() else set()
+    indexed = {s for s, _ in list_checkpoints(ckpt_dir)}
+    return [(s, ckpt_dir / f"ckpt-{s}") for s in sorted(steps - indexed)]
+
+
+def remove_save_leftovers(ckpt_dir) -> list[Path]:
+    """Delete ``ckpt-N_temp*`` folders: TensorFlow's scratch space of a save that never
+    finished. They hold nothing loadable (a finished save renames its files out)."""
+    ckpt_dir = Path(ckpt_dir)
+    gone = [p for p in ckpt_dir.iterdir() if TEMP_RE.match(p.name)] if ckpt_dir.is_dir() else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return gone
+
+
+def state_problem(ckpt_dir) -> str | None:
+    """Why TensorFlow's ``checkpoint`` state file in ``ckpt_dir`` cannot be used, or None."""
+    import tensorflow as tf
+
+    path = Path(ckpt_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    try:
+        state = tf.train.get_checkpoint_state(str(ckpt_dir))  # None (and a log line) on a parse error
+    except Exception as e:  # noqa: BLE001 - TF raises ValueError for a state naming no checkpoint
+        return f"it does not parse ({type(e).__name__})"
+    if state is None or not state.model_checkpoint_path:
+        return "it does not parse"
+    return None
+
+
 def latest_complete(ckpt_dir, repair: bool = True, deep: bool = True) -> tuple[int, Path] | None:
     """The newest complete checkpoint ``(step, prefix)`` in ``ckpt_dir``, or None.
 
-    Newer torn checkpoints are reported with a :class:`TornCheckpointWarning`;
-    with ``repair`` they are moved to ``torn/`` and TensorFlow's ``checkpoint``
-    state file is rewritten to list only complete checkpoints.
+    Newer torn checkpoints (and data files without an index) are reported with a
+    :class:`TornCheckpointWarning`; with ``repair`` they are moved to ``torn/``,
+    ``ckpt-N_temp`` leftovers are removed, and TensorFlow's ``checkpoint`` state file is
+    rewritten (with timestamps, so pruning keeps working) to list only complete ones;
+    a state file that does not parse is rebuilt the same way.
     """
     ckpts = list_checkpoints(ckpt_dir)
     chosen = None
     torn = []
+    newest = ckpts[-1][0] if ckpts else -1
+    for step, prefix in orphan_data(ckpt_dir):
+        if step > newest:  # newer than anything loadable: say so, and set it aside
+            torn.append((step, prefix, f"{prefix.name}.index is missing"))
+    torn.sort(key=lambda t: -t[0])
     for step, prefix in reversed(ckpts):
         reason = check_checkpoint(prefix, deep=deep)
         if reason is None:
@@ -129,7 +180,14 @@ def latest_complete(ckpt_dir, repair: bool = True, deep: bool = True) -> tuple[i
                       TornCheckpointWarning, stacklevel=2)
         if repair:
             _quarantine(prefix, reason)
-    if repair and (torn or (chosen and not _state_points_to(ckpt_dir, chosen[1]))):
+    if not repair:
+        return chosen
+    bad_state = state_problem(ckpt_dir)
+    if bad_state:
+        warnings.warn(f"{Path(ckpt_dir) / STATE_FILE}: {bad_state}; rebuilt from the complete "
+                      f"checkpoints present", TornCheckpointWarning, stacklevel=2)
+    remove_save_leftovers(ckpt_dir)
+    if torn or bad_state or (chosen and not _state_points_to(ckpt_dir, chosen[1])):
         write_state(ckpt_dir)
     return chosen
 
@@ -144,19 +202,24 @@ def _state_points_to(ckpt_dir, prefix: Path) -> bool:
 def write_state(ckpt_dir) -> None:
     """Rewrite TF's ``checkpoint`` state file from the checkpoints that have files.
 
-    Called after torn ones were moved away, so it lists complete ones only.
+    Called after torn ones were moved away, so it lists complete ones only. Each gets
+    its index file's time as its timestamp, as CheckpointManager records them: without
+    timestamps CheckpointManager never prunes the checkpoints it finds at start-up.
     TensorFlow writes it atomically (temp file + rename).
     """
     import tensorflow as tf
 
     ckpts = list_checkpoints(ckpt_dir)
     if not ckpts:
-        state = Path(ckpt_dir) / "checkpoint"
+        state = Path(ckpt_dir) / STATE_FILE
         if state.exists():
+            (Path(ckpt_dir) / TORN_DIR).mkdir(exist_ok=True)
             shutil.move(str(state), str(Path(ckpt_dir) / TORN_DIR / "checkpoint.stale"))
         return
+    times = [p.with_name(p.name + ".index").stat().st_mtime for _, p in ckpts]
     tf.compat.v1.train.update_checkpoint_state(
-        str(ckpt_dir), ckpts[-1][1].name, all_model_checkpoint_paths=[p.name for _, p in ckpts])
+        str(ckpt_dir), ckpts[-1][1].name, all_model_checkpoint_paths=[p.name for _, p in ckpts],
+        all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1)
 
 
 def checkpoint_step(prefix) -> int:

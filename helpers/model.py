@@ -39,7 +39,9 @@ def stage_params(workspace, stage: str, profile: str | None = None):
     if not info_path.is_file():
         raise CheckpointNotFound(f"{info_path} not found: stage {stage!r} has not been trained "
                                  "in this workspace (run notebook 02/03 first)")
-    info = json.loads(info_path.read_text())
+    from helpers.training import read_record
+
+    info = read_record(info_path)
     if profile and info["profile"] != profile:
         raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
                          f"{info['profile']!r}, not {profile!r}")

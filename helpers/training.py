@@ -58,6 +58,10 @@ class NoTrainingData(RuntimeError):
     """No shards to train on."""
 
 
+class StageRecordError(RuntimeError):
+    """A stage's ``stage.json`` exists but cannot be read."""
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -99,8 +103,24 @@ def _ws(workspace) -> Workspace:
 
 def read_stage_info(workspace, stage: str) -> dict | None:
     """The stage's ``stage.json`` (profile, planned steps, fingerprint), or None."""
-    p = stage_dir(workspace, stage) / STAGE_FILE
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_record(stage_dir(workspace, stage) / STAGE_FILE)
+
+
+def read_record(path: Path) -> dict | None:
+    """A ``stage.json`` as a dict; None when absent; :class:`StageRecordError` when damaged."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        return info
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageRecordError(
+            f"{path} is damaged ({type(e).__name__}: {str(e)[:120]}). It records the config the "
+            f"checkpoints beside it were trained with. Restore it (on Drive: right-click the file, "
+            f"Manage versions), or move {path.parent} away to train the stage again.") from e
 
 
 def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
@@ -323,7 +343,7 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
     Returns ``(info, latest, where)``: ``latest`` is ``(step, prefix)`` or None, ``where`` is
     ``"local"``, ``"drive"`` or ``"none"``.
     """
-    info = json.loads((sdir / STAGE_FILE).read_text()) if (sdir / STAGE_FILE).is_file() else None
+    info = read_record(sdir / STAGE_FILE)
     if model_dir == sdir:
         latest = ckpts.latest_complete(sdir) if sdir.is_dir() else None
         where = "local" if latest else "none"
@@ -611,7 +631,10 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
 def stage_status(workspace, stage: str) -> str:
     """One line: how far a stage got (for notebooks)."""
     sdir = stage_dir(workspace, stage)
-    info = read_stage_info(workspace, stage)
+    try:
+        info = read_stage_info(workspace, stage)
+    except StageRecordError as e:
+        return f"{stage}: record damaged: {e}"
     latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
     if not info:
         return f"{stage}: not started"

@@ -9,9 +9,13 @@ REAL_DATA = Path(os.environ.get("NUCLEI_REAL_DATA", REPO.parent / "shared" / "da
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    """The course dataset in ../shared; tests using it skip when it is absent."""
+    """The course dataset in ../shared; tests using it skip when it is absent (users do not
+    have it), and fail when ``NUCLEI_REQUIRE_REAL_DATA`` is set (CI, which has it)."""
     if not (REAL_DATA / "train").is_dir():
-        pytest.skip(f"real dataset not found at {REAL_DATA} (set NUCLEI_REAL_DATA to point at it)")
+        why = f"real dataset not found at {REAL_DATA} (set NUCLEI_REAL_DATA to point at it)"
+        if os.environ.get("NUCLEI_REQUIRE_REAL_DATA"):
+            pytest.fail(why + "; NUCLEI_REQUIRE_REAL_DATA is set, so this is an error")
+        pytest.skip(why)
     return REAL_DATA
 
 

@@ -143,3 +143,47 @@ def test_scale_enlarges_the_training_crops_content(tmp_path_factory):
     base = tmp_path_factory.getbasetemp() / "training"
     ratio = _parsed_box_sides(base, 2.0) / _parsed_box_sides(base, 1.0)
     assert 1.6 < ratio < 2.4, ratio
+
+
+DENSE_RSS_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from helpers import config, training
+profile, shard, logdir = sys.argv[1:4]
+cfg = config.experiment_config(profile, "all", [shard], accelerator="cpu")
+ds = training.build_task(cfg, Path(logdir)).build_inputs(cfg.task.train_data)
+images, labels = next(iter(ds))
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "shape": list(images.shape), "gt": int((labels["gt_classes"] > 0).numpy().sum())}))
+"""
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("profile", ["cpu", "colab"])
+def test_densest_real_image_makes_a_training_batch_in_bounded_memory(real_data, tmp_path_factory, profile):
+    """The 1,862-nucleus image through the cpu / colab profile's real training input, in a
+    process of its own: one batch, its peak RSS reported and bounded (Colab has 12.7 GB)."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers.manifest import REPO_MANIFEST, read_manifest
+    from helpers.shards import write_shards
+
+    d = tmp_path_factory.getbasetemp() / "dense_shard"
+    rows = read_manifest(REPO_MANIFEST)
+    densest = max((r for r in rows if r["split"] != "test"), key=lambda r: r["n_nuclei"])
+    assert densest["n_nuclei"] == 1862
+    if not (d / "index.json").is_file():
+        write_shards(real_data, [densest], d, progress=False, verbose=False)
+    shard = str(next(d.glob("*.tfrecord")))
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", DENSE_RSS_CHILD, profile, shard, str(d / profile)],
+                         cwd=repo, capture_output=True, text=True, timeout=900,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n{profile}: one batch of the 1,862-nucleus image, peak RSS {got['rss_mb']:.0f} MB, "
+          f"{got['gt']} nuclei in the crop, images {got['shape']}")
+    assert got["shape"][1:3] == [512, 512] and got["gt"] > 100
+    assert got["rss_mb"] < 8000  # measured 5.8 GB for the colab profile's input; Colab has 12.7 GB

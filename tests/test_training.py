@@ -186,8 +186,9 @@ def test_time_budget_stops_with_a_checkpoint(base, heads):
     ws = new_workspace(base, "budget", copy_from=heads[0].root)
     shutil.rmtree(ws.checkpoints / "all", ignore_errors=True)
     # a budget far too small for 10,000 steps: the run stops itself and saves where it got to
-    res = training.train_stage("all", "demo", ws, steps=10_000, time_budget_s=30.0, progress=False)
+    res = training.train_stage("all", "demo", ws, steps=10_000, time_budget_s=60.0, progress=False)
     assert res.status == "stopped: time budget" and res.end_step < 10_000
+    assert res.end_step > res.start_step  # it trained before it stopped
     latest = ckpts.latest_complete(ws.checkpoints / "all")
     assert latest[0] == res.end_step  # the stop saved a checkpoint at the step reached
     assert "in progress" in training.stage_status(ws, "all")
