@@ -145,6 +145,19 @@ def save_curves(ws, name: str, results: Path) -> Path:
     return out
 
 
+def stage_timing(ws, stage: str) -> dict:
+    """s/step and seconds of a stage's training, from its TensorBoard event times (so a
+    re-run that finds the stage finished still reports how long it took)."""
+    from helpers import curves
+
+    rows = sorted((r[0], r[2]) for f in curves.event_files(ws, stage) for r in curves._read_file(f)
+                  if r[3] == "total_loss")
+    walls = [w for _, w in rows]
+    diffs = [b - a for a, b in zip(walls[1:], walls[2:])]  # the first step includes tracing
+    return {"s_per_step": sum(diffs) / len(diffs) if diffs else None,
+            "seconds": walls[-1] - walls[0] if walls else None}
+
+
 def train(ws, args) -> dict:
     from helpers import training
 
@@ -153,9 +166,8 @@ def train(ws, args) -> dict:
                              ("all", args.all_steps, {})):
         res = training.train_stage(stage, PROFILE, ws, steps=steps, checkpoint_every=50,
                                    progress=not args.quiet, **kw, **levers(args))
-        out[stage] = {"steps": res.planned_steps, "end_step": res.end_step,
-                      "s_per_step": res.s_per_step, "seconds": res.seconds, "status": res.status,
-                      "losses": loss_summary(ws, stage)}
+        out[stage] = {"steps": res.planned_steps, "end_step": res.end_step, "status": res.status,
+                      **stage_timing(ws, stage), "losses": loss_summary(ws, stage)}
     return out
 
 
@@ -277,7 +289,8 @@ def main(argv=None) -> int:
     print(f"loss curves: {save_curves(ws, args.name, args.results)}")
     res = {"name": args.name, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
-           "train": trained, "eval": evaluate(ws, args), "train_s": t2 - t1,
+           "train": trained, "eval": evaluate(ws, args),
+           "train_s": sum(t["seconds"] or 0 for t in trained.values()),
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.name}.json"
