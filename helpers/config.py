@@ -500,12 +500,7 @@ def fingerprint_dict(cfg) -> dict:
                     if path + (k,) not in _NOT_FINGERPRINTED}
         return node
 
-    d = strip(d)
-    # Our task fields at their defaults are left out, so stages recorded before they existed
-    # (same config, fewer fields) still resume.
-    for key, default in _TASK_FIELD_DEFAULTS.items():
-        if d.get("task", {}).get(key) == default:
-            del d["task"][key]
+    d = without_default_fields(strip(d))
     from helpers.train_input import PIPELINE_VERSION
 
     d["input_pipeline"] = PIPELINE_VERSION
@@ -514,6 +509,20 @@ def fingerprint_dict(cfg) -> dict:
     paths = [paths] if isinstance(paths, str) else list(paths or [])
     d["train_files"] = sorted(p.replace("\\", "/").rsplit("/", 1)[-1] for p in paths)
     return d
+
+
+def without_default_fields(d: dict) -> dict:
+    """A fingerprint dict without our task fields at their defaults, so stages recorded
+    before those fields existed (or while they were fingerprinted) compare equal."""
+    task = {k: v for k, v in d.get("task", {}).items()
+            if not (k in _TASK_FIELD_DEFAULTS and v == _TASK_FIELD_DEFAULTS[k])}
+    return {**d, "task": task} if "task" in d else d
+
+
+def same_config(stored: dict, cfg) -> list[str]:
+    """Differences between a stage record's ``fingerprint_dict`` and ``cfg`` (empty: same)."""
+    now = json.loads(json.dumps(fingerprint_dict(cfg), default=str))
+    return diff_fingerprints(without_default_fields(stored), now)
 
 
 def fingerprint(cfg) -> str:

@@ -351,11 +351,9 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
         mirror.prepare_local(model_dir, sdir)
         latest, where = mirror.resume_point(model_dir, sdir)
     if info and latest:
-        fp = cfglib.fingerprint(cfg)
-        if info.get("fingerprint") != fp:
-            diffs = cfglib.diff_fingerprints(info.get("fingerprint_dict", {}),
-                                             json.loads(json.dumps(cfglib.fingerprint_dict(cfg),
-                                                                   default=str)))
+        diffs = ([] if info.get("fingerprint") == cfglib.fingerprint(cfg)
+                 else cfglib.same_config(info.get("fingerprint_dict", {}), cfg))
+        if diffs:
             shown = "\n  ".join(diffs[:12]) + ("\n  ..." if len(diffs) > 12 else "")
             raise StageConfigMismatch(
                 f"stage {stage!r} in {sdir} was trained up to step {latest[0]} with profile "
