@@ -234,6 +234,8 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
         sps = sum(t["s_per_step"] * t["steps"] for t in r["train"].values()) / sum(
             t["steps"] for t in r["train"].values())
         lev = ", ".join(f"{k}={v}" for k, v in r["levers"].items()) or "-"
+        commit = (f"{r['train_commit']} (scored at {r['commit']})" if r.get("train_commit")
+                  else r["commit"])
         wanted = ({x["recipe"] for x in ev["rescoring"]} if r["name"] == all_recipes_of
                   else {"none", ev["rescoring_chosen"]})
         for x in ev["rescoring"]:
@@ -244,7 +246,7 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
                         f"| {x['AP@100']:.4f} | {x['AP50@100']:.4f} | {x['AP75@100']:.4f} "
                         f"| {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
                         f"| {100 * x['AP@100'] / ceil:.1f}% of {ceil:.3f} | {sps:.1f} "
-                        f"| {ev['predict_s_per_image']:.1f} | {r['commit']} |")
+                        f"| {ev['predict_s_per_image']:.1f} | {commit} |")
     return "\n".join([head, *rows])
 
 
