@@ -40,3 +40,18 @@ def demo_workflow(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "demo_workflow"
     run_workflow("demo", workspace_root=root)
     return get_workspace(root)
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """The shared folder of the training tests (demo shards, trained stages)."""
+    return tmp_path_factory.getbasetemp() / "training"
+
+
+@pytest.fixture(scope="session")
+def heads(base):
+    """The demo heads stage trained to the end once per session: (workspace, StageResult)."""
+    from _training_support import trained
+
+    ws, res = trained(base, ("heads",))
+    return ws, res["heads"]

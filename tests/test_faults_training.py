@@ -11,20 +11,9 @@ import time
 
 import pytest
 
-from _training_support import file_snapshot, new_workspace, run_child, trained
+from _training_support import file_snapshot, new_workspace, run_child
 from helpers import checkpoints as ckpts
 from helpers import training
-
-
-@pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "training"
-
-
-@pytest.fixture(scope="session")
-def heads(base):
-    ws, res = trained(base, ("heads",))
-    return ws, res["heads"]
 
 
 def _half_trained(base, heads, name):

@@ -19,17 +19,6 @@ from helpers import training
 
 
 @pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "training"
-
-
-@pytest.fixture(scope="session")
-def heads(base):
-    ws, res = trained(base, ("heads",))
-    return ws, res["heads"]
-
-
-@pytest.fixture(scope="session")
 def heads_and_all(base, heads):
     ws, res = trained(base, ("heads", "all"))
     return ws, res["all"]
