@@ -61,7 +61,9 @@ def demo_zip(demo, tmp_path_factory):
 
 
 def listing(root):
-    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in Path(root).rglob("*") if p.is_file())
+    """The dataset's files and bytes (not acquire's own record of where the copy came from)."""
+    return sorted((str(p.relative_to(root)), p.read_bytes()) for p in Path(root).rglob("*")
+                  if p.is_file() and p.name != acquire.RECORD_NAME)
 
 
 def leftovers(folder):
