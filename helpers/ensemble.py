@@ -181,6 +181,14 @@ def _clusters(rles: Sequence[dict], iou_threshold: float) -> list[list[int]]:
     return clusters
 
 
+def _best_per_source(cluster: Sequence[int], source: np.ndarray) -> list[int]:
+    """The first (best-scoring) member of each source in a score-sorted cluster."""
+    best: dict[int, int] = {}
+    for i in cluster:
+        best.setdefault(int(source[i]), i)
+    return list(best.values())
+
+
 def _fuse_masks(rles: Sequence[dict], weights: np.ndarray, vote: float, size) -> tuple[np.ndarray, tuple[int, int]]:
     boxes = np.asarray(mask_utils.toBbox([dict(r) for r in rles])).reshape(-1, 4)
     x0, y0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
@@ -200,8 +208,11 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
     image coordinates) and fuse masks whose IoU > ``iou_threshold``.
 
     ``method="nms"``: keep the highest-scoring mask of each cluster (its score).
-    ``method="wmf"``: fused mask = pixels whose score-weighted vote >= ``vote``; fused
-    score = mean member score * min(members, sources) / sources, sources = len(parts).
+    ``method="wmf"``: each source votes once per cluster, with its best-scoring member
+    there (a lower-scoring duplicate from the same pass neither votes nor drags the
+    score down); fused mask = pixels whose score-weighted vote >= ``vote``; fused score
+    = sum of the voters' scores / sources, sources = len(parts) (a source that missed
+    the nucleus counts 0).
     ``weights`` (one per part) scale the scores of each part before ranking/voting.
     Returns detections sorted by score, at most ``max_dets``.
     """
@@ -231,10 +242,10 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
         out_rles: list[dict | None] = []
         out_scores = []
         crops, offsets, slots = [], [], []
+        clusters = [_best_per_source(c, source) for c in clusters]
         for c in clusters:
             cs = scores[c]
-            n_src = len(set(source[c].tolist()))
-            out_scores.append(float(cs.mean() * min(n_src, n_sources) / n_sources))
+            out_scores.append(float(cs.sum() / n_sources))
             if len(c) == 1:
                 out_rles.append(rles[c[0]])
                 continue

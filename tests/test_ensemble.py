@@ -118,6 +118,18 @@ def test_wmf_votes_pixels_and_rescales_scores():
         merge_detections(parts, method="mean")
 
 
+def test_wmf_counts_each_source_once_per_nucleus():
+    # a pass that found a nucleus twice (a weak duplicate, mask IoU > 0.5) votes with its best
+    # copy only: the duplicate must not pull the nucleus below one that no pass doubled
+    n1, n2 = disk(40, 40, 10), disk(80, 80, 10)
+    doubled = dets([n1, np.roll(n1, 1, 1), n2], [0.9, 0.1, 0.8])
+    clean = dets([n1, n2], [0.9, 0.8])
+    merged = merge_detections([doubled, clean], method="wmf")
+    assert len(merged) == 2
+    assert merged.scores.tolist() == pytest.approx([0.9, 0.8])
+    assert np.array_equal(decode_rles(merged.rles)[0], n1)  # the duplicate casts no pixel vote
+
+
 # ----------------------------------------------------------------------------- tiles
 def test_tile_grid_covers_with_overlap():
     wins = tile_grid(1000, 1500, tile=512, overlap=64)
