@@ -171,6 +171,15 @@ def train(ws, args) -> dict:
     return out
 
 
+def _trained_at(previous: Path, trained: dict, commit: str) -> str:
+    """The commit the stages were trained at: this run's, or, when every stage was already
+    finished (a re-scoring run), the one the previous result recorded."""
+    if not previous.is_file() or any(t["status"] != "skipped (already finished)" for t in trained.values()):
+        return commit
+    old = json.loads(previous.read_text())
+    return old.get("train_commit", old["commit"])
+
+
 # --------------------------------------------------------------------------- notebook 04
 def evaluate(ws, args) -> dict:
     from helpers import evaluate as ev
@@ -281,7 +290,7 @@ def main(argv=None) -> int:
     from helpers import colab
 
     colab.quiet()
-    commit = _commit()  # the code this run imports (later edits do not change it)
+    commit = _commit()  # the code training imports; helpers imported later may be newer
     t0 = time.perf_counter()
     prepare(args.root, args.data)
     ws = run_workspace(args.root, args.name)
@@ -289,8 +298,11 @@ def main(argv=None) -> int:
     trained = train(ws, args)
     t2 = time.perf_counter()
     print(f"loss curves: {save_curves(ws, args.name, args.results)}")
-    res = {"name": args.name, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
+    scored_at = _commit()  # prediction and scoring import the code as it is now
+    commit = _trained_at(args.results / f"{args.name}.json", trained, commit)
+    res = {"name": args.name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
+           **({"train_commit": commit} if commit != scored_at else {}),
            "train": trained, "eval": evaluate(ws, args),
            "train_s": sum(t["seconds"] or 0 for t in trained.values()),
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
