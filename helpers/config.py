@@ -34,6 +34,9 @@ BASE_EXPERIMENT = "maskrcnn_resnetfpn_coco"  # Model Garden's registered experim
 EXPERIMENT = "nuclei_maskrcnn"              # ours: BASE_EXPERIMENT + the task fields below
 SCALES = (1.0, 1.5, 2.0)                    # input magnifications the `scale` knob offers
 SPECIALIST_PREFIX = "specialist-"
+# The version of helpers.train_input's input pipeline, part of the config fingerprint: bump it
+# when the pipeline changes what training sees (so a stage is not resumed on other inputs).
+PIPELINE_VERSION = "window-decoder-v1"
 FINAL_STAGE = "final"  # an `all` stage on every labelled image (train + val), for the submission
 
 # Model Garden's published ImageNet ResNet checkpoints (MODEL_GARDEN.md, "ImageNet
@@ -501,8 +504,6 @@ def fingerprint_dict(cfg) -> dict:
         return node
 
     d = without_default_fields(strip(d))
-    from helpers.train_input import PIPELINE_VERSION
-
     d["input_pipeline"] = PIPELINE_VERSION
     # The training data by file name (not by absolute path, which differs on Drive).
     paths = cfg.task.train_data.input_path

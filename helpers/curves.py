@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.stages import stage_dir
+
 LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
              "frcnn_box_loss", "mask_loss")
 
 
 def event_files(workspace, stage: str) -> list[Path]:
-    from helpers.training import stage_dir
-
     return sorted((stage_dir(workspace, stage) / "train").glob("events.out.tfevents.*"))
 
 

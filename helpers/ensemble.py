@@ -8,10 +8,8 @@
   fusion) votes pixels with the members' scores as weights and rescales the score
   by how many sources found the nucleus (like weighted box fusion).
 * **tiles** - ``merge_tiles`` joins detections of overlapping tiles, already pasted
-  into image coordinates (``place_in_image``); pieces of one nucleus cut by a tile
-  border are united. ``tile_grid`` makes the windows.
-* **TTA geometry** - ``augment_image(image, name)`` and ``invert_tta(dets, name)``
-  for flips and 90-degree rotations; merge the inverted sets with ``merge_detections``.
+  into image coordinates (``helpers.tta.place_in_image``); pieces of one nucleus cut by a
+  tile border are united. The geometry (windows, flips, rotations) is in :mod:`helpers.tta`.
 * **compare** - single models vs route vs merge on validation mAP; picks the best,
   ``Comparison.choose(name)`` overrides. ``Strategy.apply`` replays the chosen
   strategy on the test predictions.
@@ -260,83 +258,6 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
                          mask_scores=None if ms is None else [float(ms[c].mean()) for c in clusters])
         out = out.subset(np.flatnonzero(out.areas > 0))
     return out.top(max_dets)
-
-
-# =========================================================================== TTA geometry
-TTA_OPS = ("hflip", "vflip", "rot90", "rot180", "rot270")
-_INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot180", "rot270": "rot90"}
-
-
-def _check_op(name: str) -> None:
-    if name not in TTA_OPS:
-        raise ValueError(f"unknown augmentation {name!r}; use one of {TTA_OPS}")
-
-
-def augment_image(image: np.ndarray, name: str) -> np.ndarray:
-    """The image as the model sees it under augmentation ``name`` (H, W[, C])."""
-    _check_op(name)
-    if name == "hflip":
-        return np.ascontiguousarray(image[:, ::-1])
-    if name == "vflip":
-        return np.ascontiguousarray(image[::-1])
-    k = {"rot90": 1, "rot180": 2, "rot270": 3}[name]
-    return np.ascontiguousarray(np.rot90(image, k, axes=(0, 1)))
-
-
-def transform_detections(dets: Detections, name: str) -> Detections:
-    """Apply augmentation ``name`` (as ``augment_image``) to every mask of ``dets``."""
-    _check_op(name)
-    h, w = dets.size
-    out_size = (w, h) if name in ("rot90", "rot270") else (h, w)
-    crops, offsets = [], []
-    for rle, (bx, by, bw, bh) in zip(dets.rles, dets.boxes.astype(int)):
-        crop = decode_crop(rle, (by, bx, by + bh, bx + bw))
-        if name == "hflip":
-            crops.append(crop[:, ::-1]); offsets.append((by, w - bx - bw))  # noqa: E702
-        elif name == "vflip":
-            crops.append(crop[::-1]); offsets.append((h - by - bh, bx))  # noqa: E702
-        elif name == "rot180":
-            crops.append(crop[::-1, ::-1]); offsets.append((h - by - bh, w - bx - bw))  # noqa: E702
-        elif name == "rot90":  # np.rot90: (r, c) -> (W-1-c, r)
-            crops.append(np.rot90(crop, 1)); offsets.append((w - bx - bw, by))  # noqa: E702
-        else:  # rot270: (r, c) -> (c, H-1-r)
-            crops.append(np.rot90(crop, 3)); offsets.append((bx, h - by - bh))  # noqa: E702
-    return Detections(encode_crops(crops, offsets, out_size), dets.scores, out_size,
-                      mask_scores=dets.mask_scores)
-
-
-def invert_tta(dets: Detections, name: str) -> Detections:
-    """Detections predicted on ``augment_image(image, name)`` mapped back onto ``image``."""
-    _check_op(name)
-    return transform_detections(dets, _INVERSE[name])
-
-
-def place_in_image(dets: Detections, offset: Sequence[int], size: Sequence[int]) -> Detections:
-    """Detections of a tile (its own size) moved to image coordinates: the tile's top-left
-    corner is ``offset = (y0, x0)`` in an image of ``size = (H, W)`` (clipped)."""
-    y0, x0 = int(offset[0]), int(offset[1])
-    crops, offsets = [], []
-    for rle, (bx, by, bw, bh) in zip(dets.rles, dets.boxes.astype(int)):
-        crops.append(decode_crop(rle, (by, bx, by + bh, bx + bw)))
-        offsets.append((by + y0, bx + x0))
-    return Detections(encode_crops(crops, offsets, size), dets.scores, tuple(size),
-                      mask_scores=dets.mask_scores)
-
-
-# =========================================================================== tiles
-def tile_grid(height: int, width: int, tile: int = 1024, overlap: int = 128) -> list[tuple[int, int, int, int]]:
-    """Windows ``(y0, x0, y1, x1)`` of size <= ``tile`` covering the image, neighbours
-    overlapping by at least ``overlap`` pixels. One window if the image fits."""
-    if overlap >= tile:
-        raise ValueError(f"overlap {overlap} must be smaller than the tile size {tile}")
-
-    def starts(n):
-        if n <= tile:
-            return [0]
-        k = int(np.ceil((n - overlap) / (tile - overlap)))
-        return [int(round(i * (n - tile) / (k - 1))) for i in range(k)]
-
-    return [(y, x, min(height, y + tile), min(width, x + tile)) for y in starts(height) for x in starts(width)]
 
 
 def _window_rle(window, size) -> dict:

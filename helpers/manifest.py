@@ -38,6 +38,7 @@ COLUMNS = ("image_id", "split", "organ", "n_nuclei", "height", "width", "sha256"
 INT_COLUMNS = ("n_nuclei", "height", "width")
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "data_manifest.csv"
+WORKSPACE_MANIFEST = "manifest.csv"  # <workspace>/data/manifest.csv: the manifest with the chosen split
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / MANIFEST_NAME
 
 LABELED_POOL, TEST_POOL = "labeled", "test"
@@ -205,6 +206,14 @@ def read_manifest(path: str | os.PathLike = REPO_MANIFEST) -> list[dict]:
     if dup:
         raise DatasetError(f"{path} lists duplicate id(s) {dup}; each image must appear once")
     return rows
+
+
+def workspace_manifest(ws) -> list[dict]:
+    """The manifest with the split chosen in notebook 01 (for notebooks 02-05), from workspace ``ws``."""
+    path = ws.data / WORKSPACE_MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run notebook 01 (prepare shards) first")
+    return read_manifest(path)
 
 
 def summarize(rows: Iterable[dict]) -> dict:

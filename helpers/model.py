@@ -19,28 +19,25 @@ import numpy as np
 
 from helpers import checkpoints as ckpts
 from helpers import config as cfglib
-from helpers.workspace import Workspace, get_workspace
+from helpers.stages import STAGE_FILE, read_record, stage_dir
 
 
 class CheckpointNotFound(FileNotFoundError):
     pass
 
 
-def _ws(workspace) -> Workspace:
-    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)
-
-
 def stage_params(workspace, stage: str, profile: str | None = None):
     """The stage's training ExperimentConfig, rebuilt from its ``stage.json``."""
     from official.core import exp_factory
 
-    sdir = _ws(workspace).checkpoints / stage
-    info_path = sdir / "stage.json"
+    try:
+        sdir = stage_dir(workspace, stage)
+    except cfglib.ConfigError as e:  # no such stage name: it cannot have been trained either
+        raise CheckpointNotFound(f"stage {stage!r} has not been trained: {e}") from e
+    info_path = sdir / STAGE_FILE
     if not info_path.is_file():
         raise CheckpointNotFound(f"{info_path} not found: stage {stage!r} has not been trained "
                                  "in this workspace (run notebook 02/03 first)")
-    from helpers.training import read_record
-
     info = read_record(info_path)
     if profile and info["profile"] != profile:
         raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
@@ -53,7 +50,7 @@ def stage_params(workspace, stage: str, profile: str | None = None):
 
 def resolve_checkpoint(workspace, stage: str, checkpoint=None) -> Path:
     """A checkpoint prefix: newest complete one (None), a step (int) or a path."""
-    sdir = _ws(workspace).checkpoints / stage
+    sdir = stage_dir(workspace, stage)
     if checkpoint is None:
         latest = ckpts.latest_complete(sdir, repair=False)
         if not latest:

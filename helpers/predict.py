@@ -24,12 +24,12 @@ import numpy as np
 
 from helpers import shards as shardlib
 from helpers.coco_format import Detections, detections_from_model_garden, encode_masks
-from helpers.ensemble import (TTA_OPS, augment_image, invert_tta, merge_detections, merge_tiles,
-                              place_in_image, tile_grid)
+from helpers.ensemble import merge_detections, merge_tiles
 from helpers.prediction_cache import PredictionCache
+from helpers.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid
 from helpers.workspace import Workspace, get_workspace
 
-AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.ensemble)
+AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.tta)
 
 
 class PredictionError(ValueError):

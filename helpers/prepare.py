@@ -20,7 +20,6 @@ from helpers.workspace import Workspace
 
 DEMO_FOLDER = "demo"
 REAL_FOLDER = "vrdl_hw3"
-WORKSPACE_MANIFEST = "manifest.csv"  # data/manifest.csv: the manifest with the chosen split
 
 
 def get_dataset(ws: Workspace, source: str = "", profile: str = "demo", manifest_path: str = "",
@@ -144,21 +143,13 @@ def choose_split(ws: Workspace, rows: Sequence[dict], n_val: int | None = None,
     else:
         chosen = mf.choose_val_split(rows, n_val, seed)
     rows = mf.set_val_split(rows, chosen)
-    mf.write_manifest(rows, ws.data / WORKSPACE_MANIFEST)
+    mf.write_manifest(rows, ws.data / mf.WORKSPACE_MANIFEST)
     for r in rows:
         if r["split"] == "val":
             print(f"  val: {r['image_id']} ({r['organ']}, {r['n_nuclei']} nuclei)")
     s = mf.summarize(rows)
-    print(f"split: {s['images']} images; saved to {ws.data / WORKSPACE_MANIFEST}")
+    print(f"split: {s['images']} images; saved to {ws.data / mf.WORKSPACE_MANIFEST}")
     return rows
-
-
-def workspace_manifest(ws: Workspace) -> list[dict]:
-    """The manifest with the split chosen in notebook 01 (for notebooks 02-05)."""
-    path = ws.data / WORKSPACE_MANIFEST
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: run notebook 01 (prepare shards) first")
-    return mf.read_manifest(path)
 
 
 def shard_table(index: dict) -> str:

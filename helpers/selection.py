@@ -10,8 +10,8 @@ from typing import Mapping, Sequence
 
 from helpers import ensemble, rescore
 from helpers.coco_format import Detections
+from helpers.manifest import workspace_manifest
 from helpers.predict import predict_stage, split_ids
-from helpers.prepare import workspace_manifest
 from helpers.workspace import Workspace, get_workspace
 
 CHOICE_FILE = "ensemble.json"  # predictions/ensemble.json: the strategy notebook 04 chose

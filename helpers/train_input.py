@@ -28,7 +28,6 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
 INSTANCE_MAP_KEY = "nuclei/instance_map"  # written by helpers.shards (pixel = object number)
-PIPELINE_VERSION = "window-decoder-v1"    # part of the stage config fingerprint
 
 # Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's
 # rgb2hed inverts. Optical density is -ln(RGB), the units of skimage < 0.19 that Tellez et

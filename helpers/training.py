@@ -37,9 +37,9 @@ from helpers import checkpoints as ckpts
 from helpers import config as cfglib
 from helpers import mirror
 from helpers.atomic import atomic_path, atomic_write_json
-from helpers.workspace import Workspace, get_workspace
-
-STAGE_FILE = "stage.json"
+from helpers.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
+from helpers.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.workspace import Workspace, as_workspace
 
 
 class StageConfigMismatch(RuntimeError):
@@ -56,10 +56,6 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 class NoTrainingData(RuntimeError):
     """No shards to train on."""
-
-
-class StageRecordError(RuntimeError):
-    """A stage's ``stage.json`` exists but cannot be read."""
 
 
 @dataclass
@@ -89,39 +85,6 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------- paths & data
-
-def stage_dir(workspace, stage: str) -> Path:
-    cfglib.stage_kind(stage)
-    return _ws(workspace).checkpoints / stage
-
-
-def _ws(workspace) -> Workspace:
-    if isinstance(workspace, Workspace):
-        return workspace
-    return get_workspace(workspace)
-
-
-def read_stage_info(workspace, stage: str) -> dict | None:
-    """The stage's ``stage.json`` (profile, planned steps, fingerprint), or None."""
-    return read_record(stage_dir(workspace, stage) / STAGE_FILE)
-
-
-def read_record(path: Path) -> dict | None:
-    """A ``stage.json`` as a dict; None when absent; :class:`StageRecordError` when damaged."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        return info
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StageRecordError(
-            f"{path} is damaged ({type(e).__name__}: {str(e)[:120]}). It records the config the "
-            f"checkpoints beside it were trained with. Restore it (on Drive: right-click the file, "
-            f"Manage versions), or move {path.parent} away to train the stage again.") from e
-
 
 def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
                    splits=("train",)) -> tuple[list[str], int]:
@@ -415,7 +378,7 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     ``from_scratch``, ``scale`` and ``stain_jitter`` default to the parent stage's (recorded
     in its ``stage.json``); ``from_scratch`` defaults to False for heads.
     """
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     parent = inherited_knobs(ws, stage)
     if profile_overrides.get("from_scratch") is None:
         profile_overrides["from_scratch"] = parent.get("from_scratch", False)
@@ -483,7 +446,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     import tensorflow as tf
 
     t_call = time.perf_counter()
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     if splits is None:
         splits = ("train", "val") if stage == cfglib.FINAL_STAGE else ("train",)
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
@@ -624,18 +587,3 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
         if drive is not None:
             drive.close(raise_error=sys.exc_info()[0] is None)
     return status
-
-
-def stage_status(workspace, stage: str) -> str:
-    """One line: how far a stage got (for notebooks)."""
-    sdir = stage_dir(workspace, stage)
-    try:
-        info = read_stage_info(workspace, stage)
-    except StageRecordError as e:
-        return f"{stage}: record damaged: {e}"
-    latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
-    if not info:
-        return f"{stage}: not started"
-    step = latest[0] if latest else 0
-    state = "finished" if step >= info["planned_steps"] else "in progress"
-    return f"{stage} [{info['profile']}]: {state}, step {step}/{info['planned_steps']}"

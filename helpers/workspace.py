@@ -70,3 +70,9 @@ def get_workspace(root: str | os.PathLike | None = None, create: bool = True) ->
     colab.ensure_drive(path)
     ws = Workspace(path.resolve())
     return ws.create() if create else ws
+
+
+def as_workspace(workspace) -> Workspace:
+    """``workspace`` itself when it is a :class:`Workspace`, else ``get_workspace(workspace)``
+    (a path, or None for the default one): what the helpers' ``workspace`` arguments accept."""
+    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)

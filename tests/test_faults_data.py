@@ -27,7 +27,7 @@ from helpers.acquire import RECORD_NAME, acquire_dataset, is_drive_source
 from helpers.coco_format import Detections
 from helpers.dataset import DatasetError, DatasetNote, open_dataset
 from helpers.demo_data import make_demo_dataset
-from helpers.manifest import MANIFEST_NAME, build_manifest, read_manifest, write_manifest
+from helpers.manifest import MANIFEST_NAME, WORKSPACE_MANIFEST, build_manifest, read_manifest, write_manifest
 from helpers.shards import INDEX_NAME, ShardError, load_index, read_shard, select_shards, verify_shards, write_shards
 from helpers.submission import (SubmissionNote, build_answer, check_answer, load_test_images, read_answer,
                                 write_answer)
@@ -439,7 +439,7 @@ def test_15_workspace_data_files_are_readable_by_others(src, workspace, tmp_path
         demo = make_demo_dataset(tmp_path / "demo", seed=1, n_train=2, n_test=1, size=64)
     finally:
         os.umask(old)
-    written = [workspace.data / prepare.WORKSPACE_MANIFEST, workspace.shards / INDEX_NAME,
+    written = [workspace.data / WORKSPACE_MANIFEST, workspace.shards / INDEX_NAME,
                *workspace.shards.glob("*.tfrecord"), root / RECORD_NAME, sub.json_path, sub.zip_path]
     assert len(written) == 5 + 8
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: "0o644" for p in written}

@@ -12,13 +12,13 @@ def test_demo_dataset_prepared_and_split(workspace):
     rows = prepare.check_dataset(root, manifest_path)
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     rows = prepare.choose_split(workspace, rows, val_ids=[rows[0]["image_id"]])
-    saved = prepare.workspace_manifest(workspace)
+    saved = mf.workspace_manifest(workspace)
     assert [r["image_id"] for r in saved if r["split"] == "val"] == [rows[0]["image_id"]]
     per = prepare.nuclei_per_organ(saved)
     assert sum(sum(v.values()) for v in per.values()) == sum(r["n_nuclei"] for r in saved)
     # n_val=0: everything labeled trains (the final model)
     rows = prepare.choose_split(workspace, rows, n_val=0)
-    assert not mf.split_ids(prepare.workspace_manifest(workspace), "val")
+    assert not mf.split_ids(mf.workspace_manifest(workspace), "val")
 
 
 def test_real_profile_without_source_says_what_to_do(workspace):
@@ -28,7 +28,7 @@ def test_real_profile_without_source_says_what_to_do(workspace):
 
 def test_later_notebooks_need_notebook_01(workspace):
     with pytest.raises(DatasetError, match="run notebook 01"):
-        prepare.workspace_manifest(workspace)
+        mf.workspace_manifest(workspace)
 
 
 def test_figures_show_every_nucleus(workspace):

@@ -4,8 +4,9 @@ import pytest
 
 from helpers import rescore
 from helpers.coco_format import Detections
-from helpers.ensemble import invert_tta, merge_detections, transform_detections
+from helpers.ensemble import merge_detections
 from helpers.evaluate import ceiling, evaluate
+from helpers.tta import invert_tta, transform_detections
 
 H = W = 200
 
