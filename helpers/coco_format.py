@@ -131,11 +131,6 @@ def encode_masks(masks: np.ndarray | Sequence[np.ndarray], batch_size: int = DEF
     return _encode_pieces(pieces(), (height, width), batch_size)
 
 
-def encode_mask(mask: np.ndarray) -> dict:
-    """RLE of one (H, W) binary mask."""
-    return encode_masks(np.asarray(mask)[None])[0]
-
-
 def encode_crops(crops: Sequence[np.ndarray], offsets: Sequence[Sequence[int]] | np.ndarray,
                  size: Sequence[int], batch_size: int = DEFAULT_BATCH) -> list[dict]:
     """RLEs of masks given only inside a box: ``crops[i]`` (h, w) binary placed with its
@@ -162,10 +157,6 @@ def encode_crops(crops: Sequence[np.ndarray], offsets: Sequence[Sequence[int]] |
             yield part, max(0, y0), max(0, x0)
 
     return _encode_pieces(pieces(), (height, width), batch_size)
-
-
-def empty_rle(size: Sequence[int]) -> dict:
-    return encode_crops([np.zeros((0, 0), bool)], [(0, 0)], size)[0]
 
 
 # --------------------------------------------------------------------------- decode / measure
@@ -233,11 +224,6 @@ def rle_iou(a: Sequence[Mapping], b: Sequence[Mapping]) -> np.ndarray:
 
 def rle_union(rles: Sequence[Mapping]) -> dict:
     merged = mask_utils.merge([dict(r) for r in rles], intersect=0)
-    return _jsonable(merged)
-
-
-def rle_intersection(rles: Sequence[Mapping]) -> dict:
-    merged = mask_utils.merge([dict(r) for r in rles], intersect=1)
     return _jsonable(merged)
 
 

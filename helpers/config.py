@@ -317,7 +317,6 @@ def experiment_config(
     stage: str = "heads",
     train_files: Sequence[str] = (),
     steps: int | None = None,
-    source_size: int | None = None,
     init_checkpoint: str | None = None,
     accelerator: str | None = None,
     init_modules: str | Sequence[str] | None = None,
@@ -330,8 +329,6 @@ def experiment_config(
       train_files: TFRecord shard paths (one image each) to train on.
       steps: planned global steps of the stage (the LR schedule spans them);
         defaults to the profile's ``steps[<stage kind>]``.
-      source_size: side of the source images in px (from the shard index); recorded
-        only: the window decoder hands the parser crop-sized native windows.
       init_checkpoint: checkpoint to start from when the stage has none yet
         (pretrained backbone for ``heads``; the parent stage's final
         checkpoint for ``all``/specialist).
@@ -350,7 +347,6 @@ def experiment_config(
     if total < 1:
         raise ConfigError(f"steps must be >= 1, got {total}")
     accelerator = accelerator or detect_accelerator()
-    source_size = int(source_size or 1000)
     stride = 2 ** prof.max_level
     if prof.crop_size % stride or prof.predict_size % stride:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")

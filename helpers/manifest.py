@@ -27,7 +27,7 @@ import io
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from helpers.atomic import atomic_write_text
 from helpers.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
@@ -81,11 +81,6 @@ def split_ids(rows: Iterable[dict], *splits: str) -> list[str]:
     if bad:
         raise ValueError(f"unknown split(s) {sorted(bad)}; use {SPLITS}")
     return [r["image_id"] for r in rows if r["split"] in splits]
-
-
-def organ_ids(rows: Iterable[dict], organ: str, splits: Sequence[str] = ("train", "val")) -> list[str]:
-    """Image ids of one organ (by default among the labeled images)."""
-    return [r["image_id"] for r in rows if r["organ"] == organ and r["split"] in splits]
 
 
 def _rank(seed: int, image_id: str) -> str:
@@ -230,13 +225,6 @@ def summarize(rows: Iterable[dict]) -> dict:
     return {"images": dict(images), "nuclei": dict(nuclei),
             "organs": {o: dict(c) for o, c in sorted(organs.items())},
             "organ_nuclei": dict(sorted(organ_nuclei.items()))}
-
-
-def manifest_for(root: str | os.PathLike) -> list[dict]:
-    """The manifest that belongs to a dataset folder: ``root/data_manifest.csv``
-    if it has one (the demo data does), else the committed one for the real data."""
-    own = Path(root) / MANIFEST_NAME
-    return read_manifest(own if own.is_file() else REPO_MANIFEST)
 
 
 # --------------------------------------------------------------------------- validate

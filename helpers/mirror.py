@@ -44,10 +44,9 @@ from pathlib import Path
 
 from helpers import checkpoints as ckpts
 from helpers import colab
-from helpers.atomic import PARTIAL_MARKER, atomic_path, is_partial
+from helpers.atomic import atomic_path, is_partial
 from helpers.stages import STAGE_FILE
 
-PARTIAL = PARTIAL_MARKER       # in the name of a temp file that a killed copy may leave
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
 _STATE_RE = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"', re.M)

@@ -3,7 +3,8 @@
     model, params = load_model(ws, "all")            # newest complete checkpoint
     det = predict_image(model, params, image)        # uint8 HxWx3, any size
     det["boxes"], det["scores"], det["masks"]        # box-relative mask probabilities
-    for i, m in iter_pasted_masks(det): ...          # full-size bool masks, one at a time
+
+Pasting the masks into the image is :func:`helpers.coco_format.detections_from_model_garden`.
 
 The architecture comes from the config stored with the stage's checkpoints
 (``stage.json``), so a model is always rebuilt exactly as it was trained; only
@@ -135,20 +136,17 @@ def _infer_fn(model):
     return fn
 
 
-def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05,
-                  paste: bool = False) -> dict:
+def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05) -> dict:
     """Run the model on one full-resolution image (padded, never resized).
 
     Args:
       image: uint8 array (H, W, 3).
       score_threshold: drop detections scoring below this.
-      paste: also return ``full_masks`` (N, H, W) bool; N x H x W bytes, so for
-        many detections prefer :func:`iter_pasted_masks`.
     Returns a dict of numpy arrays, sorted by descending score:
       boxes (N, 4) float [ymin, xmin, ymax, xmax] in image pixels;
       scores (N,); classes (N,) int (1 = nucleus);
       masks (N, m, m) float32 mask probabilities relative to each box;
-      image_shape (H, W); and full_masks when ``paste``.
+      image_shape (H, W).
     """
     import tensorflow as tf
     from official.vision.ops import preprocess_ops
@@ -170,34 +168,10 @@ def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.0
     scores = out["detection_scores"][0, :n].numpy()
     keep = scores >= score_threshold
     order = np.argsort(-scores[keep], kind="stable")
-    res = {
+    return {
         "boxes": boxes[keep][order].astype(np.float32),
         "scores": scores[keep][order].astype(np.float32),
         "classes": out["detection_classes"][0, :n].numpy()[keep][order].astype(np.int32),
         "masks": out["detection_masks"][0, :n].numpy()[keep][order].astype(np.float32),
         "image_shape": (h, w),
     }
-    if paste:
-        res["full_masks"] = paste_masks(res)
-    return res
-
-
-def paste_masks(det: dict, indices=None) -> np.ndarray:
-    """Full-size bool masks (k, H, W) for ``indices`` (default all), with Model Garden's paster."""
-    from official.vision.ops import mask_ops
-
-    h, w = det["image_shape"]
-    idx = np.arange(len(det["scores"])) if indices is None else np.asarray(indices)
-    if idx.size == 0:
-        return np.zeros((0, h, w), dtype=bool)
-    b = det["boxes"][idx]
-    xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], axis=1)
-    return mask_ops.paste_instance_masks(det["masks"][idx], xywh, h, w).astype(bool)
-
-
-def iter_pasted_masks(det: dict, chunk: int = 64):
-    """Yield ``(i, full-size bool mask)`` for every detection, pasting ``chunk`` at a time."""
-    for s in range(0, len(det["scores"]), chunk):
-        ids = np.arange(s, min(s + chunk, len(det["scores"])))
-        for i, m in zip(ids, paste_masks(det, ids)):
-            yield int(i), m

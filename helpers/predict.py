@@ -6,8 +6,8 @@
 * The whole image goes through the model, padded to the model's stride, never resized.
   Images larger than ``tile`` are cut into overlapping tiles and nuclei cut by a tile
   border are joined (``ensemble.merge_tiles``), not doubled.
-* Model Garden's box-relative masks are pasted with its own paster
-  (``helpers.model.paste_masks``) and stored as RLE.
+* Model Garden's box-relative masks are pasted as its COCO evaluation does it
+  (``coco_format.detections_from_model_garden``) and stored as RLE.
 * Test-time augmentation: each of ``AUGMENTATIONS`` is predicted on the transformed
   image, mapped back, and all are fused by mask IoU (``ensemble.merge_detections``).
 * Every (model, image, augmentation) is cached in ``predictions/<model>/`` with the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -186,11 +186,3 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
         fused = dict(parts["plain"])
     return (fused, parts) if return_parts else fused
 
-
-def predict_models(workspace, models: Mapping[str, str] | Sequence[str], image_ids: Sequence[str],
-                   tta: Sequence[str] = (), **kw) -> dict[str, dict[str, Detections]]:
-    """``{model name: {image_id: Detections}}`` for several stages (a list, or {name: stage})."""
-    if not isinstance(models, Mapping):
-        models = {m: m for m in models}
-    return {name: predict_stage(workspace, stage, image_ids, tta=tta, name=name, **kw)
-            for name, stage in models.items()}

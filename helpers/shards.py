@@ -483,11 +483,6 @@ def select_shards(shards_dir: str | os.PathLike, image_ids: Iterable[str] | None
     return out
 
 
-def source_id_map(shards_dir: str | os.PathLike) -> dict[str, str]:
-    """{source_id: image_id} from index.json (Model Garden reports source_id)."""
-    return {e["source_id"]: e["image_id"] for e in load_index(shards_dir)["shards"]}
-
-
 # --------------------------------------------------------------------------- reading
 _DECODER = None
 

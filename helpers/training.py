@@ -87,8 +87,8 @@ class StageResult:
 # ----------------------------------------------------------------------------- paths & data
 
 def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
-                   splits=("train",)) -> tuple[list[str], int]:
-    """Shard files to train on and the source image side in px (for native-resolution crops).
+                   splits=("train",)) -> list[str]:
+    """Shard files to train on.
 
     Specialist stages need ``image_ids`` or ``organs``; heads/all use every
     training shard unless told otherwise.
@@ -98,7 +98,7 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     if cfglib.stage_kind(stage) == "specialist" and not (image_ids or organs):
         raise ValueError(f"stage {stage!r}: a specialist trains on a subset; pass organs=[...] "
                          "or image_ids=[...]")
-    index_path = Path(ws.shards) / "index.json"
+    index_path = Path(ws.shards) / shards.INDEX_NAME
     if not index_path.is_file():
         raise NoTrainingData(f"{index_path} not found: write the shards first (notebook 01, "
                              "helpers.shards.write_shards)")
@@ -107,28 +107,7 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     if not files:
         raise NoTrainingData(f"no shards in {ws.shards} match splits={list(splits)} "
                              f"organs={organs} image_ids={image_ids}")
-    return sorted(files), _source_size(index_path, files)
-
-
-def _source_size(index_path: Path, files: Sequence[str]) -> int:
-    """Median longer side of the selected shards' images (from index.json)."""
-    index = json.loads(index_path.read_text())
-    entries = index.get("shards", index) if isinstance(index, dict) else index
-    if isinstance(entries, dict):
-        entries = [dict(v, file=k) for k, v in entries.items()]
-    names = {Path(f).name for f in files}
-    sizes = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        fname = next((Path(str(e[k])).name for k in ("file", "path", "name", "shard", "filename")
-                      if k in e), None)
-        if fname in names and "height" in e and "width" in e:
-            sizes.append(max(int(e["height"]), int(e["width"])))
-    if not sizes:
-        return 1000
-    sizes.sort()
-    return sizes[len(sizes) // 2]
+    return sorted(files)
 
 
 # ----------------------------------------------------------------------------- pretrained
@@ -393,13 +372,10 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
-        index = Path(files[0]).parent / "index.json"
-        source_size = _source_size(index, files) if index.is_file() else 1000
     else:
-        files, source_size = training_files(ws, stage, image_ids=image_ids, organs=organs,
-                                            splits=splits)
-    cfg = cfglib.experiment_config(prof, stage, files, steps=steps, source_size=source_size,
-                                   accelerator=accelerator, init_modules=init_modules)
+        files = training_files(ws, stage, image_ids=image_ids, organs=organs, splits=splits)
+    cfg = cfglib.experiment_config(prof, stage, files, steps=steps, accelerator=accelerator,
+                                   init_modules=init_modules)
     return prof, cfg, stage_dir(ws, stage)
 
 

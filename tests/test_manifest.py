@@ -9,9 +9,9 @@ from PIL import Image
 
 from helpers.dataset import DatasetError, open_dataset
 from helpers.demo_data import make_demo_dataset
-from helpers.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split, manifest_for,
-                              organ_ids, read_manifest, set_val_split, split_ids, summarize,
-                              validate_against_manifest, write_manifest)
+from helpers.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split,
+                              read_manifest, set_val_split, split_ids, summarize, validate_against_manifest,
+                              write_manifest)
 from helpers.organs import organ_of
 
 SHARD_RE = re.compile(r"^(labeled|test)-([a-z]+)-(\d{5})-of-(\d{5})\.tfrecord$")
@@ -112,12 +112,11 @@ def test_default_val_split_is_stratified_and_deterministic():
     assert all(v >= 1 for v in left.values())
 
 
-def test_split_ids_train_plus_val_and_organ_ids():
+def test_split_ids_train_plus_val():
     rows = set_val_split(real_like_rows(), choose_val_split(real_like_rows()))
     tr, va, te = split_ids(rows, "train"), split_ids(rows, "val"), split_ids(rows, "test")
     assert (len(tr), len(va), len(te)) == (20, 4, 6)
     assert sorted(split_ids(rows, "train", "val")) == sorted(tr + va)
-    assert len(organ_ids(rows, "kidney")) == 6 and len(organ_ids(rows, "lung", splits=("test",))) == 6
     with pytest.raises(ValueError, match="unknown split"):
         split_ids(rows, "training")
     with pytest.raises(ValueError, match="not labeled images"):
@@ -148,12 +147,6 @@ def test_committed_manifest_is_consistent():
     assert sum(s["organ_nuclei"].values()) == 14598 and s["organ_nuclei"]["kidney"] == 5577
 
 
-def test_manifest_for_prefers_the_dataset_own_manifest(demo, tmp_path):
-    assert manifest_for(demo) == read_manifest(demo / "data_manifest.csv")
-    assert manifest_for(tmp_path) == read_manifest(REPO_MANIFEST)
-
-
-@pytest.mark.realdata
 def test_real_dataset_matches_committed_manifest(real_data):
     s = validate_against_manifest(real_data, REPO_MANIFEST, progress=False)
     assert s["images"]["train"] + s["images"]["val"] == 24 and s["images"]["test"] == 6

@@ -17,6 +17,7 @@ import pytest
 from _training_support import model_vars, new_workspace, optimizer_iterations, run_child
 from helpers import checkpoints as ckpts
 from helpers import colab, mirror, training
+from helpers.atomic import PARTIAL_MARKER
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def mirrored(base):
 
 
 def leftovers(folder):
-    return [p.name for p in folder.rglob("*") if p.name.endswith(mirror.PARTIAL)]
+    return [p.name for p in folder.rglob("*") if p.name.endswith(PARTIAL_MARKER)]
 
 
 def copy_stage(src, dest, steps):
@@ -103,7 +104,7 @@ training.train_stage("heads", "demo", {str(ws.root)!r}, local_checkpoints={str(l
     deadline = time.time() + 500
     try:
         while time.time() < deadline and child.poll() is None:
-            if any(p.name.startswith(".ckpt-10.data") for p in sdir.glob("*" + mirror.PARTIAL)):
+            if any(p.name.startswith(".ckpt-10.data") for p in sdir.glob("*" + PARTIAL_MARKER)):
                 break
             time.sleep(0.05)
         assert child.poll() is None, "child ended before copying ckpt-10:\n" + child.stdout.read()

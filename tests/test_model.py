@@ -41,19 +41,15 @@ def test_load_restores_the_newest_complete_checkpoint(heads_ws, loaded):
 
 def test_predict_full_resolution_image(loaded, image):
     model, params = loaded
-    det = M.predict_image(model, params, image, score_threshold=0.0, paste=True)
+    det = M.predict_image(model, params, image, score_threshold=0.0)
     n = len(det["scores"])
     h, w = image.shape[:2]
     assert n > 0 and det["image_shape"] == (h, w)
     assert det["boxes"].shape == (n, 4) and det["masks"].shape[0] == n
     assert det["masks"].shape[1] == det["masks"].shape[2] == 28  # box-relative
-    assert det["full_masks"].shape == (n, h, w) and det["full_masks"].dtype == bool
     assert np.all(np.diff(det["scores"]) <= 0)
     assert det["boxes"].min() >= 0 and det["boxes"][:, 2].max() <= h and det["boxes"][:, 3].max() <= w
     assert set(np.unique(det["classes"])) <= {1}
-    # pasting one at a time gives the same masks
-    for i, m in M.iter_pasted_masks(det, chunk=7):
-        np.testing.assert_array_equal(m, det["full_masks"][i])
 
 
 def test_any_image_size_is_padded_not_resized(loaded, image):

@@ -10,8 +10,8 @@ from helpers.dataset import open_dataset, read_image, read_masks
 from helpers.demo_data import make_demo_dataset
 from helpers.manifest import (REPO_MANIFEST, choose_val_split, read_manifest, set_val_split, sha256_file,
                               split_ids)
-from helpers.shards import (INDEX_NAME, ShardError, load_index, mask_box, read_shard, select_shards,
-                            source_id_map, verify_shards, write_shards)
+from helpers.shards import (INDEX_NAME, ShardError, load_index, mask_box, read_shard, select_shards, verify_shards,
+                            write_shards)
 
 NAME_RE = re.compile(r"^(labeled|test)-[a-z]+-\d{5}-of-\d{5}\.tfrecord$")
 
@@ -48,7 +48,6 @@ def test_index_lists_every_shard_with_size_and_sha(built, rows):
         assert NAME_RE.match(e["file"]) and e["organ"] in e["file"]
         assert e["size"] == p.stat().st_size and e["sha256"] == sha256_file(p)
         assert e["source_id"].isdigit()
-    assert source_id_map(built)[idx["shards"][0]["source_id"]] == idx["shards"][0]["image_id"]
 
 
 def test_round_trip_with_model_garden_decoder(built, demo, rows):
