@@ -185,8 +185,8 @@ def evaluate(ws, args) -> dict:
     from helpers import evaluate as ev
     from helpers import predict, rescore, selection
 
-    val_ids = predict.split_ids(ws, "val")
-    gt = predict.load_ground_truth(ws, val_ids)
+    val_ids = predict.image_ids_of(ws, "val")
+    gt = predict.shard_ground_truth(ws, val_ids)
     t0 = time.perf_counter()
     fused, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta, return_parts=True,
                                          progress=not args.quiet)

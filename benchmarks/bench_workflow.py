@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         print(f"end-to-end demo (01→05): {e2e:.0f} s = {e2e / TARGET_E2E_S:.2f} × the 10-minute target")
 
     model, params = load_model(root, "all")
-    ids = predict.split_ids(root, "val", "test")
+    ids = predict.image_ids_of(root, "val", "test")
     images = [predict.load_image(root, i) for i in ids]
     plain = timed(lambda: [predict.predict_detections(model, params, im) for im in images]) / len(images)
     flips = timed(lambda: [predict.predict_detections(model, params, im, a) for im in images

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from helpers.coco_format import Detections, decode_crop, rle_bbox
+from helpers.drawing import outline
 
 COLORS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "missed": (0.15, 0.45, 1.0)}
 
@@ -66,12 +67,8 @@ def _paint(canvas: np.ndarray, rles: Sequence[dict], colors, fill_alpha: float =
             continue
         y0, x0, y1, x1 = max(0, y - 1), max(0, x - 1), min(h, y + bh + 1), min(w, x + bw + 1)
         m = decode_crop(rle, (y0, x0, y1, x1))
-        inner = m.copy()
-        inner[1:, :] &= m[:-1, :]
-        inner[:-1, :] &= m[1:, :]
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        edge = m & ~inner
+        edge = outline(m)
+        inner = m & ~edge
         region = canvas[y0:y1, x0:x1]
         region[inner] = (1 - fill_alpha) * region[inner] + fill_alpha * color
         region[edge] = color

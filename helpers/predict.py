@@ -27,17 +27,13 @@ from helpers.coco_format import Detections, detections_from_model_garden, encode
 from helpers.ensemble import merge_detections, merge_tiles
 from helpers.prediction_cache import PredictionCache
 from helpers.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid
-from helpers.workspace import Workspace, get_workspace
+from helpers.workspace import Workspace, as_workspace
 
 AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.tta)
 
 
 class PredictionError(ValueError):
     pass
-
-
-def _ws(workspace) -> Workspace:
-    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)
 
 
 # --------------------------------------------------------------------------- inputs from the shards
@@ -51,9 +47,9 @@ def _entries(ws: Workspace, image_ids: Sequence[str]) -> list[dict]:
     return [by_id[i] for i in image_ids]
 
 
-def split_ids(workspace, *splits: str) -> list[str]:
+def image_ids_of(workspace, *splits: str) -> list[str]:
     """Image ids of the given splits ("train", "val", "test") as recorded in the shard index."""
-    index = shardlib.load_index(_ws(workspace).shards)
+    index = shardlib.load_index(as_workspace(workspace).shards)
     return sorted(e["image_id"] for e in index["shards"] if e["split"] in splits)
 
 
@@ -61,7 +57,7 @@ def load_image(workspace, image_id: str) -> np.ndarray:
     """The uint8 (H, W, 3) image of ``image_id``, read from its shard."""
     import tensorflow as tf
 
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     (entry,) = _entries(ws, [image_id])
     path = shardlib.select_shards(ws.shards, image_ids=[image_id], splits=None)[0]
     (record,) = list(tf.data.TFRecordDataset(str(path)).take(1).as_numpy_iterator())
@@ -77,9 +73,9 @@ def load_images(workspace, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
     return {i: load_image(workspace, i) for i in image_ids}
 
 
-def load_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dict]]:
+def shard_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dict]]:
     """``{image_id: [RLE, ...]}`` of the labeled images, from their shards."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     out = {}
     for e in _entries(ws, image_ids):
         if e["split"] == "test":
@@ -142,7 +138,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
 
     from helpers.model import load_model, resolve_checkpoint
 
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     name = name or stage
     unknown = [a for a in tta if a not in AUGMENTATIONS]
     if unknown:

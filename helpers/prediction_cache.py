@@ -170,13 +170,13 @@ class PredictionCache:
             elif len(parts) == 2:
                 yield CacheKey(model, parts[0], parts[1])
 
-    def load_model(self, model: str, image_ids=None, tta: str | None = None) -> dict[str, Detections]:
+    def load_predictions(self, model: str, image_ids=None, tta: str | None = None) -> dict[str, Detections]:
         """``{image_id: Detections}`` of one model (and augmentation); CacheError if any
         requested image is missing or corrupt."""
         if image_ids is None:
             image_ids = [k.image_id for k in self.keys(model) if k.tta == tta]
         return {i: self.load((model, i, tta)) for i in image_ids}
 
-    def load_models(self, models, image_ids, tta: str | None = None) -> dict[str, dict[str, Detections]]:
+    def load_all_predictions(self, models, image_ids, tta: str | None = None) -> dict[str, dict[str, Detections]]:
         """``{model: {image_id: Detections}}``, the input of ``helpers.ensemble``."""
-        return {m: self.load_model(m, image_ids, tta) for m in models}
+        return {m: self.load_predictions(m, image_ids, tta) for m in models}

@@ -16,6 +16,7 @@ from helpers import manifest as mf
 from helpers.acquire import acquire_dataset
 from helpers.dataset import DatasetError, open_dataset, read_image, read_masks
 from helpers.demo_data import make_demo_dataset
+from helpers.drawing import outline
 from helpers.workspace import Workspace
 
 DEMO_FOLDER = "demo"
@@ -84,18 +85,6 @@ def organ_figure(rows: Sequence[dict]):
     return fig
 
 
-def _outline(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a nucleus that touch another label (background or a neighbour) in 4-connectivity."""
-    edge = np.zeros(labels.shape, bool)
-    dv = labels[1:, :] != labels[:-1, :]
-    dh = labels[:, 1:] != labels[:, :-1]
-    edge[1:, :] |= dv
-    edge[:-1, :] |= dv
-    edge[:, 1:] |= dh
-    edge[:, :-1] |= dh
-    return edge & (labels > 0)
-
-
 def samples_figure(root: str | os.PathLike, image_ids: Sequence[str] | None = None, n: int = 3):
     """A few training images beside the same image with every nucleus outlined in its own colour."""
     from matplotlib import colormaps
@@ -118,7 +107,7 @@ def samples_figure(root: str | os.PathLike, image_ids: Sequence[str] | None = No
         inside = labels > 0
         colors = np.array([cmap(k % 20)[:3] for k in range(20)], np.float32)
         over[inside] = 0.55 * over[inside] + 0.45 * colors[labels[inside] % 20]
-        over[_outline(labels)] = (1.0, 1.0, 0.2)  # bright outlines: touching nuclei stay separate
+        over[outline(labels)] = (1.0, 1.0, 0.2)  # bright outlines: touching nuclei stay separate
         for col, (img, title) in enumerate(((image, image_id), (over, f"{len(masks)} nuclei"))):
             ax = fig.add_subplot(len(ids), 2, 2 * row + col + 1)
             ax.imshow(img, interpolation="nearest")

@@ -11,19 +11,15 @@ from typing import Mapping, Sequence
 from helpers import ensemble, rescore
 from helpers.coco_format import Detections
 from helpers.manifest import workspace_manifest
-from helpers.predict import predict_stage, split_ids
-from helpers.workspace import Workspace, get_workspace
+from helpers.predict import image_ids_of, predict_stage
+from helpers.workspace import Workspace, as_workspace
 
 CHOICE_FILE = "ensemble.json"  # predictions/ensemble.json: the strategy notebook 04 chose
 TTA_SUFFIX = "+tta"
 
 
-def _ws(workspace) -> Workspace:
-    return workspace if isinstance(workspace, Workspace) else get_workspace(workspace)
-
-
 def choice_path(workspace) -> Path:
-    return _ws(workspace).predictions / CHOICE_FILE
+    return as_workspace(workspace).predictions / CHOICE_FILE
 
 
 def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], image_ids: Sequence[str],
@@ -53,7 +49,7 @@ def make_router(workspace, per_model: Mapping, by_organ: Mapping[str, str] | Non
     manifest; None when no table is given. ``default`` is the first model when unset."""
     if not by_organ and not by_image:
         return None
-    router = ensemble.Router.from_manifest(workspace_manifest(_ws(workspace)),
+    router = ensemble.Router.from_manifest(workspace_manifest(as_workspace(workspace)),
                                            default=default or next(iter(per_model)),
                                            by_organ=by_organ, by_image=by_image)
     router.check(per_model)
@@ -75,7 +71,7 @@ def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequen
                       **kw) -> dict[str, list[Detections]]:
     """``{image_id: [Detections, ...]}``: every pass (plain and each of ``tta``) of every model
     the strategy uses, for rescoring by agreement. From the prediction cache when it is there."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     stages = stages or _stages_of(ws, strategy.models)
     base = lambda m: m[: -len(TTA_SUFFIX)] if m.endswith(TTA_SUFFIX) else m  # noqa: E731
     if strategy.kind == "route":  # each image: the passes of the model it is routed to
@@ -100,7 +96,7 @@ def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_t
               overwrite: bool = False, **kw):
     """Notebook 04: every rescoring recipe on validation, the best kept (only if it wins on
     ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     passes = prediction_passes(ws, strategy, list(val_preds), tta, **kw)
     cmp = rescore.compare(val_preds, ground_truth, passes, metric=metric, choice=choice)
     print(cmp.format())
@@ -119,10 +115,10 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
     """Notebook 05: the saved strategy and rescoring applied to the test images (predicting
     what is not cached). ``use_final``: the ``final`` stage (all labelled images) stands in
     for ``all`` wherever the strategy uses it."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     strategy = ensemble.load_strategy(choice_path(ws))
     recipe, recipe_tta = rescore.load_choice(ws.predictions)
-    test_ids = split_ids(ws, "test")
+    test_ids = image_ids_of(ws, "test")
     stages = _stages_of(ws, strategy.models)
     if use_final:
         stages = _with_final(ws, stages)
@@ -151,7 +147,7 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
 def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:
     from helpers.config import FINAL_STAGE
 
-    if FINAL_STAGE in models.values() and set(image_ids) & set(split_ids(_ws(workspace), "val")):
+    if FINAL_STAGE in models.values() and set(image_ids) & set(image_ids_of(as_workspace(workspace), "val")):
         raise ValueError(f"stage {FINAL_STAGE!r} was trained on the validation images, so it would win "
                          "any comparison on them: leave it out of notebook 04's models and set "
                          "final_model = True in notebook 05 instead")
@@ -183,7 +179,7 @@ def test_images(workspace):
     from helpers.shards import load_index
     from helpers.submission import load_test_images
 
-    return load_test_images(Path(load_index(_ws(workspace).shards)["dataset_root"]))
+    return load_test_images(Path(load_index(as_workspace(workspace).shards)["dataset_root"]))
 
 
 def _stages_of(ws: Workspace, names: Sequence[str]) -> dict[str, str]:

@@ -513,6 +513,14 @@ def _parse_extra(record: bytes) -> dict:
     return out
 
 
+def example_boxes(feature, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(normalized, pixel)`` boxes (N, 4) ymin, xmin, ymax, xmax of a ``tf.train.Example``'s
+    ``features.feature``; pixel boxes are rounded float32."""
+    bn = np.stack([np.array(feature[f"image/object/bbox/{k}"].float_list.value, np.float32)
+                   for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
+    return bn, (bn * np.array([height, width, height, width], np.float32)).round()
+
+
 def masks_from_instance_map(labels: np.ndarray, boxes_px: np.ndarray) -> np.ndarray:
     """(N,H,W) bool masks from a label map and pixel boxes (ymin,xmin,ymax,xmax)."""
     n = len(boxes_px)
@@ -555,9 +563,7 @@ def read_shard(path: str | os.PathLike, fast: bool = False) -> dict:
 
     ex = tf.train.Example.FromString(recs[0]).features.feature
     h, w = ex["image/height"].int64_list.value[0], ex["image/width"].int64_list.value[0]
-    bn = np.stack([np.array(ex[f"image/object/bbox/{k}"].float_list.value, np.float32)
-                   for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
-    boxes = (bn * np.array([h, w, h, w], np.float32)).round()
+    bn, boxes = example_boxes(ex, h, w)
     if extra["instance_map_png"] is not None:
         masks = masks_from_instance_map(decode_png(extra["instance_map_png"]), boxes)
     else:
@@ -621,9 +627,7 @@ def verify_shards(shards_dir: str | os.PathLike, dataset_root: str | os.PathLike
                 paths = nonempty_mask_paths(paths, (h, w), workers)[0]
             if len(pngs) != len(paths) or len(pngs) != e["n_nuclei"]:
                 raise ShardError(f"{path}: {len(pngs)} masks but {len(paths)} mask files for {it.image_id}")
-            bn = np.stack([np.array(f[f"image/object/bbox/{k}"].float_list.value, np.float32)
-                           for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
-            boxes = (bn * np.array([h, w, h, w], np.float32)).round().astype(np.int64)
+            boxes = example_boxes(f, h, w)[1].astype(np.int64)
             areas = np.array(f["image/object/area"].float_list.value)
             labels = None
             if INSTANCE_MAP_KEY in f:

@@ -33,10 +33,10 @@ import numpy as np
 from helpers.atomic import atomic_path, atomic_write_json
 from helpers.coco_format import (CATEGORIES, CATEGORY_ID, Detections, RLEError, check_rle, coco_from_dataset,
                                  decode_crop, encode_crops, load_results, result_entries, rle_bbox)
+from helpers.dataset import TEST_IDS_FILE
 
 ANSWER_JSON = "answer.json"
 ANSWER_ZIP = "answer.zip"
-TEST_IDS_FILE = "test_img_ids.json"
 _MAX_LISTED = 12
 
 

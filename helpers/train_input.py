@@ -27,7 +27,8 @@ from official.vision.dataloaders import input_reader, input_reader_factory, mask
 from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-INSTANCE_MAP_KEY = "nuclei/instance_map"  # written by helpers.shards (pixel = object number)
+from helpers.shards import INSTANCE_MAP_KEY  # written by helpers.shards (pixel = object number)
+
 
 # Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's
 # rgb2hed inverts. Optical density is -ln(RGB), the units of skimage < 0.19 that Tellez et

@@ -37,6 +37,7 @@ from helpers import checkpoints as ckpts
 from helpers import config as cfglib
 from helpers import mirror
 from helpers.atomic import atomic_path, atomic_write_json
+from helpers.curves import LOSS_KEYS
 from helpers.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
 from helpers.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
 from helpers.workspace import Workspace, as_workspace
@@ -219,9 +220,6 @@ class _Progress:
     cleanly between two steps, and the runner then saves a checkpoint.
     """
 
-    KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
-            "frcnn_box_loss", "mask_loss")
-
     def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None):
         from helpers.progress import tqdm
 
@@ -238,7 +236,7 @@ class _Progress:
         now = time.perf_counter()
         self.times.append(now - self.last)
         self.last = now
-        vals = {k: float(output[k]) for k in self.KEYS if k in output}
+        vals = {k: float(output[k]) for k in LOSS_KEYS if k in output}
         if "learning_rate" in output:
             vals["learning_rate"] = float(output["learning_rate"])
         self.last_output = vals

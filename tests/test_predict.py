@@ -20,7 +20,7 @@ def test_flipped_prediction_is_mapped_back(ws):
     from helpers.model import load_model
 
     model, params = load_model(ws, "all", min_score=0.0)
-    image = predict.load_image(ws, predict.split_ids(ws, "val")[0])
+    image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
     via_tta = predict.predict_detections(model, params, image, "hflip", score_threshold=0.0)
     direct = predict.predict_detections(model, params, np.ascontiguousarray(image[:, ::-1]),
                                         score_threshold=0.0)
@@ -31,7 +31,7 @@ def test_flipped_prediction_is_mapped_back(ws):
 
 
 def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):
-    ids = predict.split_ids(ws, "val", "test")
+    ids = predict.image_ids_of(ws, "val", "test")
     first = predict.predict_stage(ws, "all", ids, tta=("hflip",), name="cachetest", score_threshold=0.0,
                                   progress=False)
     assert f"({2 * len(ids)} computed, 0 from cache)" in capsys.readouterr().out
@@ -54,7 +54,7 @@ def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
     from helpers.model import load_model
 
     model, params = load_model(ws, "all", min_score=0.0)
-    image = predict.load_image(ws, predict.split_ids(ws, "val")[0])
+    image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
     dets = predict.predict_detections(model, params, image, tile=160, overlap=64, score_threshold=0.0)
     assert dets.size == image.shape[:2] and len(dets) > 0
     x, y, w, h = dets.boxes.T
@@ -67,23 +67,23 @@ def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
 def test_ground_truth_comes_from_the_shards(ws):
     from helpers.shards import read_shard, select_shards
 
-    val = predict.split_ids(ws, "val")
-    gt = predict.load_ground_truth(ws, val)
+    val = predict.image_ids_of(ws, "val")
+    gt = predict.shard_ground_truth(ws, val)
     rec = read_shard(select_shards(ws.shards, image_ids=val[:1], splits=None)[0])
     assert len(gt[val[0]]) == len(rec["masks"]) > 0
     with pytest.raises(predict.PredictionError, match="test image"):
-        predict.load_ground_truth(ws, predict.split_ids(ws, "test")[:1])
+        predict.shard_ground_truth(ws, predict.image_ids_of(ws, "test")[:1])
 
 
 def test_bad_requests_are_clear_errors(ws, tmp_path):
     with pytest.raises(predict.PredictionError, match="not in .*index.json"):
         predict.predict_stage(ws, "all", ["TCGA-XX-NOPE-01Z-00-DX1"], progress=False)
     with pytest.raises(predict.PredictionError, match="unknown"):
-        predict.predict_stage(ws, "all", predict.split_ids(ws, "val"), tta=("shear",), progress=False)
+        predict.predict_stage(ws, "all", predict.image_ids_of(ws, "val"), tta=("shear",), progress=False)
     with pytest.raises(CheckpointNotFound, match="no complete checkpoint"):
         empty = ws.checkpoints / "specialist-empty"
         empty.mkdir(exist_ok=True)
         try:
-            predict.predict_stage(ws, "specialist-empty", predict.split_ids(ws, "val"), progress=False)
+            predict.predict_stage(ws, "specialist-empty", predict.image_ids_of(ws, "val"), progress=False)
         finally:
             shutil.rmtree(empty)

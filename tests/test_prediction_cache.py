@@ -42,7 +42,7 @@ def test_layout_and_round_trip(workspace):
     assert len(stored["boxes"]) == 5 and stored["meta"] == {"checkpoint": "ckpt-3"}
     assert sorted((k.image_id, k.tta or "") for k in cache.keys("main")) == [(IMG, ""), (IMG, "hflip")]
     assert cache.models() == ["main"]
-    assert cache.load_model("main")[IMG].rles == d.rles
+    assert cache.load_predictions("main")[IMG].rles == d.rles
 
 
 def test_get_or_compute_computes_once(workspace):
@@ -105,7 +105,7 @@ def test_stale_meta_is_recomputed(workspace):
     with pytest.raises(CacheError, match="stale.*another model name"):
         cache.get_or_compute(key, fn, meta={"checkpoint": "ckpt-3"}, on_stale="error")
     assert fn.calls == 1 and cache.has(key, meta={"checkpoint": "ckpt-2"})
-    assert cache.load_models(["main"], [IMG])["main"][IMG].rles == fn.value.rles
+    assert cache.load_all_predictions(["main"], [IMG])["main"][IMG].rles == fn.value.rles
 
 
 def test_partial_files_are_ignored_and_names_checked(workspace):

@@ -21,10 +21,10 @@ def test_final_model_predicts_the_test_images_in_place_of_all(demo_workflow, tmp
     res = training.train_stage("final", "demo", ws, steps=2, progress=False)
     assert res.finished and res.stage == "final"
     files = lambda stage: training.read_stage_info(ws, stage)["fingerprint_dict"]["train_files"]  # noqa: E731
-    n_val = len(selection.split_ids(ws, "val"))
+    n_val = len(selection.image_ids_of(ws, "val"))
     assert n_val and len(files("final")) == len(files("all")) + n_val  # the validation images too
     preds = selection.chosen_test_predictions(ws, ("hflip", "vflip"), progress=False, use_final=True)
-    assert set(preds) == set(selection.split_ids(ws, "test"))
+    assert set(preds) == set(selection.image_ids_of(ws, "test"))
     assert (ws.predictions / "all-final").is_dir()
     after = {p.name: p.stat().st_mtime_ns for p in (ws.predictions / "all").iterdir()}
     assert after == before  # the validated model's cached predictions are untouched

@@ -214,7 +214,7 @@ def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
     for model, quality in (("all", "good"), ("heads", "bad")):
         for image_id in images:
             cache.get_or_compute((model, image_id), lambda: fake_model(image_id, quality))
-    per_model = cache.load_models(["all", "heads"], images)
+    per_model = cache.load_all_predictions(["all", "heads"], images)
 
     cmp = compare({m: {i: p[i] for i in val} for m, p in per_model.items()}, gt,
                   router=Router.from_manifest(rows, default="heads"), progress=False)

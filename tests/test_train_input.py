@@ -70,7 +70,7 @@ def test_window_is_a_native_crop_with_the_visible_instances(records):
 def test_without_instance_map_the_mask_pngs_are_used(records):
     import tensorflow as tf
 
-    from helpers.train_input import INSTANCE_MAP_KEY
+    from helpers.shards import INSTANCE_MAP_KEY
 
     ex = tf.train.Example.FromString(records[0].numpy())
     del ex.features.feature[INSTANCE_MAP_KEY]
@@ -187,3 +187,32 @@ def test_densest_real_image_makes_a_training_batch_in_bounded_memory(real_data, 
           f"{got['gt']} nuclei in the crop, images {got['shape']}")
     assert got["shape"][1:3] == [512, 512] and got["gt"] > 100
     assert got["rss_mb"] < 8000  # measured 5.8 GB for the colab profile's input; Colab has 12.7 GB
+
+
+def _parser_keywords(fn) -> set[str]:
+    """The keyword names of the ``maskrcnn_input.Parser(...)`` call in ``fn``'s source."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "Parser"]
+    assert len(calls) == 1, f"expected one Parser(...) call in {fn.__qualname__}"
+    return {k.arg for k in calls[0].keywords}
+
+
+def test_parser_call_copies_model_gardens_in_full():
+    """build_inputs copies Model Garden's 20-argument Parser call: a Model Garden upgrade that
+    adds, drops or renames an argument must fail here, not drift silently."""
+    import inspect
+
+    from official.vision.dataloaders import maskrcnn_input
+    from official.vision.tasks import maskrcnn as mg_maskrcnn
+
+    from helpers.train_input import NucleiMaskRCNNTask
+
+    ours = _parser_keywords(NucleiMaskRCNNTask.build_inputs)
+    signature = set(inspect.signature(maskrcnn_input.Parser).parameters)
+    assert ours == signature
+    assert ours == _parser_keywords(mg_maskrcnn.MaskRCNNTask.build_inputs)

@@ -64,9 +64,9 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     choice = json.loads((demo_workflow.predictions / "ensemble.json").read_text())
     assert f"chosen: {choice['name']}" in text
     # the demo run trains a model that finds the synthetic nuclei (measured: AP@100 ~0.55)
-    val = predict.split_ids(demo_workflow, "val")
+    val = predict.image_ids_of(demo_workflow, "val")
     preds = predict.predict_stage(demo_workflow, "all", val, progress=False)  # cached by notebook 04
-    result = evaluate.evaluate(preds, predict.load_ground_truth(demo_workflow, val))
+    result = evaluate.evaluate(preds, predict.shard_ground_truth(demo_workflow, val))
     assert result.summary["AP50@100"] > 0.5
 
 
@@ -88,6 +88,6 @@ def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
 
 
 def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
-    ids = predict.split_ids(demo_workflow, "val", "test")
+    ids = predict.image_ids_of(demo_workflow, "val", "test")
     predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False)
     assert f"(0 computed, {3 * len(ids)} from cache)" in capsys.readouterr().out
