@@ -247,6 +247,11 @@ def check_profile(prof: Profile) -> None:
     if prof.test_num_proposals <= prof.max_num_detections:
         raise ConfigError(f"test_num_proposals ({prof.test_num_proposals}) must exceed "
                           f"max_num_detections ({prof.max_num_detections})")
+    stride = 2 ** prof.max_level
+    if prof.crop_size % stride or prof.predict_size % stride:
+        raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
+    if prof.scale_jitter[0] < 1.0:
+        raise ConfigError("scale_jitter must not go below 1.0: nuclei are never downscaled")
 
 
 def stage_kind(stage: str) -> str:
@@ -346,28 +351,7 @@ def experiment_config(
     total = int(steps if steps is not None else prof.steps[kind])
     if total < 1:
         raise ConfigError(f"steps must be >= 1, got {total}")
-    accelerator = accelerator or detect_accelerator()
-    stride = 2 ** prof.max_level
-    if prof.crop_size % stride or prof.predict_size % stride:
-        raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
-
-    # Training examples reach Model Garden's parser as windows of crop/scale native px
-    # (helpers.train_input.WindowDecoder, task.input_scale). The parser scales its input
-    # by aug_scale * crop / window side, so the magnification is scale * aug_scale.
-    # (Images smaller than the window, e.g. demo ones, are enlarged to the crop.)
-    lo, hi = prof.scale_jitter
-    if lo < 1.0:
-        raise ConfigError("scale_jitter must not go below 1.0: nuclei are never downscaled")
-
-    if accelerator == "tpu":
-        precision, data_dtype = "bfloat16", "bfloat16"
-    elif accelerator == "gpu" and prof.mixed_precision:
-        precision, data_dtype = "float16", "float16"
-    else:
-        precision, data_dtype = "float32", "float32"
-
-    lr = prof.stage_learning_rate(kind)
-    warmup = min(prof.warmup_steps, max(total // 5, 0))
+    precision = data_dtype = _precision(accelerator or detect_accelerator(), prof)
     modules = init_modules or ("backbone" if kind == "heads" else "all")
     if not isinstance(modules, str):
         modules = list(modules)
@@ -390,81 +374,11 @@ def experiment_config(
             "annotation_file": "",
             "use_coco_metrics": False,  # we evaluate with pycocotools ourselves
             "losses": {"l2_weight_decay": prof.weight_decay},
-            "model": {
-                "num_classes": 2,  # background + nucleus
-                "input_size": [prof.crop_size, prof.crop_size, 3],
-                "min_level": prof.min_level,
-                "max_level": prof.max_level,
-                "anchor": {
-                    "anchor_size": prof.anchor_size,
-                    "num_scales": prof.num_scales,
-                    "aspect_ratios": list(prof.aspect_ratios),
-                },
-                "backbone": {"type": "resnet", "resnet": {"model_id": prof.resnet_depth}},
-                "decoder": {"type": "fpn", "fpn": {"num_filters": prof.fpn_filters}},
-                "rpn_head": {"num_filters": prof.rpn_filters},
-                "detection_head": {
-                    "num_convs": prof.head_convs,
-                    "num_filters": prof.head_filters,
-                    "fc_dims": prof.head_fc_dims,
-                },
-                "mask_head": {"num_convs": prof.mask_convs, "num_filters": prof.mask_filters},
-                "roi_generator": {
-                    "pre_nms_top_k": max(2 * prof.num_proposals, 2000),
-                    "num_proposals": prof.num_proposals,
-                    "test_pre_nms_top_k": prof.test_pre_nms_top_k,
-                    "test_num_proposals": prof.test_num_proposals,
-                },
-                "roi_sampler": {
-                    "num_sampled_rois": prof.num_sampled_rois,
-                    "foreground_fraction": prof.roi_fg_fraction,
-                },
-                "mask_sampler": {"num_sampled_masks": prof.num_sampled_masks},
-                "detection_generator": {
-                    "max_num_detections": prof.max_num_detections,
-                    "pre_nms_top_k": max(prof.test_num_proposals, 1000),
-                    "pre_nms_score_threshold": 0.05,
-                },
-                # Sync BN only helps with many replicas of a large batch.
-                "norm_activation": {"use_sync_bn": False},
-            },
-            "train_data": {
-                "input_path": list(train_files),
-                "global_batch_size": prof.images_per_batch,
-                "dtype": data_dtype,
-                "shuffle_buffer_size": 64,  # one image per shard file: ~20-100 items
-                "parser": {
-                    "aug_rand_hflip": True,
-                    "aug_rand_vflip": True,  # h+v flips also give 180-degree rotations
-                    "aug_scale_min": lo,
-                    "aug_scale_max": hi,
-                    "max_num_instances": prof.max_num_instances,
-                    "rpn_batch_size_per_im": prof.rpn_batch_size_per_im,
-                    "rpn_fg_fraction": prof.rpn_fg_fraction,
-                    "mask_crop_size": prof.mask_crop_size,
-                },
-            },
+            "model": _model_override(prof),
+            "train_data": _train_data_override(prof, train_files, data_dtype),
             "validation_data": {"input_path": "", "global_batch_size": 1, "dtype": data_dtype},
         },
-        "trainer": {
-            "train_steps": total,
-            "steps_per_loop": 1,          # progress line and time-budget check every step
-            "summary_interval": 1,        # TensorBoard point every step
-            "checkpoint_interval": prof.checkpoint_every,
-            "max_to_keep": prof.keep_checkpoints,
-            "validation_interval": total,
-            "validation_steps": 1,
-            "recovery_max_trials": -1,    # no silent rollback on loss spikes
-            "optimizer_config": {
-                "optimizer": {"type": "sgd", "sgd": {
-                    "momentum": 0.9, "global_clipnorm": prof.gradient_clip_norm}},
-                # Schedule over the stage's global steps: resuming continues it.
-                "learning_rate": {"type": "cosine", "cosine": {
-                    "initial_learning_rate": lr, "decay_steps": total, "alpha": 0.01}},
-                "warmup": {"type": "linear", "linear": {
-                    "warmup_steps": warmup, "warmup_learning_rate": lr * 0.1}},
-            },
-        },
+        "trainer": _trainer_override(prof, kind, total),
     }, is_strict=True)
     if prof.color_jitter:
         cfg.override({"task": {"train_data": {"parser": {"aug_type": {
@@ -474,6 +388,108 @@ def experiment_config(
         }}}}}, is_strict=False)
     cfg.validate()
     return cfg
+
+
+def _precision(accelerator: str, prof: Profile) -> str:
+    """Mixed precision and input dtype: bfloat16 on TPU, float16 on GPU when the profile
+    allows it, else float32."""
+    if accelerator == "tpu":
+        return "bfloat16"
+    if accelerator == "gpu" and prof.mixed_precision:
+        return "float16"
+    return "float32"
+
+
+def _model_override(prof: Profile) -> dict:
+    """``task.model``: the architecture knobs of the profile (matterport's names in the README)."""
+    return {
+        "num_classes": 2,  # background + nucleus
+        "input_size": [prof.crop_size, prof.crop_size, 3],
+        "min_level": prof.min_level,
+        "max_level": prof.max_level,
+        "anchor": {
+            "anchor_size": prof.anchor_size,
+            "num_scales": prof.num_scales,
+            "aspect_ratios": list(prof.aspect_ratios),
+        },
+        "backbone": {"type": "resnet", "resnet": {"model_id": prof.resnet_depth}},
+        "decoder": {"type": "fpn", "fpn": {"num_filters": prof.fpn_filters}},
+        "rpn_head": {"num_filters": prof.rpn_filters},
+        "detection_head": {
+            "num_convs": prof.head_convs,
+            "num_filters": prof.head_filters,
+            "fc_dims": prof.head_fc_dims,
+        },
+        "mask_head": {"num_convs": prof.mask_convs, "num_filters": prof.mask_filters},
+        "roi_generator": {
+            "pre_nms_top_k": max(2 * prof.num_proposals, 2000),
+            "num_proposals": prof.num_proposals,
+            "test_pre_nms_top_k": prof.test_pre_nms_top_k,
+            "test_num_proposals": prof.test_num_proposals,
+        },
+        "roi_sampler": {
+            "num_sampled_rois": prof.num_sampled_rois,
+            "foreground_fraction": prof.roi_fg_fraction,
+        },
+        "mask_sampler": {"num_sampled_masks": prof.num_sampled_masks},
+        "detection_generator": {
+            "max_num_detections": prof.max_num_detections,
+            "pre_nms_top_k": max(prof.test_num_proposals, 1000),
+            "pre_nms_score_threshold": 0.05,
+        },
+        # Sync BN only helps with many replicas of a large batch.
+        "norm_activation": {"use_sync_bn": False},
+    }
+
+
+def _train_data_override(prof: Profile, train_files: Sequence[str], data_dtype: str) -> dict:
+    """``task.train_data``: the shards, the batch and the parser's augmentation."""
+    # Training examples reach Model Garden's parser as windows of crop/scale native px
+    # (helpers.train_input.WindowDecoder, task.input_scale). The parser scales its input
+    # by aug_scale * crop / window side, so the magnification is scale * aug_scale.
+    # (Images smaller than the window, e.g. demo ones, are enlarged to the crop.)
+    lo, hi = prof.scale_jitter
+    return {
+        "input_path": list(train_files),
+        "global_batch_size": prof.images_per_batch,
+        "dtype": data_dtype,
+        "shuffle_buffer_size": 64,  # one image per shard file: ~20-100 items
+        "parser": {
+            "aug_rand_hflip": True,
+            "aug_rand_vflip": True,  # h+v flips also give 180-degree rotations
+            "aug_scale_min": lo,
+            "aug_scale_max": hi,
+            "max_num_instances": prof.max_num_instances,
+            "rpn_batch_size_per_im": prof.rpn_batch_size_per_im,
+            "rpn_fg_fraction": prof.rpn_fg_fraction,
+            "mask_crop_size": prof.mask_crop_size,
+        },
+    }
+
+
+def _trainer_override(prof: Profile, kind: str, total: int) -> dict:
+    """``trainer``: the stage's steps, checkpointing and its SGD + cosine schedule."""
+    lr = prof.stage_learning_rate(kind)
+    warmup = min(prof.warmup_steps, max(total // 5, 0))
+    return {
+        "train_steps": total,
+        "steps_per_loop": 1,          # progress line and time-budget check every step
+        "summary_interval": 1,        # TensorBoard point every step
+        "checkpoint_interval": prof.checkpoint_every,
+        "max_to_keep": prof.keep_checkpoints,
+        "validation_interval": total,
+        "validation_steps": 1,
+        "recovery_max_trials": -1,    # no silent rollback on loss spikes
+        "optimizer_config": {
+            "optimizer": {"type": "sgd", "sgd": {
+                "momentum": 0.9, "global_clipnorm": prof.gradient_clip_norm}},
+            # Schedule over the stage's global steps: resuming continues it.
+            "learning_rate": {"type": "cosine", "cosine": {
+                "initial_learning_rate": lr, "decay_steps": total, "alpha": 0.01}},
+            "warmup": {"type": "linear", "linear": {
+                "warmup_steps": warmup, "warmup_learning_rate": lr * 0.1}},
+        },
+    }
 
 
 # Fields that may change between runs of the same stage without mixing anything:

@@ -119,6 +119,18 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
     Predictions for an image without GT raise EvaluationError.
     """
     max_dets = tuple(sorted(int(m) for m in max_dets))
+    image_ids = _check_inputs(predictions, ground_truth, max_dets, missing)
+    gts = {i: _as_gt_rles(ground_truth[i], i) for i in image_ids}
+    E, pred_offset = _run_cocoeval(predictions, gts, image_ids, max_dets)
+    summary = _stats(E, max_dets)
+    matches = _matches(E, predictions, gts, image_ids, pred_offset)
+    rows = [_image_row(E, i, image_id, gts, matches[image_id], max_dets)
+            for i, image_id in enumerate(image_ids)] if per_image else []
+    return EvalResult(summary, rows, matches, max_dets)
+
+
+def _check_inputs(predictions, ground_truth, max_dets, missing: str) -> list[str]:
+    """The GT image ids to evaluate, after refusing what cannot be evaluated."""
     if not max_dets:
         raise ValueError("max_dets must name at least one cap, e.g. (100, 1000)")
     extra = sorted(set(predictions) - set(ground_truth))
@@ -132,8 +144,12 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
     if absent and missing != "empty":
         raise EvaluationError(f"no predictions for {len(absent)} validation image(s): {absent[:5]}; "
                               "predict them first (or pass missing='empty')")
+    return image_ids
 
-    gts = {i: _as_gt_rles(ground_truth[i], i) for i in image_ids}
+
+def _run_cocoeval(predictions, gts, image_ids, max_dets) -> tuple[COCOeval, dict[str, int]]:
+    """pycocotools' segm COCOeval over all images, evaluated and accumulated; also the index
+    of each image's first result entry (result ids are 1..M in entry order)."""
     images, entries, pred_offset = [], [], {}
     for n, image_id in enumerate(image_ids, start=1):
         dets = predictions.get(image_id)
@@ -162,8 +178,11 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
     with contextlib.redirect_stdout(io.StringIO()):
         E.evaluate()
         E.accumulate()
-    summary = _stats(E, max_dets)
+    return E, pred_offset
 
+
+def _matches(E: COCOeval, predictions, gts, image_ids, pred_offset) -> dict[str, ImageMatch]:
+    """Each image's TP/FP/missed at IoU ``MATCH_IOU``, from COCOeval's per-image matching."""
     # GT ann ids are assigned 1..N in image order by gt_dataset; result ids 1..M in entry order.
     gt_offset, total = {}, 0
     for image_id in image_ids:
@@ -187,30 +206,39 @@ def evaluate(predictions: Mapping[str, Detections], ground_truth: Mapping[str, o
             if len(gt_idx):
                 m.gt_matched[gt_idx] = np.asarray(e["gtMatches"])[t50] > 0
         matches[image_id] = m
+    return matches
 
-    rows: list[dict] = []
-    if per_image:
-        # COCOeval.accumulate(p) indexes evalImgs by the position in p.imgIds, not in the
-        # evaluated list, so accumulate one image by showing it only that image's entry.
-        all_eval_imgs, all_pe = E.evalImgs, E._paramsEval
-        for i, image_id in enumerate(image_ids):
-            E.evalImgs = [all_eval_imgs[i]]
-            E._paramsEval = copy.copy(all_pe)
-            E._paramsEval.imgIds = [i + 1]
-            p = copy.copy(E.params)
-            p.imgIds = [i + 1]
-            with contextlib.redirect_stdout(io.StringIO()):
-                E.accumulate(p)
-            stats = _stats(E, max_dets)
-            m = matches[image_id]
-            row = {"image_id": image_id, "n_gt": len(gts[image_id]), "n_pred": len(m.tp)}
-            for md in max_dets:
-                row[f"AP@{md}"] = stats[f"AP@{md}"]
-            row[f"AP50@{max_dets[-1]}"] = stats[f"AP50@{max_dets[-1]}"]
-            row.update({"TP50": int(m.tp.sum()), "FP50": int(m.fp.sum()), "missed50": int(m.missed.sum())})
-            rows.append(row)
-        E.evalImgs, E._paramsEval = all_eval_imgs, all_pe
-    return EvalResult(summary, rows, matches, max_dets)
+
+def _accumulate_one_image(E: COCOeval, i: int, max_dets) -> dict[str, float]:
+    """The summary of image ``i`` (0-based) alone, from an evaluated ``E``.
+
+    COCOeval.accumulate(p) indexes evalImgs by the position in p.imgIds, not in the
+    evaluated list, so the image is shown only its own entry: this swaps pycocotools'
+    private ``evalImgs``/``_paramsEval`` for the call, and puts them back afterwards.
+    """
+    all_eval_imgs, all_pe = E.evalImgs, E._paramsEval  # noqa: SLF001
+    try:
+        E.evalImgs = [all_eval_imgs[i]]
+        E._paramsEval = copy.copy(all_pe)  # noqa: SLF001
+        E._paramsEval.imgIds = [i + 1]  # noqa: SLF001
+        p = copy.copy(E.params)
+        p.imgIds = [i + 1]
+        with contextlib.redirect_stdout(io.StringIO()):
+            E.accumulate(p)
+        return _stats(E, max_dets)
+    finally:
+        E.evalImgs, E._paramsEval = all_eval_imgs, all_pe  # noqa: SLF001
+
+
+def _image_row(E: COCOeval, i: int, image_id: str, gts, m: ImageMatch, max_dets) -> dict:
+    """One row of the per-image table: AP at each cap, AP50 at the largest, TP/FP/missed at 0.5."""
+    stats = _accumulate_one_image(E, i, max_dets)
+    row = {"image_id": image_id, "n_gt": len(gts[image_id]), "n_pred": len(m.tp)}
+    for md in max_dets:
+        row[f"AP@{md}"] = stats[f"AP@{md}"]
+    row[f"AP50@{max_dets[-1]}"] = stats[f"AP50@{max_dets[-1]}"]
+    row.update({"TP50": int(m.tp.sum()), "FP50": int(m.fp.sum()), "missed50": int(m.missed.sum())})
+    return row
 
 
 def ceiling(ground_truth: Mapping[str, object], max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> dict[str, float]:

@@ -330,8 +330,6 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
     ``tf.io.decode_png`` and compares it with its source mask (one pass over the
     sources instead of ``write_shards`` + ``verify_shards``' two; ~+50% time).
     """
-    from helpers.progress import tqdm
-
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -344,17 +342,33 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
     if missing:
         raise DatasetError(f"{dataset_root} lacks image(s) {missing[:5]} listed in the manifest; "
                            "re-acquire the dataset or use its own manifest")
-    sids = source_ids(rows, ds)
     report = WriteReport()
+    _remove_partials(shards_dir, report)
+    old = {e["file"]: e for e in _read_index_or_empty(shards_dir)["shards"]}
+    entries, todo = _plan(rows, items, source_ids(rows, ds), old, shards_dir, report)
+    _remove_stale(old, rows, shards_dir, report)
+    n_wanted = len(entries) + len(todo)
+    index_path = shards_dir / INDEX_NAME
+    _write_todo(todo, entries, n_wanted, dataset_root, index_path, workers, verify, progress, report)
+    # 5. index.json, complete (already written after the last shard when there was one to write)
+    index = _index(dataset_root, entries, True, n_wanted)
+    if not todo:
+        atomic_write_json(index_path, index)
+    if verbose:
+        print(report.summary())
+    return {**index, "report": report}
 
-    # 1. leftovers of an interrupted run: temp files are never read, only removed
+
+def _remove_partials(shards_dir: Path, report: WriteReport) -> None:
+    """1. leftovers of an interrupted run: temp files are never read, only removed."""
     for p in sorted(shards_dir.iterdir()):
         if is_partial(p) and p.is_file():
             p.unlink()
             report.partial_removed.append(p.name)
-    old = {e["file"]: e for e in _read_index_or_empty(shards_dir)["shards"]}
 
-    # 2. decide what to write
+
+def _plan(rows, items, sids, old: dict, shards_dir: Path, report: WriteReport) -> tuple[list, list]:
+    """2. decide what to write: ``(entries kept from the old index, [(row, item, entry, path)] to write)``."""
     entries, todo = [], []
     for r in sorted(rows, key=lambda r: r["shard"]):
         it = items[r["image_id"]]
@@ -372,8 +386,11 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
         if path.exists():
             (report.mismatched if prev is not None else report.unindexed).append(r["shard"])
         todo.append((r, it, want, path))
+    return entries, todo
 
-    # 3. shards of an older index that are no longer wanted (ours: we listed them)
+
+def _remove_stale(old: dict, rows, shards_dir: Path, report: WriteReport) -> None:
+    """3. shards of an older index that are no longer wanted (ours: we listed them)."""
     wanted = {r["shard"] for r in rows}
     for name in sorted(set(old) - wanted):
         p = shards_dir / name
@@ -381,13 +398,14 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
             p.unlink()
             report.stale_removed.append(name)
 
-    # 4. write (atomically: temp file + rename); index.json records every finished shard as it
-    #    completes, marked incomplete until the last one, so an interruption loses only the shard
-    #    being written
-    import tensorflow as tf
 
-    n_wanted = len(entries) + len(todo)
-    index_path = shards_dir / INDEX_NAME
+def _write_todo(todo, entries: list, n_wanted: int, dataset_root, index_path: Path, workers, verify: bool,
+                progress: bool, report: WriteReport) -> None:
+    """4. write (atomically: temp file + rename); index.json records every finished shard as it
+    completes, marked incomplete until the last one, so an interruption loses only the shard
+    being written."""
+    from helpers.progress import tqdm
+
     if todo:
         atomic_write_json(index_path, _index(dataset_root, entries, False, n_wanted))
     bar = tqdm(total=sum(max(1, r["n_nuclei"]) for r, *_ in todo), desc="write shards", unit="mask",
@@ -395,37 +413,7 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
     try:
         for r, it, want, path in todo:
             bar.set_postfix_str(r["image_id"])
-            if it.image_id != r["image_id"]:  # pragma: no cover - defensive
-                raise ShardError(f"internal error: {it.image_id} != {r['image_id']}")
-            masks_dir = Path(it.image_path).parent.parent / "masks"
-            n_files = len(getattr(it, "mask_paths", ()))
-            if n_files < r["n_nuclei"]:  # more files than nuclei: empty masks, counted below
-                raise DatasetError(f"{masks_dir} holds {n_files} masks but the manifest says {r['n_nuclei']}; "
-                                   "re-acquire the dataset or rebuild the manifest")
-            if sha256_file(it.image_path) != r["sha256"]:
-                raise DatasetError(f"{it.image_path}: sha256 does not match the manifest; re-acquire "
-                                   "the dataset or rebuild the manifest")
-            enc = _encode_item(it, workers, verify)
-            if len(enc.mask_pngs) != r["n_nuclei"]:
-                raise DatasetError(
-                    f"{masks_dir} holds {len(enc.mask_pngs)} non-empty masks ({len(enc.empty)} empty one(s) "
-                    f"skipped: {[q.name for q in enc.empty[:3]]}) but the manifest says {r['n_nuclei']}: the "
-                    "dataset differs from the one the manifest describes. Restore the masks from the original "
-                    "dataset, or, if your data is meant to be this way, rebuild the manifest from it "
-                    "(helpers.manifest.build_manifest + write_manifest) and pass it as manifest_path")
-            if (enc.height, enc.width) != (r["height"], r["width"]):
-                raise DatasetError(f"{it.image_path} is {enc.width}x{enc.height} but the manifest says "
-                                   f"{r['width']}x{r['height']}")
-            report.notes.extend(enc.notes)
-            data = make_example(enc, r["image_id"], want["source_id"])
-            with atomic_path(path) as tmp:
-                with tf.io.TFRecordWriter(str(tmp)) as w:
-                    w.write(data)
-                if _records(tmp, _own_temp=True) != [data]:
-                    raise ShardError(f"{tmp} does not read back as written (disk problem?); try again")
-            entries.append({**want, "size": path.stat().st_size, "sha256": sha256_file(path),
-                            "instance_map": enc.instance_map_png is not None})
-            report.written.append(path.name)
+            entries.append(_write_shard(r, it, want, path, workers, verify, report))
             complete = len(entries) == n_wanted
             atomic_write_json(index_path, _index(dataset_root, entries, complete, n_wanted))
             bar.update(max(1, r["n_nuclei"]))
@@ -435,13 +423,42 @@ def write_shards(dataset_root: str | os.PathLike, manifest_rows: Iterable[dict],
     finally:
         bar.close()
 
-    # 5. index.json, complete (already written after the last shard when there was one to write)
-    index = _index(dataset_root, entries, True, n_wanted)
-    if not todo:
-        atomic_write_json(index_path, index)
-    if verbose:
-        print(report.summary())
-    return {**index, "report": report}
+
+def _write_shard(r: dict, it, want: dict, path: Path, workers, verify: bool, report: WriteReport) -> dict:
+    """One image's shard, checked against its manifest row, written and read back; its index entry."""
+    import tensorflow as tf
+
+    if it.image_id != r["image_id"]:  # pragma: no cover - defensive
+        raise ShardError(f"internal error: {it.image_id} != {r['image_id']}")
+    masks_dir = Path(it.image_path).parent.parent / "masks"
+    n_files = len(getattr(it, "mask_paths", ()))
+    if n_files < r["n_nuclei"]:  # more files than nuclei: empty masks, counted below
+        raise DatasetError(f"{masks_dir} holds {n_files} masks but the manifest says {r['n_nuclei']}; "
+                           "re-acquire the dataset or rebuild the manifest")
+    if sha256_file(it.image_path) != r["sha256"]:
+        raise DatasetError(f"{it.image_path}: sha256 does not match the manifest; re-acquire "
+                           "the dataset or rebuild the manifest")
+    enc = _encode_item(it, workers, verify)
+    if len(enc.mask_pngs) != r["n_nuclei"]:
+        raise DatasetError(
+            f"{masks_dir} holds {len(enc.mask_pngs)} non-empty masks ({len(enc.empty)} empty one(s) "
+            f"skipped: {[q.name for q in enc.empty[:3]]}) but the manifest says {r['n_nuclei']}: the "
+            "dataset differs from the one the manifest describes. Restore the masks from the original "
+            "dataset, or, if your data is meant to be this way, rebuild the manifest from it "
+            "(helpers.manifest.build_manifest + write_manifest) and pass it as manifest_path")
+    if (enc.height, enc.width) != (r["height"], r["width"]):
+        raise DatasetError(f"{it.image_path} is {enc.width}x{enc.height} but the manifest says "
+                           f"{r['width']}x{r['height']}")
+    report.notes.extend(enc.notes)
+    data = make_example(enc, r["image_id"], want["source_id"])
+    with atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as w:
+            w.write(data)
+        if _records(tmp, _own_temp=True) != [data]:
+            raise ShardError(f"{tmp} does not read back as written (disk problem?); try again")
+    report.written.append(path.name)
+    return {**want, "size": path.stat().st_size, "sha256": sha256_file(path),
+            "instance_map": enc.instance_map_png is not None}
 
 
 # --------------------------------------------------------------------------- selection

@@ -417,8 +417,6 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         disk when the workspace is on Colab's Drive mount (see :mod:`helpers.mirror`).
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
-    import tensorflow as tf
-
     t_call = time.perf_counter()
     ws = as_workspace(workspace)
     if splits is None:
@@ -433,22 +431,73 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     info, latest, where = _resume(sdir, model_dir, cfg, stage)
     start = latest[0] if latest else 0
     target = min(planned, stop_at_step) if stop_at_step else planned
-
     if latest and start >= target:
-        if start >= planned:
-            print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
-                  "skipping.")
-        else:
-            print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
-        ckpt = _publish(model_dir, sdir, prof.keep_checkpoints) if where == "local" else latest[1]
-        status = "skipped (already finished)" if start >= planned else "stopped: stop_at_step"
-        return StageResult(stage, prof.name, status, start, start, planned, ckpt, sdir,
-                           seconds=time.perf_counter() - t_call)
-    if where == "drive" and model_dir != sdir:
-        latest = (latest[0], mirror.bring_local(latest[1], model_dir))
+        return _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call)
+    latest = resume_or_load(ws, stage, prof, cfg, sdir, model_dir, latest, where, init_checkpoint)
+
+    drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
+             if model_dir != sdir else None)
+    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
+                    mirror=drive)
+    runner, strat = _build_runner(cfg, prof, strategy, model_dir, bar)
+    gstep = int(runner.trainer.global_step.numpy())
+    if gstep != start:
+        raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
+    _announce(stage, latest, where, start, planned, model_dir, sdir, drive)
+    status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
+                         over_budget=(time_budget_s is not None
+                                      and time.perf_counter() - t_call > time_budget_s))
+    if status == "finished" and target < planned:
+        status = "stopped: stop_at_step"
+    result = _stage_result(runner, stage, prof, status, start, planned, sdir, bar, t_call)
+    if drive is not None:
+        print(mirror.describe(drive))
+    print(result)
+    return result
+
+
+def resume_or_load(ws, stage, prof, cfg, sdir: Path, model_dir: Path, latest, where: str,
+                   init_checkpoint: str | None):
+    """detectron2's ``resume_or_load``: resume from ``latest``, the newest complete checkpoint
+    :func:`_resume` found (first copied to ``model_dir`` when only the workspace has it), or,
+    when there is none, load the stage's starting weights and write its record
+    (:func:`_start_fresh`). Returns the ``(step, prefix)`` Model Garden restores, or None."""
+    if latest and where == "drive" and model_dir != sdir:
+        return latest[0], mirror.bring_local(latest[1], model_dir)
     if not latest:
         _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint)
+    return latest
 
+
+def _announce(stage, latest, where, start, planned, model_dir, sdir, drive) -> None:
+    """Say where the run starts and where it saves; start the copy to the workspace."""
+    if latest:
+        source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
+        print(f"resuming stage {stage!r} from {latest[1].name}{source} (step {start}/{planned})")
+    if drive is not None:
+        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} "
+              "in the background")
+        drive.start()
+
+
+def _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call) -> StageResult:
+    """The stage is already at its target step: say so and return (its checkpoint published)."""
+    start = latest[0]
+    if start >= planned:
+        print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
+              "skipping.")
+    else:
+        print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
+    ckpt = _publish(model_dir, sdir, prof.keep_checkpoints) if where == "local" else latest[1]
+    status = "skipped (already finished)" if start >= planned else "stopped: stop_at_step"
+    return StageResult(stage, prof.name, status, start, start, planned, ckpt, sdir,
+                       seconds=time.perf_counter() - t_call)
+
+
+def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
+    """Model Garden's ``OrbitExperimentRunner`` for ``cfg`` (it restores the newest checkpoint
+    in ``model_dir``) under a ``tf.distribute`` strategy; ``(runner, strategy)``."""
+    import tensorflow as tf
     from official.core import train_lib
     from official.modeling import performance
 
@@ -458,10 +507,6 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
-    drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
-             if model_dir != sdir else None)
-    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
-                    mirror=drive)
     with strat.scope():
         task = build_task(cfg, model_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
@@ -472,33 +517,18 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
             # whose optimizer iterations were one ahead of its global step (the background
             # copy raced the next step), i.e. a checkpoint mixing two steps.
             train_actions=[bar], enable_async_checkpointing=False)
-    gstep = int(runner.trainer.global_step.numpy())
-    if gstep != start:
-        raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
-    if latest:
-        source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
-        print(f"resuming stage {stage!r} from {latest[1].name}{source} (step {start}/{planned})")
-    if drive is not None:
-        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} "
-              "in the background")
-        drive.start()
-    status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
-                         over_budget=(time_budget_s is not None
-                                      and time.perf_counter() - t_call > time_budget_s))
-    if status == "finished" and target < planned:
-        status = "stopped: stop_at_step"
+    return runner, strat
+
+
+def _stage_result(runner, stage, prof, status, start, planned, sdir: Path, bar, t_call) -> StageResult:
     opt = runner.trainer.optimizer
     lr = opt.learning_rate
     final = Path(runner.checkpoint_manager.latest_checkpoint)
-    result = StageResult(stage, prof.name, status, start, int(runner.trainer.global_step.numpy()),
-                         planned, sdir / final.name, sdir,
-                         seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
-                         optimizer_iterations=int(opt.iterations.numpy()),
-                         learning_rate=float(lr(opt.iterations) if callable(lr) else lr))
-    if drive is not None:
-        print(mirror.describe(drive))
-    print(result)
-    return result
+    return StageResult(stage, prof.name, status, start, int(runner.trainer.global_step.numpy()),
+                       planned, sdir / final.name, sdir,
+                       seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
+                       optimizer_iterations=int(opt.iterations.numpy()),
+                       learning_rate=float(lr(opt.iterations) if callable(lr) else lr))
 
 
 def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None:
