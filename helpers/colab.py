@@ -20,6 +20,7 @@ from pathlib import Path
 
 DRIVE_MOUNTPOINT = Path("/content/drive")
 DRIVE_FOLDER = "nuclei_workspace"
+WORKSPACE_ENV_VAR = "NUCLEI_WORKSPACE"  # the default workspace off Colab (and on it, instead of Drive)
 LOCAL_WORKSPACE_EXAMPLE = "/content/nuclei_workspace"
 LOCAL_CHECKPOINTS = Path("/content/nuclei_local")  # the runtime's own disk: fast, lost at disconnect
 
@@ -62,6 +63,15 @@ class SetupError(RuntimeError):
 def drive_workspace() -> Path:
     """The workspace folder on the mounted Drive."""
     return DRIVE_MOUNTPOINT / "MyDrive" / DRIVE_FOLDER
+
+
+def default_workspace() -> Path:
+    """``$NUCLEI_WORKSPACE``, else the Drive folder on Colab, else ``./workspace`` (mounts nothing)."""
+    if os.environ.get(WORKSPACE_ENV_VAR):
+        return Path(os.environ[WORKSPACE_ENV_VAR]).expanduser()
+    if in_colab():
+        return drive_workspace()
+    return Path("workspace")
 
 
 def in_colab() -> bool:
@@ -309,13 +319,11 @@ def setup(workspace_root: str | os.PathLike | None = None, install: bool = True)
     Garden and what else is missing (not again when it is importable). Off Colab nothing is
     mounted or installed. Both quiet the libraries' logs (``quiet``) and show figures inline.
     """
-    from helpers import workspace  # workspace imports this module
-
     quiet()
     _inline_figures()
     colab = in_colab()
     info = {"colab": colab, "python": sys.version.split()[0], "runtime": _runtime_label(colab)}
-    root = Path(workspace_root).expanduser() if workspace_root else workspace.default_root()
+    root = Path(workspace_root).expanduser() if workspace_root else default_workspace()
     if colab:
         info["tensorflow"] = require_tensorflow()
         if on_drive(root):

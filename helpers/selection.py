@@ -162,7 +162,7 @@ def _cache_name(name: str, stage: str) -> str:
 
 def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
     from helpers.config import FINAL_STAGE
-    from helpers.training import stage_status
+    from helpers.stages import stage_status
 
     status = stage_status(ws, FINAL_STAGE)
     if "finished" not in status or "in progress" in status:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from helpers import colab
 
-ENV_VAR = "NUCLEI_WORKSPACE"
 SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "runs")
 
 
@@ -52,21 +51,12 @@ class Workspace:
         return self
 
 
-def default_root() -> Path:
-    """``$NUCLEI_WORKSPACE``, else the Drive folder on Colab, else ``./workspace`` (mounts nothing)."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    if colab.in_colab():
-        return colab.drive_workspace()
-    return Path("workspace")
-
-
 def get_workspace(root: str | os.PathLike | None = None, create: bool = True) -> Workspace:
     """The workspace at ``root`` (or the default one), with its subfolders made.
 
     On Colab, Drive is mounted first if (and only if) the workspace is on it.
     """
-    path = Path(root).expanduser() if root else default_root()
+    path = Path(root).expanduser() if root else colab.default_workspace()
     colab.ensure_drive(path)
     ws = Workspace(path.resolve())
     return ws.create() if create else ws

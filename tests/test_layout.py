@@ -1,0 +1,74 @@
+"""helpers/ is layered: imports (at the top of a module or inside a function) point downward only.
+
+The layers, lowest first: the shared top-level modules, then data/, train/ and infer/; within
+each, the order below. A module may import only modules listed before it. The notebook glue
+(``prepare``, ``training``, ``selection``, ``notebooks``) is imported by notebooks, never by
+another helper. A new module must be given its place here.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
+
+LAYERS = {
+    "": ("atomic", "progress", "colab", "workspace", "coco_format", "drawing", "notebooks"),
+    "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
+    "train": ("config", "train_input", "checkpoints", "stages", "mirror", "curves", "training"),
+    "infer": ("tta", "model", "prediction_cache", "evaluate", "ensemble", "predict", "rescore",
+              "submission", "overlays", "selection"),
+}
+GLUE = {"prepare", "training", "selection", "notebooks"}
+ORDER = [m for modules in LAYERS.values() for m in modules]
+ROOM = {m: room for room, modules in LAYERS.items() for m in modules}
+
+
+def helper_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, dotted name)`` of every ``helpers`` module imported anywhere in ``tree``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "helpers"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "helpers":
+            # `from helpers.train import config` imports a module; `from helpers.x import name` a name of x
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
+                      if f"{node.module}.{a.name}".split(".")[-1] in ROOM]
+            if node.module.split(".")[-1] in ROOM:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def upward_imports(path: Path, source: str | None = None) -> list[str]:
+    """What module ``path`` (a helpers module) imports against the layering, as messages."""
+    me = path.stem
+    tree = ast.parse(path.read_text() if source is None else source)
+    problems = []
+    for line, name in helper_imports(tree):
+        target = name.split(".")[-1]
+        where = f"{path.relative_to(HELPERS.parent)}:{line} imports {name}"
+        if target not in ROOM:
+            problems.append(f"{where}: not a module listed in tests/test_layout.py")
+        elif target != me and ORDER.index(target) > ORDER.index(me):
+            problems.append(f"{where}: it lies above ({ROOM[target] or 'top'}/{target})")
+        elif target in GLUE and target != me:
+            problems.append(f"{where}: notebook glue, only notebooks import it")
+    return problems
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in HELPERS.rglob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: p.stem)
+def test_imports_point_downward(path):
+    assert upward_imports(path) == []
+
+
+def test_the_check_sees_an_upward_import_inside_a_function():
+    path = next(p for p in modules() if p.stem == "config")
+    source = path.read_text() + "\n\ndef _late():\n    from helpers.train.training import train_stage\n"
+    assert any("training" in msg and "lies above" in msg for msg in upward_imports(path, source))
