@@ -6,7 +6,7 @@
 
 The workspace lives in a slow folder: a FUSE passthrough whose writes are held to
 ``--rate-mbps`` (``benchmarks/slowfs.py``). Where FUSE cannot mount, the benchmark says so and
-falls back to a simulation: ``helpers.mirror.copy_file`` sleeps bytes/rate after each copy,
+falls back to a simulation: ``helpers.train.mirror.copy_file`` sleeps bytes/rate after each copy,
 and saving straight into the workspace is charged the measured checkpoint bytes / rate.
 
 Three configurations of the profile's ``all`` stage (from a 1-step ``heads`` stage), run
@@ -14,7 +14,7 @@ alternately (a b c a b c ...: the machine is shared, so each ratio compares neig
 
   a  no checkpoints during the run (checkpoint_every larger than the run)
   b  a checkpoint every 5 steps on local disk, mirrored to the slow folder in the background
-     (``local_checkpoints=<local folder>``: helpers.mirror, the new design)
+     (``local_checkpoints=<local folder>``: helpers.train.mirror, the new design)
   c  a checkpoint every 5 steps saved straight into the slow folder (``local_checkpoints=False``)
 
 s/step is the stage runner's own figure: the mean over the run's steps except the first
@@ -22,10 +22,10 @@ s/step is the stage runner's own figure: the mean over the run's steps except th
 one at completion (nor, for b, the wait for the last copy, printed separately as "end wait").
 Targets: b/a <= 1.10. For b, each background copy is printed with its bytes, seconds and lag
 (how many steps training was past the copied checkpoint when the copy ended), and the final
-checkpoint in the slow folder is read back in full (helpers.checkpoints.check_checkpoint).
+checkpoint in the slow folder is read back in full (helpers.train.checkpoints.check_checkpoint).
 
 Then the checkpoint size of each profile (demo, cpu, colab) and stage (heads, all): the model
-built from the real config (helpers.config.experiment_config, the task's build_model, the
+built from the real config (helpers.train.config.experiment_config, the task's build_model, the
 optimizer from the config with its slot variables created) saved as one checkpoint with the
 items Model Garden's trainer saves (global_step, model, optimizer).
 
@@ -87,7 +87,7 @@ def _worker(spec: dict) -> dict:
     kind = spec["kind"]
     if kind == "size":
         return checkpoint_size(spec["profile"], spec["stage"], Path(spec["tmp"]))
-    from helpers.training import train_stage
+    from helpers.train.training import train_stage
 
     if kind == "heads":
         r = train_stage("heads", spec["profile"], spec["workspace"], steps=1, from_scratch=True,
@@ -98,7 +98,7 @@ def _worker(spec: dict) -> dict:
 
 
 def _prefix_bytes(prefix) -> int:
-    from helpers import mirror
+    from helpers.train import mirror
 
     return sum(f.stat().st_size for f in mirror.checkpoint_files(Path(prefix)))
 
@@ -107,8 +107,8 @@ def _measured_run(spec: dict) -> dict:
     """train_stage('all') with hooks that time every step, save and background copy."""
     import tensorflow as tf
 
-    from helpers import checkpoints as ckpts
-    from helpers import mirror, training
+    from helpers.train import checkpoints as ckpts
+    from helpers.train import mirror, training
 
     steps_at: list[tuple[float, int]] = []   # (time, global step) after each step
     saves: list[dict] = []
@@ -205,8 +205,8 @@ def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
     import tensorflow as tf
     from official.modeling import performance
 
-    from helpers import config as cfglib
-    from helpers.training import build_task
+    from helpers.train import config as cfglib
+    from helpers.train.training import build_task
 
     t0 = time.perf_counter()
     cfg = cfglib.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")

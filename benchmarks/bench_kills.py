@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 STEPS = 100_000  # never reached: every run is killed, then the last one stops itself
 CHILD = """
 import sys
-from helpers import training
+from helpers.train import training
 r = training.train_stage('heads', 'demo', sys.argv[1], steps={steps}, stop_at_step=int(sys.argv[2]),
                          checkpoint_every=5, progress=True)
 print('RESULT', r.start_step, r.end_step, flush=True)
@@ -56,7 +56,7 @@ def _steps_seen(text: str) -> int:
 def run(ws: Path, kills: int, seed: int) -> dict:
     import threading
 
-    from helpers import checkpoints as ckpts
+    from helpers.train import checkpoints as ckpts
 
     rng = random.Random(seed)
     sdir = ws / "checkpoints" / "heads"
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workspace", type=Path, help="a fresh folder (default: a temp folder)")
     args = ap.parse_args(argv)
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="bench-kills-"))
-    from helpers.demo_data import make_demo_dataset
-    from helpers.manifest import read_manifest
-    from helpers.shards import write_shards
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.manifest import read_manifest
+    from helpers.data.shards import write_shards
     from helpers.workspace import get_workspace
 
     w = get_workspace(ws)

@@ -11,7 +11,7 @@ What it runs, on this machine's CPU (profile ``cpu``), with notebooks 01-04's he
   fixed ``--heads-steps``; notebook 03: the ``all`` stage, a fixed ``--all-steps``. The default
   steps are sized to about one CPU-hour on a 2-core machine;
 * notebook 04: predictions of the validation images, plain and with ``--tta``; each scored with
-  pycocotools, and every rescoring recipe of ``helpers.rescore`` on the better of the two.
+  pycocotools, and every rescoring recipe of ``helpers.infer.rescore`` on the better of the two.
 
 It prints, for the validation split: AP, AP50 and AP75 at maxDets 100 and 1000; the split's
 AP@100 ceiling (perfect masks) and AP@100 as a percentage of it; the losses at the start and the
@@ -73,8 +73,8 @@ def levers(args) -> dict:
 # --------------------------------------------------------------------------- notebook 01
 def prepare(root: Path, data: Path):
     """The sharded dataset with the default split, once per ``root`` (shared by every run)."""
-    from helpers import prepare as prep
-    from helpers import shards
+    from helpers.data import prepare as prep
+    from helpers.data import shards
     from helpers.workspace import get_workspace
 
     ws = get_workspace(root / "base")
@@ -111,7 +111,7 @@ def run_workspace(root: Path, name: str):
 # --------------------------------------------------------------------------- notebooks 02-03
 def loss_summary(ws, stage: str, n: int = 20) -> dict:
     """Mean of each loss over the stage's first and last ``n`` logged steps."""
-    from helpers import curves
+    from helpers.train import curves
 
     c = curves.read_curves(ws, stage)
     out = {}
@@ -129,7 +129,7 @@ def save_curves(ws, name: str, results: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from helpers import curves
+    from helpers.train import curves
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, stage in zip(axes, ("heads", "all")):
@@ -148,7 +148,7 @@ def save_curves(ws, name: str, results: Path) -> Path:
 def stage_timing(ws, stage: str) -> dict:
     """s/step and seconds of a stage's training, from its TensorBoard event times (so a
     re-run that finds the stage finished still reports how long it took)."""
-    from helpers import curves
+    from helpers.train import curves
 
     rows = sorted((r[0], r[2]) for f in curves.event_files(ws, stage) for r in curves._read_file(f)
                   if r[3] == "total_loss")
@@ -159,7 +159,7 @@ def stage_timing(ws, stage: str) -> dict:
 
 
 def train(ws, args) -> dict:
-    from helpers import training
+    from helpers.train import training
 
     out = {}
     for stage, steps, kw in (("heads", args.heads_steps, {"from_scratch": True}),
@@ -182,8 +182,8 @@ def _trained_at(previous: Path, trained: dict, commit: str) -> str:
 
 # --------------------------------------------------------------------------- notebook 04
 def evaluate(ws, args) -> dict:
-    from helpers import evaluate as ev
-    from helpers import predict, rescore, selection
+    from helpers.infer import evaluate as ev
+    from helpers.infer import predict, rescore, selection
 
     val_ids = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val_ids)

@@ -73,7 +73,7 @@ def read_shards_tf_epoch(files) -> tuple[float, int]:
 
 
 def read_shards_fast_epoch(files) -> tuple[float, int]:
-    from helpers.shards import read_shard
+    from helpers.data.shards import read_shard
 
     t = time.perf_counter()
     n = 0
@@ -89,9 +89,9 @@ def main(argv=None) -> None:
     ap.add_argument("--shards", type=Path, default=None, help="existing shards dir (else a temp dir)")
     args = ap.parse_args(argv)
 
-    from helpers.dataset import open_dataset
-    from helpers.manifest import REPO_MANIFEST, build_manifest, read_manifest, validate_against_manifest
-    from helpers.shards import load_index, select_shards, write_shards
+    from helpers.data.dataset import open_dataset
+    from helpers.data.manifest import REPO_MANIFEST, build_manifest, read_manifest, validate_against_manifest
+    from helpers.data.shards import load_index, select_shards, write_shards
 
     ds = open_dataset(args.data)
     try:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_shards(root: Path, size: int, n_train: int) -> Path:
-    from helpers.demo_data import make_demo_dataset
-    from helpers.manifest import read_manifest
-    from helpers.shards import write_shards
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.manifest import read_manifest
+    from helpers.data.shards import write_shards
 
     data = make_demo_dataset(root / f"data{size}", seed=0, n_train=n_train, n_test=0, size=size)
     rows = read_manifest(data / "data_manifest.csv")
@@ -55,7 +55,7 @@ def workspace_with(root: Path, name: str, shards: Path):
 
 
 def ours(ws, profile, steps, stage="heads", **kw):
-    from helpers.training import train_stage
+    from helpers.train.training import train_stage
 
     if stage == "heads":
         kw["from_scratch"] = True  # no downloads in a benchmark
@@ -68,7 +68,7 @@ def bare(ws, profile, steps):
     import tensorflow as tf
     from official.core import train_lib
 
-    from helpers.training import build_task, plan_stage
+    from helpers.train.training import build_task, plan_stage
 
     _, cfg, _ = plan_stage("heads", profile, ws, steps=steps)
     model_dir = str(ws.root / "bare")

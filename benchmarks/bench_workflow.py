@@ -37,7 +37,8 @@ def colab_model_s_per_image(size: int = 1000) -> float:
     import tf_keras
     from official.vision.modeling import factory
 
-    from helpers import config, predict
+    from helpers.train import config
+    from helpers.infer import predict
 
     params = config.experiment_config("colab", "all", accelerator="cpu")
     params.override({"task": {"model": {"detection_generator": {"pre_nms_score_threshold": 0.0}}}},
@@ -54,8 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-e2e", action="store_true", help="reuse --workspace's finished demo run")
     args = ap.parse_args(argv)
 
-    from helpers import predict
-    from helpers.model import load_model
+    from helpers.infer import predict
+    from helpers.infer.model import load_model
     from helpers.notebooks import run_workflow
 
     root = Path(args.workspace or tempfile.mkdtemp(prefix="bench_workflow_"))

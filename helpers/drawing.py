@@ -1,5 +1,5 @@
 """Drawing nuclei: the outline of each mask, shared by notebook 01's sample figure
-(:mod:`helpers.prepare`) and the prediction overlays (:mod:`helpers.overlays`)."""
+(:mod:`helpers.data.prepare`) and the prediction overlays (:mod:`helpers.infer.overlays`)."""
 from __future__ import annotations
 
 import numpy as np

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def demo_shards(base: Path) -> Path:
     """Demo dataset + its shards (written once per session)."""
-    from helpers.demo_data import make_demo_dataset
-    from helpers.manifest import read_manifest
-    from helpers.shards import write_shards
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.manifest import read_manifest
+    from helpers.data.shards import write_shards
 
     out = base / "demo_shards"
     if not (out / "index.json").is_file():
@@ -58,7 +58,7 @@ def trained(base: Path, stages=("heads",)):
     Results are those of the run that actually trained each stage, whichever
     test file asked first (this module is imported once per session).
     """
-    from helpers.training import train_stage
+    from helpers.train.training import train_stage
 
     ws = new_workspace(base, "trained")
     for s in stages:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers.acquire import RECORD_NAME, acquire_dataset, find_dataset_root, is_drive_source
-from helpers.dataset import DatasetError, open_dataset
-from helpers.demo_data import make_demo_dataset
-from helpers.manifest import read_manifest
+from helpers.data.acquire import RECORD_NAME, acquire_dataset, find_dataset_root, is_drive_source
+from helpers.data.dataset import DatasetError, open_dataset
+from helpers.data.demo_data import make_demo_dataset
+from helpers.data.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Complete vs torn checkpoints, on small real TensorFlow checkpoints."""
 import pytest
 
-from helpers import checkpoints as ckpts
+from helpers.train import checkpoints as ckpts
 
 
 @pytest.fixture()

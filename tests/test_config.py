@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import config
+from helpers.train import config
 
 
 def cfg(profile, stage="heads", **kw):

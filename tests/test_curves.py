@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from _training_support import trained  # noqa: E402
-from helpers import curves  # noqa: E402
+from helpers.train import curves  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.dataset import (DatasetError, DatasetNote, open_dataset, read_image, read_mask, read_masks,
+from helpers.data.dataset import (DatasetError, DatasetNote, open_dataset, read_image, read_mask, read_masks,
                              validate_dataset)
-from helpers.demo_data import make_demo_dataset
+from helpers.data.demo_data import make_demo_dataset
 
 
 @pytest.fixture(scope="module")

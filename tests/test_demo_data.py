@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.dataset import open_dataset, read_image, read_masks, validate_dataset
-from helpers.demo_data import make_demo_dataset
-from helpers.manifest import read_manifest, validate_against_manifest
-from helpers.organs import organ_of
+from helpers.data.dataset import open_dataset, read_image, read_masks, validate_dataset
+from helpers.data.demo_data import make_demo_dataset
+from helpers.data.manifest import read_manifest, validate_against_manifest
+from helpers.data.organs import organ_of
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections, decode_rles, encode_crops, rle_iou
-from helpers.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
+from helpers.infer.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
                               load_strategy, merge_detections, merge_tiles, route, save_strategy)
-from helpers.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid, transform_detections
+from helpers.infer.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid, transform_detections
 
 H = W = 120
 BREAST, PROSTATE, COLON = "TCGA-A7-D000-01Z-00-DX1", "TCGA-G9-D002-01Z-00-DX1", "TCGA-AY-D100-01Z-00-DX1"
@@ -40,8 +40,8 @@ def test_route_by_organ_and_by_image():
 
 
 def test_route_with_manifest(tmp_path):
-    from helpers.demo_data import make_demo_dataset
-    from helpers.manifest import read_manifest
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.manifest import read_manifest
 
     root = make_demo_dataset(tmp_path / "d", n_train=3, n_test=1, size=64)
     rows = read_manifest(root / "data_manifest.csv")

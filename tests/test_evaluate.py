@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections, encode_masks
-from helpers.evaluate import EvaluationError, evaluate, format_table, load_ground_truth
+from helpers.infer.evaluate import EvaluationError, evaluate, format_table, load_ground_truth
 
 
 @pytest.fixture(scope="module")
 def demo_gt(tmp_path_factory):
     """{image_id: (N, H, W) bool masks} of the generated demo dataset (train pool)."""
-    from helpers.dataset import open_dataset, read_masks
-    from helpers.demo_data import make_demo_dataset
+    from helpers.data.dataset import open_dataset, read_masks
+    from helpers.data.demo_data import make_demo_dataset
 
     root = make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=0, n_train=4, n_test=1, size=256)
     ds = open_dataset(root)
@@ -120,7 +120,7 @@ def test_load_ground_truth(demo_gt):
 def test_real_image_perfect_and_capped(real_data):
     """One real 1000x1000 image: GT as predictions scores 1.0 at maxDets 1000; ranking
     all nuclei with maxDets 100 cannot reach it (the image has more than 100 nuclei)."""
-    from helpers.dataset import open_dataset
+    from helpers.data.dataset import open_dataset
 
     ds = open_dataset(real_data)
     item = min(ds.train, key=lambda it: it.n_nuclei)

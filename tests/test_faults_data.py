@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import prepare
-from helpers.acquire import RECORD_NAME, acquire_dataset, is_drive_source
 from helpers.coco_format import Detections
-from helpers.dataset import DatasetError, DatasetNote, open_dataset
-from helpers.demo_data import make_demo_dataset
-from helpers.manifest import MANIFEST_NAME, WORKSPACE_MANIFEST, build_manifest, read_manifest, write_manifest
-from helpers.shards import INDEX_NAME, ShardError, load_index, read_shard, select_shards, verify_shards, write_shards
-from helpers.submission import (SubmissionNote, build_answer, check_answer, load_test_images, read_answer,
+from helpers.data import prepare
+from helpers.data.acquire import RECORD_NAME, acquire_dataset, is_drive_source
+from helpers.data.dataset import DatasetError, DatasetNote, open_dataset
+from helpers.data.demo_data import make_demo_dataset
+from helpers.data.manifest import MANIFEST_NAME, WORKSPACE_MANIFEST, build_manifest, read_manifest, write_manifest
+from helpers.data.shards import INDEX_NAME, ShardError, load_index, read_shard, select_shards, verify_shards, write_shards
+from helpers.infer.submission import (SubmissionNote, build_answer, check_answer, load_test_images, read_answer,
                                 write_answer)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,8 +180,8 @@ def test_03_a_failure_half_way_keeps_every_finished_shard(src, workspace):
 
 _WRITER = """
 import sys
-from helpers.manifest import read_manifest
-from helpers.shards import write_shards
+from helpers.data.manifest import read_manifest
+from helpers.data.shards import write_shards
 write_shards(sys.argv[1], read_manifest(sys.argv[2]), sys.argv[3], progress=False, verbose=False)
 """
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from _training_support import file_snapshot, new_workspace, run_child
-from helpers import checkpoints as ckpts
-from helpers import training
+from helpers.train import checkpoints as ckpts
+from helpers.train import training
 
 
 def _half_trained(base, heads, name):
@@ -102,7 +102,7 @@ def test_sigkill_during_a_save_leaves_nothing_behind_and_resumes(base, heads):
     ws = new_workspace(base, "kill_in_save", copy_from=heads[0].root)
     sdir = ws.checkpoints / "all"
     child = run_child(f"""
-from helpers import training
+from helpers.train import training
 training.train_stage('all', 'demo', {str(ws.root)!r}, steps=40, checkpoint_every=1, progress=False)
 """)
     deadline, killed = time.time() + 600, False

@@ -24,10 +24,10 @@ import pytest
 import requests
 import urllib3
 
-import helpers.acquire as acquire
-from helpers.acquire import acquire_dataset
-from helpers.dataset import DatasetError
-from helpers.demo_data import make_demo_dataset
+import helpers.data.acquire as acquire
+from helpers.data.acquire import acquire_dataset
+from helpers.data.dataset import DatasetError
+from helpers.data.demo_data import make_demo_dataset
 
 FILE_ID = "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"  # 33 characters, like real Drive ids
 PRIVATE_ID = "1PrIvAtEfIlEnOtShArEdWiThAnYoNe99"

@@ -63,6 +63,13 @@ def modules() -> list[Path]:
     return sorted(p for p in HELPERS.rglob("*.py") if p.name != "__init__.py")
 
 
+def test_every_module_has_its_place_in_its_room():
+    for path in modules():
+        assert path.stem in ROOM, f"{path}: add it to LAYERS in tests/test_layout.py"
+        room = path.parent.relative_to(HELPERS).as_posix()
+        assert ROOM[path.stem] == ("" if room == "." else room), f"{path} belongs in helpers/{ROOM[path.stem]}"
+
+
 @pytest.mark.parametrize("path", modules(), ids=lambda p: p.stem)
 def test_imports_point_downward(path):
     assert upward_imports(path) == []
@@ -72,3 +79,19 @@ def test_the_check_sees_an_upward_import_inside_a_function():
     path = next(p for p in modules() if p.stem == "config")
     source = path.read_text() + "\n\ndef _late():\n    from helpers.train.training import train_stage\n"
     assert any("training" in msg and "lies above" in msg for msg in upward_imports(path, source))
+
+
+def test_readme_layout_lists_every_module():
+    """The README's "Where things live" tree names each helpers module in its folder, no more."""
+    import re
+
+    text = (HELPERS.parent / "README.md").read_text()
+    block = text[text.index("\nhelpers/ "):text.index("\nconstraints/ ")].splitlines()[2:]
+    listed, room = set(), ""
+    for line in block:
+        m = re.match(r"^  (  )?(\S+)", line)
+        if m and m.group(2).endswith("/"):
+            room = m.group(2)
+        elif m:
+            listed.add(f"{room if m.group(1) else ''}{m.group(2)}")
+    assert listed == {p.relative_to(HELPERS).as_posix() for p in modules()}

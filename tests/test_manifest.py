@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.dataset import DatasetError, open_dataset
-from helpers.demo_data import make_demo_dataset
-from helpers.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split,
+from helpers.data.dataset import DatasetError, open_dataset
+from helpers.data.demo_data import make_demo_dataset
+from helpers.data.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split,
                               read_manifest, set_val_split, split_ids, summarize, validate_against_manifest,
                               write_manifest)
-from helpers.organs import organ_of
+from helpers.data.organs import organ_of
 
 SHARD_RE = re.compile(r"^(labeled|test)-([a-z]+)-(\d{5})-of-(\d{5})\.tfrecord$")
 

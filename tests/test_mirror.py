@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from _training_support import model_vars, new_workspace, optimizer_iterations, run_child
-from helpers import checkpoints as ckpts
-from helpers import colab, mirror, training
+from helpers import colab
 from helpers.atomic import PARTIAL_MARKER
+from helpers.train import checkpoints as ckpts
+from helpers.train import mirror, training
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def test_mirrored_run_puts_every_checkpoint_complete_on_drive(mirrored):
 
 
 def test_loss_curves_read_from_the_mirrored_workspace(mirrored):
-    from helpers.curves import read_curves
+    from helpers.train.curves import read_curves
 
     ws, _, _ = mirrored
     steps, _ = read_curves(ws, "heads")["total_loss"]
@@ -86,7 +87,8 @@ def test_kill_during_the_drive_copy_keeps_the_previous_checkpoint_and_resume_use
     code = f"""
 import time
 from pathlib import Path
-from helpers import colab, mirror, training
+from helpers import colab
+from helpers.train import mirror, training
 real = mirror.copy_file
 def slow(src, dst, **kw):
     if Path(src).name.startswith("ckpt-10.data"):

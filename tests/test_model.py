@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from _training_support import demo_dataset, trained
-from helpers import model as M
+from helpers.infer import model as M
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def loaded(heads_ws):
 
 @pytest.fixture(scope="session")
 def image(heads_ws):
-    from helpers.dataset import open_dataset, read_image
+    from helpers.data.dataset import open_dataset, read_image
 
     return read_image(open_dataset(demo_dataset(heads_ws[1])).train[0].image_path)
 

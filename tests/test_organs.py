@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.organs import ORGANS, TSS_TABLE, UNKNOWN, UnknownOrganError, organ_of, tss_code
+from helpers.data.organs import ORGANS, TSS_TABLE, UNKNOWN, UnknownOrganError, organ_of, tss_code
 
 # The TCGA TSS table (GDC code tables) for the codes of the course dataset.
 EXPECTED = {

@@ -6,8 +6,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers.coco_format import Detections, encode_masks  # noqa: E402
-from helpers.evaluate import evaluate  # noqa: E402
-from helpers.overlays import (COLORS, eval_overlay, eval_overlay_array, eval_overlays, figure_png,  # noqa: E402
+from helpers.infer.evaluate import evaluate  # noqa: E402
+from helpers.infer.overlays import (COLORS, eval_overlay, eval_overlay_array, eval_overlays, figure_png,  # noqa: E402
                               prediction_overlay, score_histogram)
 
 H = W = 100

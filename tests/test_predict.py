@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import checkpoints as ckpts
-from helpers import predict
 from helpers.coco_format import rle_iou
-from helpers.model import CheckpointNotFound
+from helpers.infer import predict
+from helpers.infer.model import CheckpointNotFound
+from helpers.train import checkpoints as ckpts
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def ws(demo_workflow):
 
 
 def test_flipped_prediction_is_mapped_back(ws):
-    from helpers.model import load_model
+    from helpers.infer.model import load_model
 
     model, params = load_model(ws, "all", min_score=0.0)
     image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
@@ -51,7 +51,7 @@ def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):
 
 
 def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
-    from helpers.model import load_model
+    from helpers.infer.model import load_model
 
     model, params = load_model(ws, "all", min_score=0.0)
     image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
@@ -65,7 +65,7 @@ def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
 
 
 def test_ground_truth_comes_from_the_shards(ws):
-    from helpers.shards import read_shard, select_shards
+    from helpers.data.shards import read_shard, select_shards
 
     val = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val)

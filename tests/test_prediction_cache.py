@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections
-from helpers.prediction_cache import CacheError, CacheKey, PredictionCache
+from helpers.infer.prediction_cache import CacheError, CacheKey, PredictionCache
 
 IMG = "TCGA-A7-D000-01Z-00-DX1"
 

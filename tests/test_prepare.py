@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from helpers import manifest as mf
-from helpers import prepare, shards
-from helpers.dataset import DatasetError
+from helpers.data import manifest as mf
+from helpers.data import prepare, shards
+from helpers.data.dataset import DatasetError
 
 
 def test_demo_dataset_prepared_and_split(workspace):

@@ -1,12 +1,12 @@
-"""Leaderboard-aware rescoring (helpers.rescore) and the split's AP ceiling."""
+"""Leaderboard-aware rescoring (helpers.infer.rescore) and the split's AP ceiling."""
 import numpy as np
 import pytest
 
-from helpers import rescore
 from helpers.coco_format import Detections
-from helpers.ensemble import merge_detections
-from helpers.evaluate import ceiling, evaluate
-from helpers.tta import invert_tta, transform_detections
+from helpers.infer import rescore
+from helpers.infer.ensemble import merge_detections
+from helpers.infer.evaluate import ceiling, evaluate
+from helpers.infer.tta import invert_tta, transform_detections
 
 H = W = 200
 

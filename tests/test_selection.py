@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from helpers import selection, training
+from helpers.infer import selection
+from helpers.train import training
 from helpers.workspace import get_workspace
 
 

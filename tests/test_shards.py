@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.dataset import open_dataset, read_image, read_masks
-from helpers.demo_data import make_demo_dataset
-from helpers.manifest import (REPO_MANIFEST, choose_val_split, read_manifest, set_val_split, sha256_file,
+from helpers.data.dataset import open_dataset, read_image, read_masks
+from helpers.data.demo_data import make_demo_dataset
+from helpers.data.manifest import (REPO_MANIFEST, choose_val_split, read_manifest, set_val_split, sha256_file,
                               split_ids)
-from helpers.shards import (INDEX_NAME, ShardError, load_index, mask_box, read_shard, select_shards, verify_shards,
+from helpers.data.shards import (INDEX_NAME, ShardError, load_index, mask_box, read_shard, select_shards, verify_shards,
                             write_shards)
 
 NAME_RE = re.compile(r"^(labeled|test)-[a-z]+-\d{5}-of-\d{5}\.tfrecord$")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections, decode_rles
-from helpers.submission import (SubmissionError, build_answer, check_answer, load_test_images, read_answer,
+from helpers.infer.submission import (SubmissionError, build_answer, check_answer, load_test_images, read_answer,
                                 resolve_overlaps, validate_answer, write_answer)
 
 A, B = "TCGA-E2-D100-01Z-00-DX1", "TCGA-G9-D101-01Z-00-DX1"
@@ -175,7 +175,7 @@ def test_real_test_img_ids(real_data):
     imgs = load_test_images(real_data / "test_img_ids.json")
     assert len(imgs) == 6 and all((t.height, t.width) == (1000, 1000) for t in imgs)
     assert {t.file_name for t in imgs} == {p.name for p in (real_data / "test").glob("*.png")}
-    from helpers.dataset import open_dataset
+    from helpers.data.dataset import open_dataset
 
     assert load_test_images(open_dataset(real_data)) == imgs
 
@@ -183,13 +183,13 @@ def test_real_test_img_ids(real_data):
 def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
     """What notebooks 04 and 05 do, with stand-in model outputs: cache per model, compare
     on the validation split, record the choice, apply it to the test images, submit."""
-    from helpers.dataset import open_dataset, read_image
-    from helpers.demo_data import make_demo_dataset
-    from helpers.ensemble import Router, compare, load_strategy, save_strategy
-    from helpers.evaluate import load_ground_truth
-    from helpers.manifest import read_manifest, split_ids
-    from helpers.overlays import prediction_overlay, score_histogram
-    from helpers.prediction_cache import PredictionCache
+    from helpers.data.dataset import open_dataset, read_image
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.infer.ensemble import Router, compare, load_strategy, save_strategy
+    from helpers.infer.evaluate import load_ground_truth
+    from helpers.data.manifest import read_manifest, split_ids
+    from helpers.infer.overlays import prediction_overlay, score_histogram
+    from helpers.infer.prediction_cache import PredictionCache
 
     root = make_demo_dataset(tmp_path / "demo", n_train=4, n_test=2, size=128)
     ds = open_dataset(root)

@@ -24,7 +24,7 @@ def _full(rec):
 
 
 def _window(rec, window):
-    from helpers.train_input import WindowDecoder
+    from helpers.train.train_input import WindowDecoder
 
     d = WindowDecoder(window).decode(rec)
     return {k: v.numpy() for k, v in d.items()}
@@ -70,7 +70,7 @@ def test_window_is_a_native_crop_with_the_visible_instances(records):
 def test_without_instance_map_the_mask_pngs_are_used(records):
     import tensorflow as tf
 
-    from helpers.shards import INSTANCE_MAP_KEY
+    from helpers.data.shards import INSTANCE_MAP_KEY
 
     ex = tf.train.Example.FromString(records[0].numpy())
     del ex.features.feature[INSTANCE_MAP_KEY]
@@ -86,7 +86,7 @@ def test_stain_jitter_changes_colour_but_not_geometry(records):
     image differs, and equal colours map to equal colours (a per-colour map: nothing moves)."""
     import tensorflow as tf
 
-    from helpers.train_input import WindowDecoder
+    from helpers.train.train_input import WindowDecoder
 
     for rec in records:
         tf.random.set_seed(7)
@@ -105,7 +105,7 @@ def test_stain_jitter_changes_colour_but_not_geometry(records):
 def test_hed_round_trip_and_stain_directions():
     import tensorflow as tf
 
-    from helpers.train_input import hed_to_rgb, rgb_to_hed, stain_jitter
+    from helpers.train.train_input import hed_to_rgb, rgb_to_hed, stain_jitter
 
     rgb = np.random.default_rng(0).uniform(0.05, 1, (16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(rgb)).numpy(), rgb, atol=1e-4)
@@ -121,7 +121,7 @@ def _parsed_box_sides(base: Path, scale, n=8):
     """Median box side (px) of the parser's ground truth for the demo profile at ``scale``."""
     import tensorflow as tf
 
-    from helpers import config, training
+    from helpers.train import config, training
 
     prof = config.get_profile("demo", scale=scale, scale_jitter=(1.0, 1.0))
     files = sorted(str(f) for f in demo_shards(base).glob("labeled-*.tfrecord"))
@@ -148,7 +148,7 @@ def test_scale_enlarges_the_training_crops_content(tmp_path_factory):
 DENSE_RSS_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from helpers import config, training
+from helpers.train import config, training
 profile, shard, logdir = sys.argv[1:4]
 cfg = config.experiment_config(profile, "all", [shard], accelerator="cpu")
 ds = training.build_task(cfg, Path(logdir)).build_inputs(cfg.task.train_data)
@@ -167,8 +167,8 @@ def test_densest_real_image_makes_a_training_batch_in_bounded_memory(real_data, 
     import subprocess
     import sys
 
-    from helpers.manifest import REPO_MANIFEST, read_manifest
-    from helpers.shards import write_shards
+    from helpers.data.manifest import REPO_MANIFEST, read_manifest
+    from helpers.data.shards import write_shards
 
     d = tmp_path_factory.getbasetemp() / "dense_shard"
     rows = read_manifest(REPO_MANIFEST)
@@ -210,7 +210,7 @@ def test_parser_call_copies_model_gardens_in_full():
     from official.vision.dataloaders import maskrcnn_input
     from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-    from helpers.train_input import NucleiMaskRCNNTask
+    from helpers.train.train_input import NucleiMaskRCNNTask
 
     ours = _parser_keywords(NucleiMaskRCNNTask.build_inputs)
     signature = set(inspect.signature(maskrcnn_input.Parser).parameters)

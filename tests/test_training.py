@@ -14,8 +14,8 @@ import pytest
 
 from _training_support import (backbone_vars, file_snapshot, model_vars, new_workspace,
                                optimizer_iterations, run_child, trained)
-from helpers import checkpoints as ckpts
-from helpers import training
+from helpers.train import checkpoints as ckpts
+from helpers.train import training
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +102,7 @@ def test_sigkill_after_step_5_resumes_at_5_like_an_uninterrupted_run(base, heads
     assert res.learning_rate == pytest.approx(full.learning_rate, rel=1e-6)
     assert optimizer_iterations(sdir / "ckpt-10") == 10
 
-    from helpers.curves import read_curves
+    from helpers.train.curves import read_curves
     curves = read_curves(ws, "heads")
     steps, _ = curves["total_loss"]
     assert steps == list(range(1, 11))  # one point per step across the two runs
@@ -159,7 +159,7 @@ def test_mirrored_strategy_over_two_logical_cpus(base):
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from helpers import training
+from helpers.train import training
 r = training.train_stage('heads', 'demo', {str(ws.root)!r}, steps=3, strategy='mirrored',
                          images_per_batch=2, progress=False)
 print('REPLICAS', training.pick_strategy('mirrored').num_replicas_in_sync, 'END', r.end_step, r.status)
@@ -185,7 +185,7 @@ def test_time_budget_stops_with_a_checkpoint(base, heads):
 
 @pytest.mark.slow
 def test_colab_profile_builds_full_size_model_on_cpu():
-    from helpers import config
+    from helpers.train import config
     from official.vision.tasks import maskrcnn
 
     cfg = config.experiment_config("colab", "heads", ["x.tfrecord"], accelerator="cpu")
@@ -213,7 +213,7 @@ def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
     train + val by default."""
     import json as _json
 
-    from helpers import config
+    from helpers.train import config
     from helpers.atomic import atomic_write_json
 
     ws = new_workspace(base, "scratch_plan")
@@ -242,7 +242,7 @@ def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
 
 
 def test_unreachable_pretrained_weights_fail_fast_with_the_way_out(base):
-    from helpers import config
+    from helpers.train import config
 
     ws = new_workspace(base, "pretrained")
     prof = config.get_profile("demo", pretrained="https://weights.invalid/resnet.tar.gz")

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 from pycocotools.coco import COCO
 
-from helpers import evaluate, predict, submission
+from helpers.infer import evaluate, predict, submission
 from helpers.notebooks import workflow_notebooks
 
 
@@ -71,7 +71,7 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
 
 
 def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
-    from helpers import rescore
+    from helpers.infer import rescore
 
     text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
     saved = json.loads((demo_workflow.predictions / rescore.CHOICE_FILE).read_text())

@@ -27,7 +27,7 @@ from official.vision.dataloaders import input_reader, input_reader_factory, mask
 from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-from helpers.shards import INSTANCE_MAP_KEY  # written by helpers.shards (pixel = object number)
+from helpers.data.shards import INSTANCE_MAP_KEY  # written by helpers.data.shards (pixel = object number)
 
 
 # Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's

@@ -17,7 +17,7 @@ The whole policy, in one place:
 * **Drive may still lose what the runtime wrote**: its FUSE mount uploads in the background, and
   a VM that dies first takes the rest with it. So a resume never trusts the state file:
   :func:`resume_point` takes the newest checkpoint that passes the full check
-  (:func:`helpers.checkpoints.latest_complete`) on local disk and on Drive, uses the newer of the
+  (:func:`helpers.train.checkpoints.latest_complete`) on local disk and on Drive, uses the newer of the
   two, and copies a Drive one to local disk first. Because ``keep`` checkpoints stay on Drive,
   an upload that was cut off still has a complete predecessor.
 * **Training never waits on Drive**, except once when a run ends: the run's last checkpoint
@@ -42,10 +42,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import checkpoints as ckpts
 from helpers import colab
 from helpers.atomic import atomic_path, is_partial
-from helpers.stages import STAGE_FILE
+from helpers.train import checkpoints as ckpts
+from helpers.train.stages import STAGE_FILE
 
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
@@ -230,7 +230,7 @@ def resume_point(local_dir, remote_dir) -> tuple[tuple[int, Path] | None, str]:
 
     Returns ``((step, prefix), where)`` with ``where`` = ``"local"`` or ``"drive"``, or
     ``(None, "none")``. Torn checkpoints on either side are set aside with a warning
-    (:func:`helpers.checkpoints.latest_complete`). On a tie, local disk wins (no copy needed).
+    (:func:`helpers.train.checkpoints.latest_complete`). On a tie, local disk wins (no copy needed).
     """
     local_dir, remote_dir = Path(local_dir), Path(remote_dir)
     remote = ckpts.latest_complete(remote_dir) if remote_dir.is_dir() else None

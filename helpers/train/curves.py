@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.stages import stage_dir
+from helpers.train.stages import stage_dir
 
 # The losses Model Garden's Mask R-CNN task reports each step (the training progress bar shows them too).
 LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",

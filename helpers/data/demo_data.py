@@ -6,10 +6,10 @@
     root/train/<ID>/masks/mask_NNNN.png   one 0/255 mask per nucleus (no overlaps; some touch)
     root/test/<ID>.png
     root/test_img_ids.json
-    root/data_manifest.csv            (helpers.manifest format, default val split)
+    root/data_manifest.csv            (helpers.data.manifest format, default val split)
 
 Ids look like TCGA barcodes with real tissue-source-site codes (so
-``helpers.organs.organ_of`` resolves them) but a ``D`` patient field that does
+``helpers.data.organs.organ_of`` resolves them) but a ``D`` patient field that does
 not exist in TCGA, e.g. ``TCGA-A7-D000-01Z-00-DX1``.
 Nuclei are purple (hematoxylin), radius ~4-14 px, ellipses and irregular blobs.
 The same seed and arguments give the same bytes.
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from helpers.atomic import dir_mode, remove_stale_partials
-from helpers.manifest import MANIFEST_NAME, build_manifest, manifest_csv, read_manifest, write_manifest
+from helpers.data.manifest import MANIFEST_NAME, build_manifest, manifest_csv, read_manifest, write_manifest
 
 # (tss code, organ) used for demo ids; train cycles through these
 TRAIN_CODES = ("A7", "B0", "G9", "AR", "HE", "CH")  # breast, kidney, prostate, x2
@@ -192,7 +192,7 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0, n_train: int = 6, 
             same = (root / MANIFEST_NAME).is_file() and \
                 manifest_csv(read_manifest(root / MANIFEST_NAME)) == manifest_csv(rows)
             if same:
-                from helpers.manifest import validate_against_manifest
+                from helpers.data.manifest import validate_against_manifest
                 validate_against_manifest(root, rows, progress=False)
                 shutil.rmtree(tmp)
                 return root

@@ -258,10 +258,10 @@ def ceiling(ground_truth: Mapping[str, object], max_dets: Sequence[int] = DEFAUL
 
 def load_ground_truth(dataset, image_ids: Sequence[str], progress: bool = True) -> dict[str, list[dict]]:
     """``{image_id: [RLE, ...]}`` for training-pool images (e.g. the validation split)
-    of a ``helpers.dataset.Dataset`` (or a dataset root path)."""
+    of a ``helpers.data.dataset.Dataset`` (or a dataset root path)."""
     from helpers.progress import tqdm
 
-    from helpers import dataset as ds
+    from helpers.data import dataset as ds
 
     if not hasattr(dataset, "train"):
         dataset = ds.open_dataset(dataset)

@@ -145,10 +145,10 @@ class RescoreComparison:
     best: str                  # best by ``metric`` ("none" unless a recipe beats it)
     metric: str
     chosen: str
-    ceiling: dict              # what perfect masks score on this split (helpers.evaluate.ceiling)
+    ceiling: dict              # what perfect masks score on this split (helpers.infer.evaluate.ceiling)
 
     def format(self) -> str:
-        from helpers.evaluate import format_table
+        from helpers.infer.evaluate import format_table
 
         lines = [format_table([{**r, "": "<- chosen" if r["recipe"] == self.chosen else ""}
                                for r in self.rows])]
@@ -175,7 +175,7 @@ def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
             passes: Mapping[str, Sequence[Detections]] | None = None, metric: str = "AP@100",
             recipes: Sequence[str] | None = None, choice: str = "") -> RescoreComparison:
     """Each recipe's validation metrics; the best is kept only if it beats ``"none"``."""
-    from helpers.evaluate import ceiling, evaluate
+    from helpers.infer.evaluate import ceiling, evaluate
 
     names = list(recipes or RECIPES)
     if "none" not in names:

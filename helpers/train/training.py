@@ -1,7 +1,7 @@
 """Stage runner: heads -> all -> specialist, on Model Garden's own trainer.
 
 ``train_stage`` builds the Model Garden ``MaskRCNNTask`` from a profile
-(:mod:`helpers.config`) and runs it with Model Garden's
+(:mod:`helpers.train.config`) and runs it with Model Garden's
 ``OrbitExperimentRunner`` (the engine behind ``train_lib.run_experiment``):
 its Trainer, Orbit Controller, ``tf.train.CheckpointManager`` and a
 ``tf.distribute`` strategy. We only decide *when* to stop (step target or
@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from helpers import checkpoints as ckpts
-from helpers import config as cfglib
-from helpers import mirror
 from helpers.atomic import atomic_path, atomic_write_json
-from helpers.curves import LOSS_KEYS
-from helpers.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
-from helpers.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.train import checkpoints as ckpts
+from helpers.train import config as cfglib
+from helpers.train import mirror
+from helpers.train.curves import LOSS_KEYS
+from helpers.train.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
+from helpers.train.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
 from helpers.workspace import Workspace, as_workspace
 
 
@@ -94,7 +94,7 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     Specialist stages need ``image_ids`` or ``organs``; heads/all use every
     training shard unless told otherwise.
     """
-    from helpers import shards
+    from helpers.data import shards
 
     if cfglib.stage_kind(stage) == "specialist" and not (image_ids or organs):
         raise ValueError(f"stage {stage!r}: a specialist trains on a subset; pass organs=[...] "
@@ -102,7 +102,7 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     index_path = Path(ws.shards) / shards.INDEX_NAME
     if not index_path.is_file():
         raise NoTrainingData(f"{index_path} not found: write the shards first (notebook 01, "
-                             "helpers.shards.write_shards)")
+                             "helpers.data.shards.write_shards)")
     files = [str(p) for p in shards.select_shards(ws.shards, image_ids=image_ids, organs=organs,
                                                   splits=tuple(splits))]
     if not files:
@@ -275,7 +275,7 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
       its complete checkpoints; Model Garden saves into ``model_dir``.
     * ``model_dir == sdir``: resume from the newest complete checkpoint there.
     * ``model_dir`` on the runtime's local disk: from the newer complete checkpoint of local
-      disk and workspace (:func:`helpers.mirror.resume_point`); a local folder left by another
+      disk and workspace (:func:`helpers.train.mirror.resume_point`); a local folder left by another
       run of the stage is set aside first.
     * Torn checkpoints are set aside with a warning and the one before is used.
     * Checkpoints made under another config are refused (:class:`StageConfigMismatch`).
@@ -330,7 +330,7 @@ def _parent_checkpoint(ws: Workspace, stage: str) -> str:
 
 def build_task(cfg, logging_dir):
     """Model Garden's MaskRCNNTask for ``cfg``, with the dense-nuclei window decoder."""
-    from helpers.train_input import NucleiMaskRCNNTask
+    from helpers.train.train_input import NucleiMaskRCNNTask
 
     return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
@@ -397,7 +397,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       time_budget_s: stop (with a checkpoint) before this many seconds have
         passed since the call; re-run to continue.
       stop_at_step: stop (with a checkpoint) at this global step; re-run to continue.
-      image_ids / organs: training subset (specialist stages), via helpers.shards.select_shards.
+      image_ids / organs: training subset (specialist stages), via helpers.data.shards.select_shards.
       train_files: explicit shard paths instead (bypasses the workspace's shard index).
       splits: manifest splits to train on; default ("train",), and ("train", "val") for
         stage ``"final"``: the `all` stage again, on every labelled image, once the choices
@@ -414,7 +414,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       local_checkpoints: where Model Garden saves: a folder on the runtime's own disk whose
         newest checkpoint is copied to the workspace in the background, or False to save
         straight into the workspace. Default (None): ``$NUCLEI_LOCAL_CHECKPOINTS``, else local
-        disk when the workspace is on Colab's Drive mount (see :mod:`helpers.mirror`).
+        disk when the workspace is on Colab's Drive mount (see :mod:`helpers.train.mirror`).
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
     t_call = time.perf_counter()

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.atomic import atomic_write_json, remove_stale_partials
-from helpers.dataset import DatasetError, open_dataset
-from helpers.manifest import read_manifest, validate_against_manifest
+from helpers.data.dataset import DatasetError, open_dataset
+from helpers.data.manifest import read_manifest, validate_against_manifest
 
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")
 _IGNORED = {"__MACOSX", ".DS_Store"}

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers import manifest as mf
-from helpers.acquire import acquire_dataset
-from helpers.dataset import DatasetError, open_dataset, read_image, read_masks
-from helpers.demo_data import make_demo_dataset
+from helpers.data import manifest as mf
+from helpers.data.acquire import acquire_dataset
+from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
+from helpers.data.demo_data import make_demo_dataset
 from helpers.drawing import outline
 from helpers.workspace import Workspace
 

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.atomic import atomic_write_text
-from helpers.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
+from helpers.data.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
                              validate_dataset, warn_empty_masks)
-from helpers.organs import organ_of
+from helpers.data.organs import organ_of
 
 COLUMNS = ("image_id", "split", "organ", "n_nuclei", "height", "width", "sha256", "shard")
 INT_COLUMNS = ("n_nuclei", "height", "width")
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "data_manifest.csv"
 WORKSPACE_MANIFEST = "manifest.csv"  # <workspace>/data/manifest.csv: the manifest with the chosen split
-REPO_MANIFEST = Path(__file__).resolve().parents[1] / MANIFEST_NAME
+REPO_MANIFEST = Path(__file__).resolve().parents[2] / MANIFEST_NAME
 
 LABELED_POOL, TEST_POOL = "labeled", "test"
 
@@ -178,7 +178,7 @@ def read_manifest(path: str | os.PathLike = REPO_MANIFEST) -> list[dict]:
     """Rows of a manifest CSV (ints for n_nuclei/height/width); DatasetError if malformed."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path} not found; regenerate it with helpers.manifest.build_manifest "
+        raise DatasetError(f"{path} not found; regenerate it with helpers.data.manifest.build_manifest "
                            "and write_manifest, or use the committed data_manifest.csv")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -281,7 +281,7 @@ def validate_against_manifest(root: str | os.PathLike, rows: Iterable[dict] | st
             raise DatasetError(
                 f"{masks} holds {it.n_nuclei} masks{skipped} but the manifest says {r['n_nuclei']}: the dataset "
                 "differs from the one the manifest describes. Re-acquire the original dataset, or, if your data "
-                "is meant to be this way, rebuild the manifest from it (helpers.manifest.build_manifest + "
+                "is meant to be this way, rebuild the manifest from it (helpers.data.manifest.build_manifest + "
                 "write_manifest) and pass it as manifest_path")
     if check_pixels:
         validate_dataset(ds, progress=progress)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from helpers import ensemble, rescore
 from helpers.coco_format import Detections
-from helpers.manifest import workspace_manifest
-from helpers.predict import image_ids_of, predict_stage
+from helpers.data.manifest import workspace_manifest
+from helpers.infer import ensemble, rescore
+from helpers.infer.predict import image_ids_of, predict_stage
 from helpers.workspace import Workspace, as_workspace
 
 CHOICE_FILE = "ensemble.json"  # predictions/ensemble.json: the strategy notebook 04 chose
@@ -145,7 +145,7 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
 
 
 def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:
-    from helpers.config import FINAL_STAGE
+    from helpers.train.config import FINAL_STAGE
 
     if FINAL_STAGE in models.values() and set(image_ids) & set(image_ids_of(as_workspace(workspace), "val")):
         raise ValueError(f"stage {FINAL_STAGE!r} was trained on the validation images, so it would win "
@@ -155,14 +155,14 @@ def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids:
 
 def _cache_name(name: str, stage: str) -> str:
     """Predictions of the final stage standing in for model ``name`` are cached apart from it."""
-    from helpers.config import FINAL_STAGE
+    from helpers.train.config import FINAL_STAGE
 
     return f"{name}-{FINAL_STAGE}" if stage == FINAL_STAGE and name != FINAL_STAGE else name
 
 
 def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
-    from helpers.config import FINAL_STAGE
-    from helpers.stages import stage_status
+    from helpers.train.config import FINAL_STAGE
+    from helpers.train.stages import stage_status
 
     status = stage_status(ws, FINAL_STAGE)
     if "finished" not in status or "in progress" in status:
@@ -176,8 +176,8 @@ def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
 
 def test_images(workspace):
     """The test images with their submission ids, from the dataset's test_img_ids.json."""
-    from helpers.shards import load_index
-    from helpers.submission import load_test_images
+    from helpers.data.shards import load_index
+    from helpers.infer.submission import load_test_images
 
     return load_test_images(Path(load_index(as_workspace(workspace).shards)["dataset_root"]))
 
@@ -194,7 +194,7 @@ def _stages_of(ws: Workspace, names: Sequence[str]) -> dict[str, str]:
 
 def _cached_stage(ws: Workspace, name: str) -> str | None:
     """The stage a model name was predicted with in notebook 04 (from the cache's meta)."""
-    from helpers.prediction_cache import PredictionCache
+    from helpers.infer.prediction_cache import PredictionCache
 
     cache = PredictionCache(ws.predictions)
     for key in cache.keys(name):

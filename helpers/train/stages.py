@@ -1,16 +1,16 @@
 """A stage's folder, ``ws.checkpoints/<stage>/``, and its record ``stage.json``.
 
 ``stage.json`` holds the profile, the planned steps and the config fingerprint the stage's
-checkpoints were trained with (written once, by :mod:`helpers.training`); prediction rebuilds
-the model from it (:mod:`helpers.model`). :func:`stage_status` says how far a stage got.
+checkpoints were trained with (written once, by :mod:`helpers.train.training`); prediction rebuilds
+the model from it (:mod:`helpers.infer.model`). :func:`stage_status` says how far a stage got.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from helpers import checkpoints as ckpts
-from helpers import config as cfglib
+from helpers.train import checkpoints as ckpts
+from helpers.train import config as cfglib
 from helpers.workspace import as_workspace
 
 STAGE_FILE = "stage.json"

@@ -33,7 +33,7 @@ import numpy as np
 from helpers.atomic import atomic_path, atomic_write_json
 from helpers.coco_format import (CATEGORIES, CATEGORY_ID, Detections, RLEError, check_rle, coco_from_dataset,
                                  decode_crop, encode_crops, load_results, result_entries, rle_bbox)
-from helpers.dataset import TEST_IDS_FILE
+from helpers.data.dataset import TEST_IDS_FILE
 
 ANSWER_JSON = "answer.json"
 ANSWER_ZIP = "answer.zip"
@@ -74,12 +74,12 @@ class TestImage:
 
 def load_test_images(source) -> list[TestImage]:
     """Test images from ``test_img_ids.json`` (its path, or the dataset root that holds
-    it), a ``helpers.dataset.Dataset``, or a list of ``{file_name, id, height, width}``."""
-    if hasattr(source, "test") and hasattr(source, "root"):  # helpers.dataset.Dataset
+    it), a ``helpers.data.dataset.Dataset``, or a list of ``{file_name, id, height, width}``."""
+    if hasattr(source, "test") and hasattr(source, "root"):  # helpers.data.dataset.Dataset
         out = []
         for it in source.test:
             if it.height is None or it.width is None:
-                from helpers.dataset import image_size
+                from helpers.data.dataset import image_size
 
                 h, w = image_size(it.image_path)
             else:

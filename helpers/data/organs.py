@@ -85,6 +85,6 @@ def organ_of(image_id: str, strict: bool = False) -> str:
                 f"{image_id!r} is not a TCGA barcode (expected 'TCGA-<site>-...'); "
                 "rename the image or use strict=False to call its organ 'unknown'")
         raise UnknownOrganError(
-            f"tissue source site code {code!r} of {image_id!r} is not in helpers/organs.py TSS_TABLE; "
+            f"tissue source site code {code!r} of {image_id!r} is not in helpers/data/organs.py TSS_TABLE; "
             f"look it up in the {SOURCE} and add it")
     return UNKNOWN

@@ -34,7 +34,7 @@ BASE_EXPERIMENT = "maskrcnn_resnetfpn_coco"  # Model Garden's registered experim
 EXPERIMENT = "nuclei_maskrcnn"              # ours: BASE_EXPERIMENT + the task fields below
 SCALES = (1.0, 1.5, 2.0)                    # input magnifications the `scale` knob offers
 SPECIALIST_PREFIX = "specialist-"
-# The version of helpers.train_input's input pipeline, part of the config fingerprint: bump it
+# The version of helpers.train.train_input's input pipeline, part of the config fingerprint: bump it
 # when the pipeline changes what training sees (so a stage is not resumed on other inputs).
 PIPELINE_VERSION = "window-decoder-v1"
 FINAL_STAGE = "final"  # an `all` stage on every labelled image (train + val), for the submission
@@ -445,7 +445,7 @@ def _model_override(prof: Profile) -> dict:
 def _train_data_override(prof: Profile, train_files: Sequence[str], data_dtype: str) -> dict:
     """``task.train_data``: the shards, the batch and the parser's augmentation."""
     # Training examples reach Model Garden's parser as windows of crop/scale native px
-    # (helpers.train_input.WindowDecoder, task.input_scale). The parser scales its input
+    # (helpers.train.train_input.WindowDecoder, task.input_scale). The parser scales its input
     # by aug_scale * crop / window side, so the magnification is scale * aug_scale.
     # (Images smaller than the window, e.g. demo ones, are enlarged to the crop.)
     lo, hi = prof.scale_jitter

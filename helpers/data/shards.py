@@ -51,9 +51,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from helpers.atomic import atomic_path, atomic_write_json, is_partial
-from helpers.dataset import (DatasetError, EmptyMaskError, nonempty_mask_paths, open_dataset, read_image,
+from helpers.data.dataset import (DatasetError, EmptyMaskError, nonempty_mask_paths, open_dataset, read_image,
                              read_mask, warn_empty_masks)
-from helpers.manifest import assign_shards, pool_of, sha256_file
+from helpers.data.manifest import assign_shards, pool_of, sha256_file
 
 try:
     import cv2
@@ -238,7 +238,7 @@ def _parse_index(shards_dir: str | os.PathLike) -> dict:
     p = Path(shards_dir) / INDEX_NAME
     if not p.is_file():
         raise ShardError(f"{p} not found: the shards were never completed here; run "
-                         "helpers.shards.write_shards (notebook 01) first")
+                         "helpers.data.shards.write_shards (notebook 01) first")
     try:
         idx = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(idx["shards"], list):
@@ -259,7 +259,7 @@ def load_index(shards_dir: str | os.PathLike) -> dict:
     if idx.get("complete") is False:
         raise ShardError(
             f"{p} records an interrupted write_shards run ({len(idx['shards'])} of {idx.get('n_wanted', '?')} "
-            "shards finished): run notebook 01 (helpers.shards.write_shards) again; it keeps the finished "
+            "shards finished): run notebook 01 (helpers.data.shards.write_shards) again; it keeps the finished "
             "shards and writes only the rest")
     return idx
 
@@ -445,7 +445,7 @@ def _write_shard(r: dict, it, want: dict, path: Path, workers, verify: bool, rep
             f"skipped: {[q.name for q in enc.empty[:3]]}) but the manifest says {r['n_nuclei']}: the "
             "dataset differs from the one the manifest describes. Restore the masks from the original "
             "dataset, or, if your data is meant to be this way, rebuild the manifest from it "
-            "(helpers.manifest.build_manifest + write_manifest) and pass it as manifest_path")
+            "(helpers.data.manifest.build_manifest + write_manifest) and pass it as manifest_path")
     if (enc.height, enc.width) != (r["height"], r["width"]):
         raise DatasetError(f"{it.image_path} is {enc.width}x{enc.height} but the manifest says "
                            f"{r['width']}x{r['height']}")

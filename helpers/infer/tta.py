@@ -6,7 +6,7 @@
 * ``tile_grid`` - overlapping windows covering a large image; ``place_in_image`` moves a
   tile's detections into image coordinates (``ensemble.merge_tiles`` joins them).
 
-Fusing the views or tiles is :mod:`helpers.ensemble`'s work (``merge_detections``,
+Fusing the views or tiles is :mod:`helpers.infer.ensemble`'s work (``merge_detections``,
 ``merge_tiles``).
 """
 from __future__ import annotations

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import checkpoints as ckpts
-from helpers import config as cfglib
-from helpers.stages import STAGE_FILE, read_record, stage_dir
+from helpers.train import checkpoints as ckpts
+from helpers.train import config as cfglib
+from helpers.train.stages import STAGE_FILE, read_record, stage_dir
 
 
 class CheckpointNotFound(FileNotFoundError):

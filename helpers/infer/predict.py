@@ -22,14 +22,14 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers import shards as shardlib
 from helpers.coco_format import Detections, detections_from_model_garden, encode_masks
-from helpers.ensemble import merge_detections, merge_tiles
-from helpers.prediction_cache import PredictionCache
-from helpers.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid
+from helpers.data import shards as shardlib
+from helpers.infer.ensemble import merge_detections, merge_tiles
+from helpers.infer.prediction_cache import PredictionCache
+from helpers.infer.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid
 from helpers.workspace import Workspace, as_workspace
 
-AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.tta)
+AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.infer.tta)
 
 
 class PredictionError(ValueError):
@@ -96,7 +96,7 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
     Masks are pasted as Model Garden's COCO evaluation does it
     (``coco_format.detections_from_model_garden``).
     """
-    from helpers.model import input_scale, predict_image
+    from helpers.infer.model import input_scale, predict_image
 
     if augmentation is not None and augmentation not in AUGMENTATIONS:
         raise PredictionError(f"augmentation {augmentation!r} unknown; use one of {list(AUGMENTATIONS)}")
@@ -119,7 +119,7 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
 
 # --------------------------------------------------------------------------- a stage over many images
 def _checkpoint_meta(prefix: Path, **extra) -> dict:
-    from helpers.checkpoints import checkpoint_step
+    from helpers.train.checkpoints import checkpoint_step
 
     return {"checkpoint": prefix.name, "step": int(checkpoint_step(prefix)), **extra}
 
@@ -136,7 +136,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     """
     from helpers.progress import tqdm
 
-    from helpers.model import load_model, resolve_checkpoint
+    from helpers.infer.model import load_model, resolve_checkpoint
 
     ws = as_workspace(workspace)
     name = name or stage
@@ -144,7 +144,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
     prefix = resolve_checkpoint(ws, stage, checkpoint)
-    from helpers.model import stage_params
+    from helpers.infer.model import stage_params
 
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
                             outputs="masks+mask_scores",

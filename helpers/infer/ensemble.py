@@ -1,15 +1,15 @@
 """Ensembles of predictions: route, merge, tile merge, and their comparison on validation mAP.
 
 * **route** - a table maps each image to one model, either by organ (through the
-  manifest, or ``helpers.organs.organ_of``) or by listing images: ``Router``.
+  manifest, or ``helpers.data.organs.organ_of``) or by listing images: ``Router``.
 * **merge** - pool the detections of several models and/or augmentations and fuse
   them by mask IoU: ``merge_detections(parts, method="nms" | "wmf", iou_threshold)``.
   ``nms`` keeps the best-scoring mask of each cluster; ``wmf`` (weighted mask
   fusion) votes pixels with the members' scores as weights and rescales the score
   by how many sources found the nucleus (like weighted box fusion).
 * **tiles** - ``merge_tiles`` joins detections of overlapping tiles, already pasted
-  into image coordinates (``helpers.tta.place_in_image``); pieces of one nucleus cut by a
-  tile border are united. The geometry (windows, flips, rotations) is in :mod:`helpers.tta`.
+  into image coordinates (``helpers.infer.tta.place_in_image``); pieces of one nucleus cut by a
+  tile border are united. The geometry (windows, flips, rotations) is in :mod:`helpers.infer.tta`.
 * **compare** - single models vs route vs merge on validation mAP; picks the best,
   ``Comparison.choose(name)`` overrides. ``Strategy.apply`` replays the chosen
   strategy on the test predictions.
@@ -46,7 +46,7 @@ class EnsembleError(ValueError):
 # =========================================================================== route
 def _manifest_organs(manifest) -> dict[str, str]:
     if isinstance(manifest, (str, os.PathLike)):
-        from helpers.manifest import read_manifest
+        from helpers.data.manifest import read_manifest
 
         manifest = read_manifest(manifest)
     return {str(r["image_id"]): str(r["organ"]) for r in manifest}
@@ -58,7 +58,7 @@ class Router:
 
     ``by_image`` wins over ``by_organ``, which wins over ``default``. ``organs``
     maps image ids to organs (``Router.from_manifest`` fills it from the manifest);
-    without it organs come from the TCGA id (``helpers.organs.organ_of``).
+    without it organs come from the TCGA id (``helpers.data.organs.organ_of``).
     """
 
     default: str | None = None
@@ -69,7 +69,7 @@ class Router:
     @classmethod
     def from_manifest(cls, manifest, default: str | None = None, by_organ: Mapping[str, str] | None = None,
                       by_image: Mapping[str, str] | None = None) -> "Router":
-        """``manifest``: rows of ``helpers.manifest.read_manifest`` or the CSV path."""
+        """``manifest``: rows of ``helpers.data.manifest.read_manifest`` or the CSV path."""
         router = cls(default, dict(by_organ or {}), dict(by_image or {}), _manifest_organs(manifest))
         known_organs = set(router.organs.values())
         bad = sorted(set(router.by_organ) - known_organs)
@@ -91,7 +91,7 @@ class Router:
             if image_id not in self.organs:
                 raise RouteError(f"image {image_id!r} is not in the manifest, so its organ is unknown")
             return self.organs[image_id]
-        from helpers.organs import organ_of
+        from helpers.data.organs import organ_of
 
         return organ_of(image_id)
 
@@ -124,7 +124,7 @@ class Router:
             if bad:
                 raise RouteError(f"route table names unknown image(s) {bad}")
         if self.by_organ and self.organs is None:
-            from helpers.organs import ORGANS
+            from helpers.data.organs import ORGANS
 
             bad = sorted(set(self.by_organ) - set(ORGANS) - {"unknown"})
             if bad:
@@ -459,7 +459,7 @@ class Comparison:
         return self.strategies[self.chosen]
 
     def format(self) -> str:
-        from helpers.evaluate import format_table
+        from helpers.infer.evaluate import format_table
 
         rows = [{**r, "pick": ("<- chosen" if r["strategy"] == self.chosen else "")
                  + (" (best)" if r["strategy"] == self.best else "")} for r in self.rows]
@@ -473,7 +473,7 @@ def compare(per_model: PerModel, ground_truth: Mapping, router: Router | None = 
     ``metric`` (a key of ``EvalResult.summary``) is ``best`` and ``chosen``."""
     from helpers.progress import tqdm
 
-    from helpers.evaluate import evaluate
+    from helpers.infer.evaluate import evaluate
 
     if strategies is None:
         strategies = default_strategies(list(per_model), router)
