@@ -171,13 +171,12 @@ def train(ws, args) -> dict:
     return out
 
 
-def _trained_at(previous: Path, trained: dict, commit: str) -> str:
-    """The commit the stages were trained at: this run's, or, when every stage was already
-    finished (a re-scoring run), the one the previous result recorded."""
+def _rescoring_of(previous: Path, trained: dict) -> dict | None:
+    """The previous result when this run is a re-scoring (every stage was already finished,
+    so predictions come from the cache): its training commit and prediction time still hold."""
     if not previous.is_file() or any(t["status"] != "skipped (already finished)" for t in trained.values()):
-        return commit
-    old = json.loads(previous.read_text())
-    return old.get("train_commit", old["commit"])
+        return None
+    return json.loads(previous.read_text())
 
 
 # --------------------------------------------------------------------------- notebook 04
@@ -231,8 +230,9 @@ def report(res: dict) -> str:
 
 
 def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
-    """Markdown, one row per (run, rescoring): each run without rescoring (the lever alone) and
-    with the recipe it chose; every recipe for the ``all_recipes_of`` run (rescoring alone)."""
+    """Markdown, one row per (run, prediction, rescoring): each run's plain pass and TTA merge
+    without rescoring (the lever alone), its better one with the recipe it chose, and every
+    recipe for the ``all_recipes_of`` run (rescoring alone)."""
     head = ("| run | levers | prediction | rescoring | AP@100 | AP50@100 | AP75@100 | AP@1000 | AP50@1000 "
             "| AP@100 / ceiling | s/step | s/image/pass | commit |\n|" + "---|" * 13)
     rows = []
@@ -247,11 +247,11 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
                   else r["commit"])
         wanted = ({x["recipe"] for x in ev["rescoring"]} if r["name"] == all_recipes_of
                   else {"none", ev["rescoring_chosen"]})
-        for x in ev["rescoring"]:
-            if x["recipe"] not in wanted:
-                continue
-            mark = " (chosen)" if x["recipe"] == ev["rescoring_chosen"] else ""
-            rows.append(f"| {r['name']} | {lev} | {ev['best_variant']} | {x['recipe']}{mark} "
+        others = [(v, {"recipe": "none", **sc}) for v, sc in ev["variants"].items() if v != ev["best_variant"]]
+        best = [(ev["best_variant"], x) for x in ev["rescoring"] if x["recipe"] in wanted]
+        for variant, x in others + best:
+            mark = " (chosen)" if (variant == ev["best_variant"] and x["recipe"] == ev["rescoring_chosen"]) else ""
+            rows.append(f"| {r['name']} | {lev} | {variant} | {x['recipe']}{mark} "
                         f"| {x['AP@100']:.4f} | {x['AP50@100']:.4f} | {x['AP75@100']:.4f} "
                         f"| {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
                         f"| {100 * x['AP@100'] / ceil:.1f}% of {ceil:.3f} | {sps:.1f} "
@@ -299,13 +299,17 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     print(f"loss curves: {save_curves(ws, args.name, args.results)}")
     scored_at = _commit()  # prediction and scoring import the code as it is now
-    commit = _trained_at(args.results / f"{args.name}.json", trained, commit)
+    prev = _rescoring_of(args.results / f"{args.name}.json", trained)
+    if prev:
+        commit = prev.get("train_commit", prev["commit"])
     res = {"name": args.name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
            **({"train_commit": commit} if commit != scored_at else {}),
            "train": trained, "eval": evaluate(ws, args),
            "train_s": sum(t["seconds"] or 0 for t in trained.values()),
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
+    if prev:  # cached predictions time nothing: keep the measured model pass
+        res["eval"]["predict_s_per_image"] = prev["eval"]["predict_s_per_image"]
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.name}.json"
     from helpers.atomic import atomic_write_json

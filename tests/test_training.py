@@ -208,6 +208,27 @@ def test_specialist_trains_on_the_chosen_organ_only(base):
     assert cfg.task.freeze_backbone is False and cfg.task.init_checkpoint_modules == "all"
 
 
+def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(base):
+    """The cpu profile now jitters stain (0.1); a heads stage begun before (its stage.json
+    records no stain_jitter, or 0) must resume as it began, not as a different model."""
+    from helpers import config
+    from helpers.atomic import atomic_write_json
+
+    ws = new_workspace(base, "begun_knobs")
+    assert config.get_profile("cpu").stain_jitter == 0.1
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws)
+    assert (cfg.task.input_scale, cfg.task.stain_jitter) == (1.0, 0.1)  # not begun: the profile's
+    (ws.checkpoints / "heads").mkdir(parents=True)
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "cpu"})
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws)
+    assert (cfg.task.input_scale, cfg.task.stain_jitter) == (1.0, 0.0)
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "cpu", "stain_jitter": 0.05})
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws)
+    assert cfg.task.stain_jitter == 0.05
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws, stain_jitter=0.2)  # said outright: taken
+    assert cfg.task.stain_jitter == 0.2
+
+
 def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
     """all / final / specialists inherit from_scratch from the heads record; final trains on
     train + val by default."""

@@ -353,10 +353,16 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
 
     ``from_scratch``, ``scale`` and ``stain_jitter`` default to the parent stage's (recorded
-    in its ``stage.json``); ``from_scratch`` defaults to False for heads.
+    in its ``stage.json``); ``from_scratch`` defaults to False for heads. ``scale`` and
+    ``stain_jitter`` of a stage already begun are those its own ``stage.json`` records.
     """
     ws = as_workspace(workspace)
     parent = inherited_knobs(ws, stage)
+    # a stage that has begun keeps the input knobs it was started with (a newer release's
+    # profile defaults must not break its resume); a stage not yet begun takes its parent's
+    own = read_stage_info(ws, stage)
+    if own is not None:  # recorded before these knobs existed: it was trained without them
+        parent.update({k: own.get(k, default) for k, default in (("scale", 1.0), ("stain_jitter", 0.0))})
     if profile_overrides.get("from_scratch") is None:
         profile_overrides["from_scratch"] = parent.get("from_scratch", False)
     elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
