@@ -78,7 +78,7 @@ def test_rerunning_a_finished_stage_writes_nothing(heads, capsys):
 def test_sigkill_after_step_5_resumes_at_5_like_an_uninterrupted_run(base, heads):
     _, full = heads
     ws = new_workspace(base, "killed")
-    child = run_child(f"from helpers import training; training.train_stage('heads', 'demo', "
+    child = run_child(f"from helpers.train import training; training.train_stage('heads', 'demo', "
                       f"{str(ws.root)!r}, progress=False)")
     sdir = ws.checkpoints / "heads"
     deadline = time.time() + 400
@@ -211,7 +211,7 @@ def test_specialist_trains_on_the_chosen_organ_only(base):
 def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(base):
     """The cpu profile now jitters stain (0.1); a heads stage begun before (its stage.json
     records no stain_jitter, or 0) must resume as it began, not as a different model."""
-    from helpers import config
+    from helpers.train import config
     from helpers.atomic import atomic_write_json
 
     ws = new_workspace(base, "begun_knobs")
