@@ -335,7 +335,8 @@ def build_task(cfg, logging_dir):
     return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
 
-INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter")  # a stage takes these from its parent
+INPUT_KNOBS = ("scale", "stain_jitter")  # what the model sees; a begun stage keeps its own
+INHERITED_KNOBS = ("from_scratch", *INPUT_KNOBS)  # a stage takes these from its parent
 
 
 def inherited_knobs(workspace, stage: str) -> dict:
@@ -361,8 +362,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     # a stage that has begun keeps the input knobs it was started with (a newer release's
     # profile defaults must not break its resume); a stage not yet begun takes its parent's
     own = read_stage_info(ws, stage)
-    if own is not None:  # recorded before these knobs existed: it was trained without them
-        parent.update({k: own.get(k, default) for k, default in (("scale", 1.0), ("stain_jitter", 0.0))})
+    if own is not None:  # none recorded (before these knobs existed): Profile's own default
+        parent.update({k: own.get(k, cfglib.Profile.__dataclass_fields__[k].default) for k in INPUT_KNOBS})
     if profile_overrides.get("from_scratch") is None:
         profile_overrides["from_scratch"] = parent.get("from_scratch", False)
     elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
@@ -370,7 +371,7 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
             f"stage {stage!r}: from_scratch={profile_overrides['from_scratch']} but its parent "
             f"{cfglib.parent_stage(stage)!r} was trained with from_scratch={parent['from_scratch']}; "
             "a stage continues its parent's model, so leave from_scratch unset")
-    for k in ("scale", "stain_jitter"):
+    for k in INPUT_KNOBS:
         if k in parent and k not in profile_overrides:
             profile_overrides[k] = parent[k]
     prof = cfglib.get_profile(profile, **profile_overrides)
