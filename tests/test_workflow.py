@@ -63,11 +63,13 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
         assert f"\n{strategy} " in text, strategy
     choice = json.loads((demo_workflow.predictions / "ensemble.json").read_text())
     assert f"chosen: {choice['name']}" in text
-    # the demo run trains a model that finds the synthetic nuclei (measured: AP@100 ~0.55)
+    # the demo run trains a model that finds the synthetic nuclei. Training is not seeded and
+    # one image is scored, so runs vary: AP50@100 measured 0.47-0.93 for `all` (heads alone
+    # 0.17, an untrained model ~0).
     val = predict.image_ids_of(demo_workflow, "val")
     preds = predict.predict_stage(demo_workflow, "all", val, progress=False)  # cached by notebook 04
     result = evaluate.evaluate(preds, predict.shard_ground_truth(demo_workflow, val))
-    assert result.summary["AP50@100"] > 0.5
+    assert result.summary["AP50@100"] > 0.3
 
 
 def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
