@@ -25,7 +25,7 @@ Targets: b/a <= 1.10. For b, each background copy is printed with its bytes, sec
 checkpoint in the slow folder is read back in full (helpers.train.checkpoints.check_checkpoint).
 
 Then the checkpoint size of each profile (demo, cpu, colab) and stage (heads, all): the model
-built from the real config (helpers.train.config.experiment_config, the task's build_model, the
+built from the real config (helpers.train.experiment.experiment_config, the task's build_model, the
 optimizer from the config with its slot variables created) saved as one checkpoint with the
 items Model Garden's trainer saves (global_step, model, optimizer).
 
@@ -205,11 +205,11 @@ def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
     import tensorflow as tf
     from official.modeling import performance
 
-    from helpers.train import config as cfglib
+    from helpers.train import experiment
     from helpers.train.training import build_task
 
     t0 = time.perf_counter()
-    cfg = cfglib.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")
+    cfg = experiment.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     task = build_task(cfg, tmp)
     model = task.build_model()

@@ -37,10 +37,10 @@ def colab_model_s_per_image(size: int = 1000) -> float:
     import tf_keras
     from official.vision.modeling import factory
 
-    from helpers.train import config
+    from helpers.train import experiment
     from helpers.infer import predict
 
-    params = config.experiment_config("colab", "all", accelerator="cpu")
+    params = experiment.experiment_config("colab", "all", accelerator="cpu")
     params.override({"task": {"model": {"detection_generator": {"pre_nms_score_threshold": 0.0}}}},
                     is_strict=True)
     model = factory.build_maskrcnn(input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]),

@@ -1,12 +1,14 @@
 """Profiles -> Model Garden ExperimentConfig (no training here: cheap)."""
 
+import dataclasses
+
 import pytest
 
-from helpers.train import config
+from helpers.train import config, experiment
 
 
 def cfg(profile, stage="heads", **kw):
-    return config.experiment_config(profile, stage, ["/d/labeled-x-00000-of-00001.tfrecord"],
+    return experiment.experiment_config(profile, stage, ["/d/labeled-x-00000-of-00001.tfrecord"],
                                     accelerator=kw.pop("accelerator", "cpu"), **kw)
 
 
@@ -84,17 +86,17 @@ def test_fingerprint_tracks_what_matters_only():
     a = cfg("demo")
     assert config.fingerprint(a) == config.fingerprint(cfg("demo"))
     # where the data lives, init weights and save frequency may change between runs
-    moved = config.experiment_config("demo", "heads", ["/drive/elsewhere/labeled-x-00000-of-00001.tfrecord"],
+    moved = experiment.experiment_config("demo", "heads", ["/drive/elsewhere/labeled-x-00000-of-00001.tfrecord"],
                                      accelerator="cpu", init_checkpoint="/x/ckpt-3")
     assert config.fingerprint(moved) == config.fingerprint(a)
-    often = config.experiment_config(config.get_profile("demo", checkpoint_every=2), "heads",
+    often = experiment.experiment_config(config.get_profile("demo", checkpoint_every=2), "heads",
                                      ["/d/labeled-x-00000-of-00001.tfrecord"], accelerator="cpu")
     assert config.fingerprint(often) == config.fingerprint(a)
     # steps, data, learning rate do not
     for other in (cfg("demo", steps=99),
-                  config.experiment_config("demo", "heads", ["/d/labeled-y-00000-of-00001.tfrecord"],
+                  experiment.experiment_config("demo", "heads", ["/d/labeled-y-00000-of-00001.tfrecord"],
                                            accelerator="cpu"),
-                  config.experiment_config(config.get_profile("demo", learning_rate=0.5), "heads",
+                  experiment.experiment_config(config.get_profile("demo", learning_rate=0.5), "heads",
                                            ["/d/labeled-x-00000-of-00001.tfrecord"], accelerator="cpu")):
         assert config.fingerprint(other) != config.fingerprint(a)
     diff = config.diff_fingerprints(config.fingerprint_dict(a), config.fingerprint_dict(cfg("demo", steps=99)))
@@ -103,10 +105,10 @@ def test_fingerprint_tracks_what_matters_only():
 
 def test_invalid_requests_are_clear_errors():
     with pytest.raises(config.ConfigError, match="never downscaled"):
-        config.experiment_config(config.get_profile("demo", scale_jitter=(0.5, 1.0)), "heads", [],
+        experiment.experiment_config(config.get_profile("demo", scale_jitter=(0.5, 1.0)), "heads", [],
                                  accelerator="cpu")
     with pytest.raises(config.ConfigError, match="multiples"):
-        config.experiment_config(config.get_profile("demo", crop_size=100), "heads", [], accelerator="cpu")
+        experiment.experiment_config(config.get_profile("demo", crop_size=100), "heads", [], accelerator="cpu")
     assert "resnet101" in config.describe("colab") and "checkpoint_every 5" in config.describe("colab")
 
 
@@ -147,3 +149,28 @@ def test_cross_field_rules_are_checked():
 
 def test_final_stage_is_an_all_stage():
     assert config.stage_kind("final") == "all" and config.parent_stage("final") == "heads"
+
+
+def test_nuclei_maskrcnn_is_registered_and_its_rules_are_model_garden_restrictions():
+    from official.core import exp_factory
+
+    registered = exp_factory.get_exp_config(experiment.EXPERIMENT)
+    assert registered.as_dict() == experiment.experiment_config("colab", "heads", accelerator="gpu").as_dict()
+    assert isinstance(registered.task, experiment.NucleiTask)
+    # an edit of the Model Garden config itself (not through a profile) meets the same rules
+    c = cfg("demo")
+    c.override({"task": {"model": {"detection_generator": {"max_num_detections": 400}}}}, is_strict=True)
+    with pytest.raises(KeyError, match="test_num_proposals"):
+        c.validate()
+    for rule in config.CROSS_FIELD_RULES:
+        assert rule.holds(config.get_profile("colab"))
+        assert f"{rule.field_left} {rule.op} {rule.field_right}" in c._restrictions  # noqa: SLF001
+
+
+def test_profiles_are_small_differences_from_the_registered_one():
+    colab = config.get_profile("colab")
+    changed = {name: [f.name for f in dataclasses.fields(config.Profile)
+                      if getattr(config.get_profile(name), f.name) != getattr(colab, f.name)]
+               for name in ("cpu", "demo")}
+    assert "crop_size" not in changed["cpu"] and "stain_jitter" not in changed["cpu"]  # what cpu shares
+    assert len(changed["cpu"]) <= 16, changed["cpu"]

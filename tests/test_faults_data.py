@@ -24,7 +24,7 @@ from PIL import Image
 
 from helpers.coco_format import Detections
 from helpers.data import prepare
-from helpers.data.acquire import RECORD_NAME, acquire_dataset, is_drive_source
+from helpers.data.acquire import RECORD_NAME, is_drive_source
 from helpers.data.dataset import DatasetError, DatasetNote, open_dataset
 from helpers.data.demo_data import make_demo_dataset
 from helpers.data.manifest import MANIFEST_NAME, WORKSPACE_MANIFEST, build_manifest, read_manifest, write_manifest
@@ -192,7 +192,6 @@ def test_03_sigkill_during_write_shards_redoes_only_the_unfinished_shards(tmp_pa
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(data / MANIFEST_NAME), str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     index = out / INDEX_NAME
-    seen: list = []
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:

@@ -121,11 +121,11 @@ def _parsed_box_sides(base: Path, scale, n=8):
     """Median box side (px) of the parser's ground truth for the demo profile at ``scale``."""
     import tensorflow as tf
 
-    from helpers.train import config, training
+    from helpers.train import config, experiment, training
 
     prof = config.get_profile("demo", scale=scale, scale_jitter=(1.0, 1.0))
     files = sorted(str(f) for f in demo_shards(base).glob("labeled-*.tfrecord"))
-    cfg = config.experiment_config(prof, "heads", files, accelerator="cpu")
+    cfg = experiment.experiment_config(prof, "heads", files, accelerator="cpu")
     tf.random.set_seed(0)
     ds = training.build_task(cfg, base / f"scale{scale}").build_inputs(cfg.task.train_data)
     sides = []
@@ -148,9 +148,9 @@ def test_scale_enlarges_the_training_crops_content(tmp_path_factory):
 DENSE_RSS_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from helpers.train import config, training
+from helpers.train import experiment, training
 profile, shard, logdir = sys.argv[1:4]
-cfg = config.experiment_config(profile, "all", [shard], accelerator="cpu")
+cfg = experiment.experiment_config(profile, "all", [shard], accelerator="cpu")
 ds = training.build_task(cfg, Path(logdir)).build_inputs(cfg.task.train_data)
 images, labels = next(iter(ds))
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -185,10 +185,10 @@ def test_time_budget_stops_with_a_checkpoint(base, heads):
 
 @pytest.mark.slow
 def test_colab_profile_builds_full_size_model_on_cpu():
-    from helpers.train import config
+    from helpers.train import experiment
     from official.vision.tasks import maskrcnn
 
-    cfg = config.experiment_config("colab", "heads", ["x.tfrecord"], accelerator="cpu")
+    cfg = experiment.experiment_config("colab", "heads", ["x.tfrecord"], accelerator="cpu")
     model = maskrcnn.MaskRCNNTask(cfg.task).build_model()
     n = model.count_params()
     assert n > 55_000_000  # ResNet-101-FPN Mask R-CNN

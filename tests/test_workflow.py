@@ -3,7 +3,6 @@ import json
 import re
 import zipfile
 
-import pytest
 from pycocotools.coco import COCO
 
 from helpers.infer import evaluate, predict, submission

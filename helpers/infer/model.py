@@ -13,7 +13,6 @@ multiple of 2^max_level, never resized).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,8 @@ def stage_params(workspace, stage: str, profile: str | None = None):
     """The stage's training ExperimentConfig, rebuilt from its ``stage.json``."""
     from official.core import exp_factory
 
+    from helpers.train.experiment import EXPERIMENT
+
     try:
         sdir = stage_dir(workspace, stage)
     except cfglib.ConfigError as e:  # no such stage name: it cannot have been trained either
@@ -43,8 +44,7 @@ def stage_params(workspace, stage: str, profile: str | None = None):
     if profile and info["profile"] != profile:
         raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
                          f"{info['profile']!r}, not {profile!r}")
-    cfglib.register_experiment()
-    params = exp_factory.get_exp_config(cfglib.EXPERIMENT)
+    params = exp_factory.get_exp_config(EXPERIMENT)
     params.override(info["config"], is_strict=False)
     return params, info
 

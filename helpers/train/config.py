@@ -2,8 +2,11 @@
 
 The notebooks never edit an ExperimentConfig by hand. They pick a *profile*
 (``colab``, ``cpu`` or ``demo``) and a *stage* (``heads``, ``all`` or
-``specialist-<name>``); :func:`experiment_config` derives the Model Garden
-config from Model Garden's own ``maskrcnn_resnetfpn_coco`` experiment.
+``specialist-<name>``); ``helpers.train.experiment.experiment_config`` builds the
+Model Garden config from typed sub-configs, as Model Garden's own
+``maskrcnn_resnetfpn_coco()`` does. The ``colab`` profile is our registered experiment
+(``nuclei_maskrcnn``); ``cpu`` and ``demo`` are written as their differences from it.
+This module holds the knobs and imports no TensorFlow.
 
 matterport knob -> here -> Model Garden field
   BACKBONE            backbone="resnet101"      task.model.backbone.resnet.model_id
@@ -27,11 +30,8 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Sequence
 
 PROFILES = ("colab", "cpu", "demo")
-BASE_EXPERIMENT = "maskrcnn_resnetfpn_coco"  # Model Garden's registered experiment
-EXPERIMENT = "nuclei_maskrcnn"              # ours: BASE_EXPERIMENT + the task fields below
 SCALES = (1.0, 1.5, 2.0)                    # input magnifications the `scale` knob offers
 SPECIALIST_PREFIX = "specialist-"
 # The version of helpers.train.train_input's input pipeline, part of the config fingerprint: bump it
@@ -47,13 +47,34 @@ IMAGENET_RESNET_URLS = {
     101: "https://storage.googleapis.com/tf_model_garden/vision/resnet/resnet-101-i224.tar.gz",
 }
 
-# RandAugment ops that move pixels (boxes/masks would not follow) or erase/invert
-# nuclei: Model Garden's Mask R-CNN parser applies RandAugment to the image only,
-# so only in-place colour ops are allowed (its own docstring says so).
-GEOMETRIC_OR_DESTRUCTIVE_OPS = [
-    "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
-    "Invert", "Solarize", "SolarizeAdd",
-]
+@dataclass(frozen=True)
+class Rule:
+    """A rule across two knobs, and the Model Garden fields they set (its restriction)."""
+
+    left: str
+    op: str                             # one of Model Garden's: > >= < <= == !=
+    right: str
+    field_left: str
+    field_right: str
+    why: str
+
+    def holds(self, prof: "Profile") -> bool:
+        a, b = getattr(prof, self.left), getattr(prof, self.right)
+        return {">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b, "==": a == b, "!=": a != b}[self.op]
+
+
+_ROI = "task.model.roi_generator."
+CROSS_FIELD_RULES = (
+    Rule("test_num_proposals", ">", "max_num_detections", _ROI + "test_num_proposals",
+         "task.model.detection_generator.max_num_detections",
+         "the detections are picked from the proposals, so fewer proposals cap them silently"),
+    Rule("test_pre_nms_top_k", ">=", "test_num_proposals", _ROI + "test_pre_nms_top_k", _ROI + "test_num_proposals",
+         "the proposals are kept from the test_pre_nms_top_k best-scored anchors"),
+    Rule("num_proposals", ">=", "num_sampled_rois", _ROI + "num_proposals", "task.model.roi_sampler.num_sampled_rois",
+         "the ROI head samples its training ROIs from the proposals"),
+    Rule("num_sampled_rois", ">=", "num_sampled_masks", "task.model.roi_sampler.num_sampled_rois",
+         "task.model.mask_sampler.num_sampled_masks", "the mask head samples from the ROI head's samples"),
+)
 
 
 class ConfigError(ValueError):
@@ -138,43 +159,44 @@ class Profile:
         return int(round(self.crop_size / self.scale))
 
 
+# Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden; the registered
+# experiment nuclei_maskrcnn (helpers.train.experiment).
+_COLAB = Profile(
+    name="colab",
+    backbone="resnet101",           # matterport nucleus sample's backbone
+    images_per_batch=2,             # 2 x 512^2 crops per step (matterport: IMAGES_PER_GPU 2)
+    learning_rate=0.01,             # SGD peak for batch 2 (Model Garden: 0.12 for batch 64)
+    learning_rate_all=0.001,        # matterport: LR/10 once the backbone is unfrozen
+    steps={"heads": 2000, "all": 6000, "specialist": 1000},  # ~20 images: many passes
+    # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
+    # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
+    # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.
+    crop_size=512,
+    max_num_instances=800,          # a 512^2 crop holds ~26% of <=1,900 nuclei, +60% margin
+    predict_size=1024,              # 1000x1000 test images padded to a multiple of 32
+    warmup_steps=200,
+    pretrained="imagenet",          # ImageNet ResNet-101 backbone (init_checkpoint_modules)
+    mixed_precision=True,
+    stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)
+    # random weights: every layer trains at once, so one LR (x10 matterport's `all`)
+    scratch={"learning_rate": 0.02, "learning_rate_all": 0.01},
+)
+
 _PROFILES = {
-    # Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden.
-    "colab": Profile(
-        name="colab",
-        backbone="resnet101",           # matterport nucleus sample's backbone
-        images_per_batch=2,             # 2 x 512^2 crops per step (matterport: IMAGES_PER_GPU 2)
-        learning_rate=0.01,             # SGD peak for batch 2 (Model Garden: 0.12 for batch 64)
-        learning_rate_all=0.001,        # matterport: LR/10 once the backbone is unfrozen
-        steps={"heads": 2000, "all": 6000, "specialist": 1000},  # ~20 images: many passes
-        # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
-        # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
-        # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.
-        crop_size=512,
-        max_num_instances=800,          # a 512^2 crop holds ~26% of <=1,900 nuclei, +60% margin
-        predict_size=1024,              # 1000x1000 test images padded to a multiple of 32
-        warmup_steps=200,
-        pretrained="imagenet",          # ImageNet ResNet-101 backbone (init_checkpoint_modules)
-        mixed_precision=True,
-        stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)
-        # random weights: every layer trains at once, so one LR (x10 matterport's `all`)
-        scratch={"learning_rate": 0.02, "learning_rate_all": 0.01},
-    ),
+    "colab": _COLAB,
     # No GPU (quota gone): the best that runs at a few s/step on 2 cores.
-    "cpu": Profile(
+    "cpu": dataclasses.replace(
+        _COLAB,
         name="cpu",
         backbone="resnet50",            # half the FLOPs of ResNet-101
         images_per_batch=1,             # memory and s/step on CPU
         learning_rate=0.005,            # batch 1: half of colab's per-image LR x batch
         learning_rate_all=0.0005,
         steps={"heads": 500, "all": 1500, "specialist": 300},
-        crop_size=512,                  # native resolution, ~1/4 of an image per step
-        predict_size=1024,
         warmup_steps=50,
-        pretrained="imagenet",
+        mixed_precision=False,
         max_num_instances=600,          # a 512^2 crop holds ~26% of <=1,900 nuclei, x2 margin
         num_proposals=1000,             # ~2x the nuclei in a 512 crop, cheaper on CPU
-        stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)
         # The ROI heads cost most of a CPU step (measured: 21.8 -> 8.0 s/step on 2 cores):
         # matterport's 2-fc box head (no convs), COCO's sample counts, a narrower mask head.
         head_convs=0,
@@ -188,7 +210,8 @@ _PROFILES = {
                  "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50},
     ),
     # Tests and the README's demo run: a few steps on 2 CPU cores in a couple of minutes.
-    "demo": Profile(
+    "demo": dataclasses.replace(
+        _COLAB,
         name="demo",
         backbone="resnet18",            # smallest standard ResNet in Model Garden
         images_per_batch=1,
@@ -198,9 +221,13 @@ _PROFILES = {
         crop_size=128,                  # tiny crops of the tiny synthetic images
         predict_size=256,
         warmup_steps=2,
-        scale_jitter=(1.0, 1.25),
         color_jitter=False,             # keep the demo run cheap and deterministic-ish
-        max_num_instances=100,          # synthetic images hold a few dozen nuclei
+        stain_jitter=0.0,
+        mixed_precision=False,
+        pretrained=None,                # no downloads in tests
+        scratch={},
+        # a tiny model: synthetic images hold a few dozen nuclei
+        max_num_instances=100,
         max_num_detections=200,
         rpn_batch_size_per_im=128,
         num_proposals=256,
@@ -216,7 +243,6 @@ _PROFILES = {
         head_fc_dims=64,
         mask_convs=1,
         mask_filters=32,
-        pretrained=None,                # no downloads in tests
     ),
 }
 
@@ -246,9 +272,10 @@ def check_profile(prof: Profile) -> None:
     bad = set(prof.scratch) - ({f.name for f in dataclasses.fields(Profile)} - {"name", "from_scratch", "scratch"})
     if bad:
         raise ConfigError(f"profile {prof.name}: unknown knob(s) {sorted(bad)} in scratch")
-    if prof.test_num_proposals <= prof.max_num_detections:
-        raise ConfigError(f"test_num_proposals ({prof.test_num_proposals}) must exceed "
-                          f"max_num_detections ({prof.max_num_detections})")
+    for rule in CROSS_FIELD_RULES:
+        if not rule.holds(prof):
+            raise ConfigError(f"profile {prof.name}: {rule.left} ({getattr(prof, rule.left)}) must be {rule.op} "
+                              f"{rule.right} ({getattr(prof, rule.right)}): {rule.why}")
     stride = 2 ** prof.max_level
     if prof.crop_size % stride or prof.predict_size % stride:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
@@ -274,224 +301,6 @@ def stage_kind(stage: str) -> str:
 def parent_stage(stage: str) -> str | None:
     """The stage whose final weights a stage starts from."""
     return {"heads": None, "all": "heads", "specialist": "all"}[stage_kind(stage)]
-
-
-def detect_accelerator() -> str:
-    """'tpu', 'gpu' or 'cpu' for the current runtime (does not touch the network)."""
-    import os
-
-    import tensorflow as tf
-
-    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):
-        return "tpu"
-    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-
-
-_REGISTERED = []
-
-
-def register_experiment() -> None:
-    """Register :data:`EXPERIMENT` with Model Garden's ``exp_factory`` (once per process).
-
-    It is Model Garden's ``maskrcnn_resnetfpn_coco`` with the task config :class:`NucleiTask`
-    (the same fields plus ours), so a stored config rebuilds with every field it had.
-    """
-    if _REGISTERED:
-        return
-    from official.core import config_definitions as cfg
-    from official.core import exp_factory
-    from official.vision.configs import maskrcnn as mg_maskrcnn
-
-    @dataclasses.dataclass
-    class NucleiTask(mg_maskrcnn.MaskRCNNTask):
-        input_scale: float = 1.0   # Profile.scale: training windows and prediction input
-        stain_jitter: float = 0.0  # Profile.stain_jitter: H&E optical-density jitter (training)
-
-    def nuclei_maskrcnn() -> cfg.ExperimentConfig:
-        base = exp_factory.get_exp_config(BASE_EXPERIMENT)
-        task = NucleiTask()
-        task.override(base.task.as_dict(), is_strict=True)
-        return cfg.ExperimentConfig(runtime=base.runtime, task=task, trainer=base.trainer,
-                                    restrictions=list(base._restrictions))  # noqa: SLF001
-
-    if EXPERIMENT not in exp_factory._REGISTERED_CONFIGS:  # noqa: SLF001 - re-import safe
-        exp_factory.register_config_factory(EXPERIMENT)(nuclei_maskrcnn)
-    _REGISTERED.append(EXPERIMENT)
-
-
-def experiment_config(
-    profile: str | Profile,
-    stage: str = "heads",
-    train_files: Sequence[str] = (),
-    steps: int | None = None,
-    init_checkpoint: str | None = None,
-    accelerator: str | None = None,
-    init_modules: str | Sequence[str] | None = None,
-):
-    """The Model Garden ``ExperimentConfig`` for one profile and stage.
-
-    Args:
-      profile: profile name or a :class:`Profile`.
-      stage: ``heads``, ``all`` or ``specialist-<name>``.
-      train_files: TFRecord shard paths (one image each) to train on.
-      steps: planned global steps of the stage (the LR schedule spans them);
-        defaults to the profile's ``steps[<stage kind>]``.
-      init_checkpoint: checkpoint to start from when the stage has none yet
-        (pretrained backbone for ``heads``; the parent stage's final
-        checkpoint for ``all``/specialist).
-      accelerator: 'gpu'/'tpu'/'cpu'; detected when None. Decides mixed precision.
-      init_modules: what to load from ``init_checkpoint`` on a fresh stage; default
-        "backbone" for heads (ImageNet ResNet), "all" otherwise. ["backbone", "decoder"]
-        fits a Model Garden COCO Mask R-CNN checkpoint (its heads have 91 classes).
-    """
-    from official.core import exp_factory
-
-    register_experiment()
-    prof = get_profile(profile) if isinstance(profile, str) else profile
-    check_profile(prof)
-    kind = stage_kind(stage)
-    total = int(steps if steps is not None else prof.steps[kind])
-    if total < 1:
-        raise ConfigError(f"steps must be >= 1, got {total}")
-    precision = data_dtype = _precision(accelerator or detect_accelerator(), prof)
-    modules = init_modules or ("backbone" if kind == "heads" else "all")
-    if not isinstance(modules, str):
-        modules = list(modules)
-
-    cfg = exp_factory.get_exp_config(EXPERIMENT)
-    cfg.override({
-        "runtime": {
-            "mixed_precision_dtype": precision,
-            "enable_xla": False,  # XLA recompiles for every new image shape at prediction
-        },
-        "task": {
-            "init_checkpoint": init_checkpoint or "",
-            # heads: only the (pretrained) backbone; all/specialist: the whole parent model.
-            "init_checkpoint_modules": modules,
-            # matterport layers='heads': backbone frozen (also keeps its BN statistics),
-            # unless it is random (from scratch).
-            "freeze_backbone": prof.freezes_backbone(kind),
-            "input_scale": prof.scale,
-            "stain_jitter": prof.stain_jitter,
-            "annotation_file": "",
-            "use_coco_metrics": False,  # we evaluate with pycocotools ourselves
-            "losses": {"l2_weight_decay": prof.weight_decay},
-            "model": _model_override(prof),
-            "train_data": _train_data_override(prof, train_files, data_dtype),
-            "validation_data": {"input_path": "", "global_batch_size": 1, "dtype": data_dtype},
-        },
-        "trainer": _trainer_override(prof, kind, total),
-    }, is_strict=True)
-    if prof.color_jitter:
-        cfg.override({"task": {"train_data": {"parser": {"aug_type": {
-            "type": "randaug",
-            "randaug": {"num_layers": 2, "magnitude": 5,
-                        "exclude_ops": GEOMETRIC_OR_DESTRUCTIVE_OPS},
-        }}}}}, is_strict=False)
-    cfg.validate()
-    return cfg
-
-
-def _precision(accelerator: str, prof: Profile) -> str:
-    """Mixed precision and input dtype: bfloat16 on TPU, float16 on GPU when the profile
-    allows it, else float32."""
-    if accelerator == "tpu":
-        return "bfloat16"
-    if accelerator == "gpu" and prof.mixed_precision:
-        return "float16"
-    return "float32"
-
-
-def _model_override(prof: Profile) -> dict:
-    """``task.model``: the architecture knobs of the profile (matterport's names in the README)."""
-    return {
-        "num_classes": 2,  # background + nucleus
-        "input_size": [prof.crop_size, prof.crop_size, 3],
-        "min_level": prof.min_level,
-        "max_level": prof.max_level,
-        "anchor": {
-            "anchor_size": prof.anchor_size,
-            "num_scales": prof.num_scales,
-            "aspect_ratios": list(prof.aspect_ratios),
-        },
-        "backbone": {"type": "resnet", "resnet": {"model_id": prof.resnet_depth}},
-        "decoder": {"type": "fpn", "fpn": {"num_filters": prof.fpn_filters}},
-        "rpn_head": {"num_filters": prof.rpn_filters},
-        "detection_head": {
-            "num_convs": prof.head_convs,
-            "num_filters": prof.head_filters,
-            "fc_dims": prof.head_fc_dims,
-        },
-        "mask_head": {"num_convs": prof.mask_convs, "num_filters": prof.mask_filters},
-        "roi_generator": {
-            "pre_nms_top_k": max(2 * prof.num_proposals, 2000),
-            "num_proposals": prof.num_proposals,
-            "test_pre_nms_top_k": prof.test_pre_nms_top_k,
-            "test_num_proposals": prof.test_num_proposals,
-        },
-        "roi_sampler": {
-            "num_sampled_rois": prof.num_sampled_rois,
-            "foreground_fraction": prof.roi_fg_fraction,
-        },
-        "mask_sampler": {"num_sampled_masks": prof.num_sampled_masks},
-        "detection_generator": {
-            "max_num_detections": prof.max_num_detections,
-            "pre_nms_top_k": max(prof.test_num_proposals, 1000),
-            "pre_nms_score_threshold": 0.05,
-        },
-        # Sync BN only helps with many replicas of a large batch.
-        "norm_activation": {"use_sync_bn": False},
-    }
-
-
-def _train_data_override(prof: Profile, train_files: Sequence[str], data_dtype: str) -> dict:
-    """``task.train_data``: the shards, the batch and the parser's augmentation."""
-    # Training examples reach Model Garden's parser as windows of crop/scale native px
-    # (helpers.train.train_input.WindowDecoder, task.input_scale). The parser scales its input
-    # by aug_scale * crop / window side, so the magnification is scale * aug_scale.
-    # (Images smaller than the window, e.g. demo ones, are enlarged to the crop.)
-    lo, hi = prof.scale_jitter
-    return {
-        "input_path": list(train_files),
-        "global_batch_size": prof.images_per_batch,
-        "dtype": data_dtype,
-        "shuffle_buffer_size": 64,  # one image per shard file: ~20-100 items
-        "parser": {
-            "aug_rand_hflip": True,
-            "aug_rand_vflip": True,  # h+v flips also give 180-degree rotations
-            "aug_scale_min": lo,
-            "aug_scale_max": hi,
-            "max_num_instances": prof.max_num_instances,
-            "rpn_batch_size_per_im": prof.rpn_batch_size_per_im,
-            "rpn_fg_fraction": prof.rpn_fg_fraction,
-            "mask_crop_size": prof.mask_crop_size,
-        },
-    }
-
-
-def _trainer_override(prof: Profile, kind: str, total: int) -> dict:
-    """``trainer``: the stage's steps, checkpointing and its SGD + cosine schedule."""
-    lr = prof.stage_learning_rate(kind)
-    warmup = min(prof.warmup_steps, max(total // 5, 0))
-    return {
-        "train_steps": total,
-        "steps_per_loop": 1,          # progress line and time-budget check every step
-        "summary_interval": 1,        # TensorBoard point every step
-        "checkpoint_interval": prof.checkpoint_every,
-        "max_to_keep": prof.keep_checkpoints,
-        "validation_interval": total,
-        "validation_steps": 1,
-        "recovery_max_trials": -1,    # no silent rollback on loss spikes
-        "optimizer_config": {
-            "optimizer": {"type": "sgd", "sgd": {
-                "momentum": 0.9, "global_clipnorm": prof.gradient_clip_norm}},
-            # Schedule over the stage's global steps: resuming continues it.
-            "learning_rate": {"type": "cosine", "cosine": {
-                "initial_learning_rate": lr, "decay_steps": total, "alpha": 0.01}},
-            "warmup": {"type": "linear", "linear": {
-                "warmup_steps": warmup, "warmup_learning_rate": lr * 0.1}},
-        },
-    }
 
 
 # Fields that may change between runs of the same stage without mixing anything:

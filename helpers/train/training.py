@@ -188,11 +188,13 @@ def pick_strategy(strategy=None):
     import tensorflow as tf
     from official.common import distribute_utils
 
+    from helpers.train.experiment import detect_accelerator
+
     if isinstance(strategy, tf.distribute.Strategy):
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if strategy is None:
-        acc = cfglib.detect_accelerator()
+        acc = detect_accelerator()
         strategy = "tpu" if acc == "tpu" else ("mirrored" if len(gpus) > 1 else "default")
     if strategy == "tpu":
         addr = os.environ.get("COLAB_TPU_ADDR")
@@ -357,6 +359,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     in its ``stage.json``); ``from_scratch`` defaults to False for heads. ``scale`` and
     ``stain_jitter`` of a stage already begun are those its own ``stage.json`` records.
     """
+    from helpers.train.experiment import experiment_config
+
     ws = as_workspace(workspace)
     parent = inherited_knobs(ws, stage)
     # a stage that has begun keeps the input knobs it was started with (a newer release's
@@ -379,8 +383,7 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
         files = sorted(str(f) for f in train_files)
     else:
         files = training_files(ws, stage, image_ids=image_ids, organs=organs, splits=splits)
-    cfg = cfglib.experiment_config(prof, stage, files, steps=steps, accelerator=accelerator,
-                                   init_modules=init_modules)
+    cfg = experiment_config(prof, stage, files, steps=steps, accelerator=accelerator, init_modules=init_modules)
     return prof, cfg, stage_dir(ws, stage)
 
 
@@ -508,7 +511,9 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
     from official.core import train_lib
     from official.modeling import performance
 
-    if prof.name == "colab" and cfglib.detect_accelerator() == "cpu":
+    from helpers.train.experiment import detect_accelerator
+
+    if prof.name == "colab" and detect_accelerator() == "cpu":
         print("note: profile 'colab' on a machine without GPU is very slow (ResNet-101, "
               "batch 2); profile 'cpu' is made for this case (a different stage config).")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
