@@ -301,6 +301,9 @@ def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=No
     with atomic_path(zip_path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.write(json_path, arcname=ANSWER_JSON)
+    if read_answer(zip_path) != json.loads(json.dumps(entries)):  # the zip as the grader will read it
+        raise SubmissionError(f"{zip_path} does not read back as the answer just written (is the disk or Drive "
+                              "full?); free some space and run this cell again with overwrite=True")
     return SubmissionFiles(json_path, zip_path, summary)
 
 
