@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from helpers.coco_format import Detections, encode_masks
-from helpers.infer.evaluate import EvaluationError, evaluate, format_table, load_ground_truth
+from _ground_truth import load_ground_truth
+from helpers.infer.evaluate import EvaluationError, evaluate, format_table
 
 
 @pytest.fixture(scope="module")

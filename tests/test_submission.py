@@ -186,7 +186,7 @@ def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
     from helpers.data.dataset import open_dataset, read_image
     from helpers.data.demo_data import make_demo_dataset
     from helpers.infer.ensemble import Router, compare, load_strategy, save_strategy
-    from helpers.infer.evaluate import load_ground_truth
+    from _ground_truth import load_ground_truth
     from helpers.data.manifest import read_manifest, split_ids
     from helpers.infer.overlays import prediction_overlay, score_histogram
     from helpers.infer.prediction_cache import PredictionCache
