@@ -205,6 +205,7 @@ def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
     import tensorflow as tf
     from official.modeling import performance
 
+    from helpers.train import config as cfglib
     from helpers.train import experiment
     from helpers.train.training import build_task
 
