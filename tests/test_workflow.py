@@ -64,7 +64,7 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     assert f"chosen: {choice['name']}" in text
     # the demo run trains a model that finds the synthetic nuclei. Training is not seeded and
     # one image is scored, so runs vary. AP50@100 of `all`, measured: 0.76-0.93 in 11 runs here,
-    # 0.47 once in CI; heads alone 0.002-0.28 (10 runs); an untrained model ~0.
+    # 0.47 once in CI; heads alone 0.002-0.28 (the same 11); an untrained model ~0.
     val = predict.image_ids_of(demo_workflow, "val")
     preds = predict.predict_stage(demo_workflow, "all", val, progress=False)  # cached by notebook 04
     result = evaluate.evaluate(preds, predict.shard_ground_truth(demo_workflow, val))

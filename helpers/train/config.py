@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 from dataclasses import dataclass
 
 PROFILES = ("colab", "cpu", "demo")
@@ -58,9 +59,11 @@ class Rule:
     field_right: str
     why: str
 
-    def holds(self, prof: "Profile") -> bool:
-        a, b = getattr(prof, self.left), getattr(prof, self.right)
-        return {">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b, "==": a == b, "!=": a != b}[self.op]
+    def holds(self, prof: Profile) -> bool:
+        return _OPS[self.op](getattr(prof, self.left), getattr(prof, self.right))
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne}
 
 
 _ROI = "task.model.roi_generator."
