@@ -42,11 +42,46 @@ FINAL_STAGE = "final"  # an `all` stage on every labelled image (train + val), f
 
 # Model Garden's published ImageNet ResNet checkpoints (MODEL_GARDEN.md, "ImageNet
 # Baselines"). A tar.gz holding a TF checkpoint whose top-level item is `backbone`,
-# which is exactly what init_checkpoint_modules="backbone" reads.
+# which is exactly what init_checkpoint_modules="backbone" reads. (ResNet-101's row says
+# ReLU, but the config it links trains with swish: activations hold no variables, so such a
+# checkpoint would load silently into our ReLU network. "imagenet-torchvision" is ReLU.)
 IMAGENET_RESNET_URLS = {
     50: "https://storage.googleapis.com/tf_model_garden/vision/resnet/resnet-50-i224.tar.gz",
     101: "https://storage.googleapis.com/tf_model_garden/vision/resnet/resnet-101-i224.tar.gz",
 }
+
+# The pretrained starts (Profile.pretrained). Each fixes what is loaded and, for weights
+# converted from torchvision (helpers.train.torch_convert), the knobs of the architecture
+# those weights fit; every other knob (anchors, limits, samplers) stays the profile's.
+HEAD_MODULES = ("rpn_head", "detection_head", "mask_head")  # their class-agnostic layers only
+# torchvision's maskrcnn_resnet50_fpn_v2 (COCO mask AP 41.8): ResNet-50, an FPN with batch
+# norm on levels 2-6, a 2-conv RPN head, 4 conv + BN and one 1024 fc in the box head, 4 conv +
+# BN in the mask head, batch norm epsilon 1e-5; it has no norm after the RPN convs, the box fc
+# and the mask deconv, so Model Garden's norms there are held as identities (identity_norms).
+COCO_ARCHITECTURE = {
+    "backbone": "resnet50", "min_level": 2, "max_level": 6, "fpn_filters": 256,
+    "rpn_convs": 2, "rpn_filters": 256, "head_convs": 4, "head_filters": 256, "head_fcs": 1,
+    "head_fc_dims": 1024, "mask_convs": 4, "mask_filters": 256, "norm_epsilon": 1e-5,
+    "identity_norms": True,
+}
+STARTS = {
+    # Model Garden's ImageNet ResNet (a TF checkpoint): the backbone only
+    "imagenet": ("backbone",),
+    # torchvision's ImageNet ResNet-50/-101 (IMAGENET1K_V2, ReLU), converted: the backbone only
+    "imagenet-torchvision": ("backbone",),
+    # torchvision's COCO Mask R-CNN, converted: backbone, FPN and the heads' shared layers
+    "coco": ("backbone", "decoder") + HEAD_MODULES,
+}
+TORCHVISION_STARTS = ("imagenet-torchvision", "coco")
+START_LABELS = {
+    "imagenet": "Model Garden's ImageNet ResNet",
+    "imagenet-torchvision": "torchvision's ImageNet ResNet, converted",
+    "coco": "torchvision's COCO Mask R-CNN, converted",
+}
+# Model Garden's Mask R-CNN schedule is 0.12 for a batch of 64 images (maskrcnn.py,
+# maskrcnn_resnetfpn_coco): the linear scaling rule (Goyal et al. 2017) gives this per image.
+LR_PER_IMAGE = 0.12 / 64
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -120,13 +155,25 @@ class Profile:
     num_sampled_masks: int = 256        # mask-head samples per image (COCO 128)
     mask_crop_size: int = 56            # GT mask crop; model target is 28x28, 112 wastes memory
     fpn_filters: int = 256
+    rpn_convs: int = 1
     rpn_filters: int = 256
     head_convs: int = 4
     head_filters: int = 256
+    head_fcs: int = 1
     head_fc_dims: int = 1024
     mask_convs: int = 4
     mask_filters: int = 256
-    pretrained: str | None = None       # "imagenet" -> IMAGENET_RESNET_URLS[depth]
+    norm_epsilon: float = 1e-4          # Model Garden's Mask R-CNN value; torchvision's is 1e-5
+    # The norms after the RPN convs, the box fc and the mask deconv frozen as identities
+    # (weights converted from torchvision, which has none there).
+    identity_norms: bool = False
+    # Backbone batch norm frozen (Model Garden's ResNet bn_trainable=False) in every stage:
+    # statistics of 1-2 crops per step are noise, so a pretrained backbone keeps its own.
+    freeze_backbone_norm: bool = False
+    pretrained: str | None = None       # a key of STARTS, or None (random weights)
+    # Other starts the profile offers: start -> the knobs that change with it (the
+    # architecture its weights fit, its learning rates). pretrained=<start> applies them.
+    starts: dict = dataclasses.field(default_factory=dict)
     mixed_precision: bool = False       # float16 on GPU only (ignored elsewhere)
     # Input magnification, the same for training crops and prediction: a crop_size crop
     # shows crop_size/scale native px, and images are enlarged by it before prediction.
@@ -162,27 +209,45 @@ class Profile:
         return int(round(self.crop_size / self.scale))
 
 
-# Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden; the registered
-# experiment nuclei_maskrcnn (helpers.train.experiment).
+# Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden, started from
+# torchvision's COCO Mask R-CNN; the registered experiment nuclei_maskrcnn
+# (helpers.train.experiment).
+_R101_IMAGENET = {"backbone": "resnet101", "max_level": 5, "rpn_convs": 1, "norm_epsilon": 1e-4,
+                  "identity_norms": False}
 _COLAB = Profile(
     name="colab",
-    backbone="resnet101",           # matterport nucleus sample's backbone
     images_per_batch=2,             # 2 x 512^2 crops per step (matterport: IMAGES_PER_GPU 2)
-    learning_rate=0.01,             # SGD peak for batch 2 (Model Garden: 0.12 for batch 64)
-    learning_rate_all=0.001,        # matterport: LR/10 once the backbone is unfrozen
-    steps={"heads": 2000, "all": 6000, "specialist": 1000},  # ~20 images: many passes
+    # One rule for both stages: Model Garden's schedule scaled to the batch (LR_PER_IMAGE x 2
+    # = 0.00375), as detectron2 fine-tunes at its base LR once the backbone is unfrozen.
+    learning_rate=LR_PER_IMAGE * 2,
+    learning_rate_all=LR_PER_IMAGE * 2,
+    # COCO weights converge fast: ~25 passes over 20 images for the heads, ~100 for all
+    # (a 512 crop is a quarter of an image; 2 per step). README: ~0.3 + 1.1 h on a T4.
+    steps={"heads": 1000, "all": 4000, "specialist": 1000},
     # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
     # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
     # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.
     crop_size=512,
     max_num_instances=800,          # a 512^2 crop holds ~26% of <=1,900 nuclei, +60% margin
-    predict_size=1024,              # 1000x1000 test images padded to a multiple of 32
-    warmup_steps=200,
-    pretrained="imagenet",          # ImageNet ResNet-101 backbone (init_checkpoint_modules)
+    predict_size=1024,              # 1000x1000 test images padded to a multiple of 64
+    warmup_steps=200,               # ~1 pass over the data at a tenth of the LR, then cosine
+    pretrained="coco",              # torchvision's COCO Mask R-CNN (README: why)
+    freeze_backbone_norm=True,
     mixed_precision=True,
     stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)
     # random weights: every layer trains at once, so one LR (x10 matterport's `all`)
-    scratch={"learning_rate": 0.02, "learning_rate_all": 0.01},
+    scratch={"learning_rate": 0.02, "learning_rate_all": 0.01, "freeze_backbone_norm": False},
+    starts={
+        "coco": {},
+        # ImageNet backbones: ResNet-101 (matterport's nucleus backbone), P2-P5, 1-conv RPN;
+        # matterport's fine-tuning rates (heads 0.01, then LR/10 once the backbone trains)
+        "imagenet": {**_R101_IMAGENET, "learning_rate": 0.01, "learning_rate_all": 0.001,
+                     "steps": {"heads": 2000, "all": 6000, "specialist": 1000}},
+        "imagenet-torchvision": {**_R101_IMAGENET, "norm_epsilon": 1e-5, "learning_rate": 0.01,
+                                 "learning_rate_all": 0.001,
+                                 "steps": {"heads": 2000, "all": 6000, "specialist": 1000}},
+    },
+    **COCO_ARCHITECTURE,
 )
 
 _PROFILES = {
@@ -192,11 +257,13 @@ _PROFILES = {
         _COLAB,
         name="cpu",
         backbone="resnet50",            # half the FLOPs of ResNet-101
+        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False,
         images_per_batch=1,             # memory and s/step on CPU
-        learning_rate=0.005,            # batch 1: half of colab's per-image LR x batch
+        learning_rate=0.005,            # batch 1: matterport's 0.01 x batch / 2
         learning_rate_all=0.0005,
         steps={"heads": 500, "all": 1500, "specialist": 300},
         warmup_steps=50,
+        pretrained="imagenet",          # Model Garden's ResNet-50 (ReLU, no doubt there)
         mixed_precision=False,
         max_num_instances=600,          # a 512^2 crop holds ~26% of <=1,900 nuclei, x2 margin
         num_proposals=1000,             # ~2x the nuclei in a 512 crop, cheaper on CPU
@@ -210,17 +277,23 @@ _PROFILES = {
         # ResNet-18 FPN of 128 channels takes ~1.6x the steps (4.9 vs 8.0 s/step) and a
         # random network needs large learning rates with a short warm-up.
         scratch={"backbone": "resnet18", "fpn_filters": 128, "rpn_filters": 128, "head_filters": 128,
-                 "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50},
+                 "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50,
+                 "freeze_backbone_norm": False},
+        # torchvision's weights: COCO's whole architecture (4-conv box head: slower on CPU)
+        starts={"imagenet": {}, "imagenet-torchvision": {"norm_epsilon": 1e-5},
+                "coco": {**COCO_ARCHITECTURE, "mask_filters": 256, "num_sampled_rois": 256}},
     ),
     # Tests and the README's demo run: a few steps on 2 CPU cores in a couple of minutes.
     "demo": dataclasses.replace(
         _COLAB,
         name="demo",
         backbone="resnet18",            # smallest standard ResNet in Model Garden
-        images_per_batch=1,
-        learning_rate=0.01,
+        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False,
+        freeze_backbone_norm=False,
         learning_rate_all=0.002,
         steps={"heads": 10, "all": 10, "specialist": 5},
+        images_per_batch=1,
+        learning_rate=0.01,
         crop_size=128,                  # tiny crops of the tiny synthetic images
         predict_size=256,
         warmup_steps=2,
@@ -229,6 +302,7 @@ _PROFILES = {
         mixed_precision=False,
         pretrained=None,                # no downloads in tests
         scratch={},
+        starts={},
         # a tiny model: synthetic images hold a few dozen nuclei
         max_num_instances=100,
         max_num_detections=200,
@@ -258,6 +332,12 @@ def get_profile(name: str, **overrides) -> Profile:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
     if unknown:
         raise ConfigError(f"unknown profile knob(s) {sorted(unknown)}")
+    start = overrides.get("pretrained", prof.pretrained)
+    if start != prof.pretrained:  # the start's architecture and rates, then the rest
+        if start is not None and start not in prof.starts:
+            raise ConfigError(f"profile {name}: pretrained={start!r} is not offered; choose one of "
+                              f"{sorted(prof.starts) or '(none: random weights only)'} or None")
+        prof = dataclasses.replace(prof, pretrained=start, **prof.starts.get(start, {}))
     if overrides.get("from_scratch"):  # the profile's from-scratch recipe, then the caller's knobs
         prof = dataclasses.replace(prof, from_scratch=True, **prof.scratch)
     if overrides:
@@ -272,9 +352,12 @@ def check_profile(prof: Profile) -> None:
         raise ConfigError(f"scale {prof.scale!r}: use one of {SCALES}")
     if not 0.0 <= prof.stain_jitter <= 0.5:
         raise ConfigError(f"stain_jitter {prof.stain_jitter!r}: use 0 (off) to 0.5 (0.05 is typical)")
-    bad = set(prof.scratch) - ({f.name for f in dataclasses.fields(Profile)} - {"name", "from_scratch", "scratch"})
-    if bad:
-        raise ConfigError(f"profile {prof.name}: unknown knob(s) {sorted(bad)} in scratch")
+    knobs = {f.name for f in dataclasses.fields(Profile)} - {"name", "from_scratch", "scratch", "starts", "pretrained"}
+    for recipe, table in [("scratch", prof.scratch), *((f"starts[{k!r}]", v) for k, v in prof.starts.items())]:
+        if set(table) - knobs:
+            raise ConfigError(f"profile {prof.name}: unknown knob(s) {sorted(set(table) - knobs)} in {recipe}")
+    if prof.pretrained is not None and prof.pretrained not in STARTS:
+        raise ConfigError(f"pretrained {prof.pretrained!r}: use one of {sorted(STARTS)} or None (random weights)")
     for rule in CROSS_FIELD_RULES:
         if not rule.holds(prof):
             raise ConfigError(f"profile {prof.name}: {rule.left} ({getattr(prof, rule.left)}) must be {rule.op} "
@@ -308,7 +391,7 @@ def parent_stage(stage: str) -> str | None:
 
 # Fields that may change between runs of the same stage without mixing anything:
 # where the data lives, where weights started from, how often to save/log.
-_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0}  # NucleiTask's own fields
+_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False}  # NucleiTask's own fields
 _NOT_FINGERPRINTED = {
     ("task", "init_checkpoint"),
     ("task", "train_data", "input_path"),
@@ -373,7 +456,10 @@ def diff_fingerprints(old: dict, new: dict, prefix: str = "") -> list[str]:
 def describe(profile: str | Profile) -> str:
     """A few lines for the notebook: the matterport-style knobs of a profile."""
     p = get_profile(profile) if isinstance(profile, str) else profile
-    return (f"profile {p.name}: backbone {p.backbone}-FPN, images_per_batch {p.images_per_batch}, "
+    start = ("random weights" if p.from_scratch or not p.pretrained
+             else f"{p.pretrained} ({START_LABELS[p.pretrained]})")
+    return (f"profile {p.name}: backbone {p.backbone}-FPN (P{p.min_level}-P{p.max_level}), start {start}, "
+            f"images_per_batch {p.images_per_batch}, "
             f"learning_rate {p.learning_rate} (heads) / {p.learning_rate_all} (all), "
             f"checkpoint_every {p.checkpoint_every} steps, steps {p.steps}, "
             f"crop {p.crop_size}px " + (f"of {p.window()} native px (scale {p.scale})"

@@ -23,8 +23,8 @@ from official.modeling import optimization
 from official.vision.configs import backbones, common, decoders
 from official.vision.configs import maskrcnn as mg
 
-from helpers.train.config import (CROSS_FIELD_RULES, ConfigError, Profile, check_profile, get_profile,
-                                  stage_kind)
+from helpers.train.config import (CROSS_FIELD_RULES, STARTS, ConfigError, Profile, check_profile,
+                                  get_profile, stage_kind)
 
 EXPERIMENT = "nuclei_maskrcnn"
 # RandAugment ops that move pixels (boxes/masks would not follow) or erase/invert
@@ -44,6 +44,14 @@ class NucleiTask(mg.MaskRCNNTask):
 
     input_scale: float = 1.0   # Profile.scale: training windows and prediction input
     stain_jitter: float = 0.0  # Profile.stain_jitter: H&E optical-density jitter (training)
+    identity_norms: bool = False  # Profile.identity_norms: norms torchvision lacks, held frozen
+
+
+def start_modules(prof: Profile):
+    """What a fresh heads stage loads from its start's checkpoint: Model Garden's
+    ``init_checkpoint_modules`` ("backbone", or the list of the COCO start)."""
+    modules = STARTS.get(prof.pretrained, ("backbone",))
+    return modules[0] if len(modules) == 1 else list(modules)
 
 
 def restrictions() -> list[str]:
@@ -82,8 +90,7 @@ def experiment_config(
         checkpoint for ``all``/specialist).
       accelerator: 'gpu'/'tpu'/'cpu'; detected when None. Decides mixed precision.
       init_modules: what to load from ``init_checkpoint`` on a fresh stage; default
-        "backbone" for heads (ImageNet ResNet), "all" otherwise. ["backbone", "decoder"]
-        fits a Model Garden COCO Mask R-CNN checkpoint (its heads have 91 classes).
+        for heads the profile's start's (:func:`start_modules`), "all" otherwise.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     check_profile(prof)
@@ -92,7 +99,7 @@ def experiment_config(
     if total < 1:
         raise ConfigError(f"steps must be >= 1, got {total}")
     dtype = _precision(accelerator or detect_accelerator(), prof)
-    modules = init_modules or ("backbone" if kind == "heads" else "all")
+    modules = init_modules or (start_modules(prof) if kind == "heads" else "all")
     exp = cfg.ExperimentConfig(
         runtime=cfg.RuntimeConfig(
             mixed_precision_dtype=dtype,
@@ -107,6 +114,7 @@ def experiment_config(
             freeze_backbone=prof.freezes_backbone(kind),
             input_scale=prof.scale,
             stain_jitter=prof.stain_jitter,
+            identity_norms=prof.identity_norms,
             annotation_file="",
             use_coco_metrics=False,  # we evaluate with pycocotools ourselves
             model=_model(prof),
@@ -124,7 +132,7 @@ def experiment_config(
 
 @exp_factory.register_config_factory(EXPERIMENT)
 def nuclei_maskrcnn() -> cfg.ExperimentConfig:
-    """Nuclei in H&E tiles: the colab profile's heads stage (ResNet-101 FPN, 512 px crops)."""
+    """Nuclei in H&E tiles: the colab profile's heads stage (COCO-trained ResNet-50 FPN, 512 px crops)."""
     return experiment_config("colab", "heads", accelerator="gpu")
 
 
@@ -148,11 +156,12 @@ def _model(prof: Profile) -> mg.MaskRCNN:
         max_level=prof.max_level,
         anchor=mg.Anchor(anchor_size=prof.anchor_size, num_scales=prof.num_scales,
                          aspect_ratios=list(prof.aspect_ratios)),
-        backbone=backbones.Backbone(type="resnet", resnet=backbones.ResNet(model_id=prof.resnet_depth)),
+        backbone=backbones.Backbone(type="resnet", resnet=backbones.ResNet(
+            model_id=prof.resnet_depth, bn_trainable=not prof.freeze_backbone_norm)),
         decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=prof.fpn_filters)),
-        rpn_head=mg.RPNHead(num_filters=prof.rpn_filters),
+        rpn_head=mg.RPNHead(num_convs=prof.rpn_convs, num_filters=prof.rpn_filters),
         detection_head=mg.DetectionHead(num_convs=prof.head_convs, num_filters=prof.head_filters,
-                                        fc_dims=prof.head_fc_dims),
+                                        num_fcs=prof.head_fcs, fc_dims=prof.head_fc_dims),
         mask_head=mg.MaskHead(num_convs=prof.mask_convs, num_filters=prof.mask_filters),
         roi_generator=mg.ROIGenerator(
             pre_nms_top_k=max(2 * prof.num_proposals, 2000),
@@ -169,7 +178,8 @@ def _model(prof: Profile) -> mg.MaskRCNN:
             pre_nms_score_threshold=0.05,
         ),
         # MaskRCNN's own batch-norm values; sync BN only helps with many replicas of a large batch.
-        norm_activation=common.NormActivation(norm_momentum=0.997, norm_epsilon=0.0001, use_sync_bn=False),
+        norm_activation=common.NormActivation(norm_momentum=0.997, norm_epsilon=prof.norm_epsilon,
+                                              use_sync_bn=False),
     )
 
 

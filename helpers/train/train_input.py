@@ -28,6 +28,7 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
 from helpers.data.shards import INSTANCE_MAP_KEY  # written by helpers.data.shards (pixel = object number)
+from helpers.train import torch_convert
 
 
 # Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's
@@ -138,7 +139,28 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
 
 
 class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
-    """Model Garden's MaskRCNNTask; training data decoded through :class:`WindowDecoder`."""
+    """Model Garden's MaskRCNNTask; training data decoded through :class:`WindowDecoder`, and
+    weights converted from torchvision (:mod:`helpers.train.torch_convert`) read and kept as
+    they were converted."""
+
+    def build_model(self):
+        model = super().build_model()
+        if getattr(self.task_config, "identity_norms", False):
+            for norm in torch_convert.added_norms(model):
+                norm.trainable = False  # inference mode: stays the identity torchvision has there
+        return model
+
+    def initialize(self, model):
+        """Model Garden's, except for a checkpoint converted from torchvision (its
+        ``conversion.json`` beside it): a checked partial restore of what it holds."""
+        ckpt = self.task_config.init_checkpoint
+        if ckpt and tf.io.gfile.isdir(ckpt):
+            ckpt = tf.train.latest_checkpoint(ckpt)
+        if not ckpt or torch_convert.read_conversion(ckpt) is None:
+            return super().initialize(model)
+        modules = self.task_config.init_checkpoint_modules
+        torch_convert.restore_transferable(model, ckpt, [modules] if isinstance(modules, str) else list(modules),
+                                           self.task_config.model)
 
     def build_inputs(self, params, input_context=None, dataset_fn=None):
         if not params.is_training:

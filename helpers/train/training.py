@@ -37,6 +37,7 @@ from helpers.atomic import atomic_path, atomic_write_json
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.train import mirror
+from helpers.train.torch_convert import PretrainedWeightsUnavailable
 from helpers.train.curves import LOSS_KEYS
 from helpers.train.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
 from helpers.train.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
@@ -49,10 +50,6 @@ class StageConfigMismatch(RuntimeError):
 
 class ParentStageNotFinished(RuntimeError):
     """`all`/specialist needs the final checkpoint of the stage before it."""
-
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """Pretrained weights could not be reached; training from scratch is the alternative."""
 
 
 class NoTrainingData(RuntimeError):
@@ -113,17 +110,24 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
 
 # ----------------------------------------------------------------------------- pretrained
 
-def resolve_pretrained(profile: cfglib.Profile, ws: Workspace, timeout_s: float = 20.0) -> str:
-    """Local checkpoint prefix of the profile's pretrained backbone (downloaded once).
+def resolve_pretrained(profile: cfglib.Profile, ws: Workspace, timeout_s: float = 20.0, cfg=None) -> str:
+    """Local checkpoint prefix of the profile's start (downloaded, and converted, once).
 
-    Cached in ``<workspace>/pretrained/``. Raises
-    :class:`PretrainedWeightsUnavailable` quickly (never hangs) when the
-    weights cannot be reached.
+    Cached in ``<workspace>/pretrained/``: Model Garden's ImageNet ResNet (``imagenet``), or
+    torchvision's weights converted for ``cfg``'s model (``coco``, ``imagenet-torchvision``:
+    :func:`helpers.train.torch_convert.resolve_start`). Raises
+    :class:`PretrainedWeightsUnavailable` quickly (never hangs) when the weights cannot be
+    reached.
     """
     import tensorflow as tf
 
     if profile.pretrained is None:
         raise ValueError(f"profile {profile.name} has no pretrained weights")
+    if profile.pretrained in cfglib.TORCHVISION_STARTS:
+        from helpers.train import torch_convert
+
+        return torch_convert.resolve_start(ws.root, profile.pretrained, cfg.task.model,
+                                           cfg.task.init_checkpoint_modules)
     url = (cfglib.IMAGENET_RESNET_URLS.get(profile.resnet_depth)
            if profile.pretrained == "imagenet" else profile.pretrained)
     if url is None:
@@ -337,8 +341,22 @@ def build_task(cfg, logging_dir):
     return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
 
-INPUT_KNOBS = ("scale", "stain_jitter")  # what the model sees; a begun stage keeps its own
-INHERITED_KNOBS = ("from_scratch", *INPUT_KNOBS)  # a stage takes these from its parent
+# What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
+# (a newer release's defaults must not break its resume): the input it sees, its start and
+# whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
+KEPT_KNOBS = ("scale", "stain_jitter", "pretrained", "freeze_backbone_norm")
+INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "pretrained")  # a stage continues its parent's model
+LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "freeze_backbone_norm": False}
+
+
+def recorded_knob(info: dict, knob: str):
+    """A knob of a stage record, or the value stages had before records held it (the
+    colab and cpu profiles started from Model Garden's ImageNet ResNet then)."""
+    if knob in info:
+        return info[knob]
+    if knob == "pretrained":
+        return None if info.get("from_scratch") or info.get("profile") == "demo" else "imagenet"
+    return LEGACY_KNOBS[knob]
 
 
 def inherited_knobs(workspace, stage: str) -> dict:
@@ -346,7 +364,7 @@ def inherited_knobs(workspace, stage: str) -> dict:
     continues its parent's model (random or pretrained start, input scale, stain jitter)."""
     parent = cfglib.parent_stage(stage)
     info = read_stage_info(workspace, parent) if parent else None
-    return {k: info[k] for k in INHERITED_KNOBS if info and k in info}
+    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
 
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
@@ -366,8 +384,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     # a stage that has begun keeps the input knobs it was started with (a newer release's
     # profile defaults must not break its resume); a stage not yet begun takes its parent's
     own = read_stage_info(ws, stage)
-    if own is not None:  # none recorded (before these knobs existed): Profile's own default
-        parent.update({k: own.get(k, cfglib.Profile.__dataclass_fields__[k].default) for k in INPUT_KNOBS})
+    if own is not None:
+        parent.update({k: recorded_knob(own, k) for k in KEPT_KNOBS})
     if profile_overrides.get("from_scratch") is None:
         profile_overrides["from_scratch"] = parent.get("from_scratch", False)
     elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
@@ -375,9 +393,15 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
             f"stage {stage!r}: from_scratch={profile_overrides['from_scratch']} but its parent "
             f"{cfglib.parent_stage(stage)!r} was trained with from_scratch={parent['from_scratch']}; "
             "a stage continues its parent's model, so leave from_scratch unset")
-    for k in INPUT_KNOBS:
-        if k in parent and k not in profile_overrides:
+    for k in KEPT_KNOBS:
+        if k in parent and profile_overrides.get(k) is None:
             profile_overrides[k] = parent[k]
+    if profile_overrides.get("pretrained") is None:
+        profile_overrides.pop("pretrained", None)  # the profile's own start
+    elif parent.get("pretrained", profile_overrides["pretrained"]) != profile_overrides["pretrained"]:
+        raise cfglib.ConfigError(
+            f"stage {stage!r}: pretrained={profile_overrides['pretrained']!r} but the stage it continues "
+            f"was started from {parent['pretrained']!r}; leave pretrained unset")
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
@@ -391,9 +415,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 time_budget_s: float | None = None, stop_at_step: int | None = None,
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
                 train_files: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-                from_scratch: bool | None = None, init_checkpoint: str | None = None,
-                init_modules=None, strategy=None, progress: bool = True,
-                local_checkpoints=None, **profile_overrides) -> StageResult:
+                from_scratch: bool | None = None, pretrained: str | None = None,
+                init_checkpoint: str | None = None, init_modules=None, strategy=None,
+                progress: bool = True, local_checkpoints=None, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
     Args:
@@ -416,10 +440,15 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
       from_scratch: heads stage without pretrained weights: every layer trains (nothing is
         frozen) with the profile's ``scratch`` recipe (``Profile.scratch``). Later stages follow the
         heads stage's choice (None); it is part of the config fingerprint.
-      init_checkpoint: explicit checkpoint for a fresh heads stage (a local copy
-        of the pretrained backbone, or a Model Garden COCO Mask R-CNN checkpoint).
-      init_modules: what to load from it: "backbone" (default for heads) or
-        ["backbone", "decoder"] for a COCO Mask R-CNN checkpoint.
+      pretrained: the heads stage's start, one of the profile's ``starts`` (``config.STARTS``):
+        ``"coco"`` (torchvision's COCO Mask R-CNN, converted; the colab profile's default),
+        ``"imagenet"`` (Model Garden's ImageNet ResNet) or ``"imagenet-torchvision"``. None: the
+        profile's own. Each fixes the architecture its weights fit; later stages follow the
+        heads stage's start.
+      init_checkpoint: explicit checkpoint for a fresh heads stage instead of the start's
+        download: a Model Garden ImageNet backbone, or a folder converted by
+        :func:`helpers.train.torch_convert.convert`.
+      init_modules: what to load from it; default the start's (``config.STARTS``).
       strategy: None (automatic), "tpu", "mirrored", "default" or a Strategy.
       local_checkpoints: where Model Garden saves: a folder on the runtime's own disk whose
         newest checkpoint is copied to the workspace in the background, or False to save
@@ -434,7 +463,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
                                  organs=organs, train_files=train_files, splits=splits,
                                  init_modules=init_modules, from_scratch=from_scratch,
-                                 **profile_overrides)
+                                 pretrained=pretrained, **profile_overrides)
     planned = int(cfg.trainer.train_steps)
     local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
     model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
@@ -514,7 +543,7 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
     from helpers.train.experiment import detect_accelerator
 
     if prof.name == "colab" and detect_accelerator() == "cpu":
-        print("note: profile 'colab' on a machine without GPU is very slow (ResNet-101, "
+        print(f"note: profile 'colab' on a machine without GPU is very slow ({prof.backbone}, "
               "batch 2); profile 'cpu' is made for this case (a different stage config).")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
@@ -550,7 +579,7 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
         if init_checkpoint:
             init = init_checkpoint
         elif prof.pretrained and not prof.from_scratch:
-            init = resolve_pretrained(prof, ws)
+            init = resolve_pretrained(prof, ws, cfg=cfg)
     else:
         init = _parent_checkpoint(ws, stage)
     cfg.override({"task": {"init_checkpoint": init or ""}}, is_strict=True)
@@ -558,6 +587,7 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
     atomic_write_json(sdir / STAGE_FILE, {
         "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
         "from_scratch": prof.from_scratch, "scale": prof.scale, "stain_jitter": prof.stain_jitter,
+        "pretrained": prof.pretrained, "freeze_backbone_norm": prof.freeze_backbone_norm,
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
