@@ -544,7 +544,7 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
 
     if prof.name == "colab" and detect_accelerator() == "cpu":
         print(f"note: profile 'colab' on a machine without GPU is very slow ({prof.backbone}, "
-              "batch 2); profile 'cpu' is made for this case (a different stage config).")
+              f"batch {prof.images_per_batch}); profile 'cpu' is made for this case (a different stage config).")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
     strat = pick_strategy(strategy)
