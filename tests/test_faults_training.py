@@ -150,3 +150,15 @@ def test_damaged_stage_record_is_a_clear_error_and_touches_nothing(base, heads):
     status = training.stage_status(ws, "heads")
     assert status.startswith("heads: record damaged") and str(sdir / training.STAGE_FILE) in status
     assert file_snapshot(sdir) == before
+
+
+def test_a_diverging_loss_stops_training_at_once(base):
+    """A NaN loss (here: a learning rate that overflows float32) ends the run at that step
+    with a message, instead of training on for hours; no checkpoint of that step is written."""
+    ws = new_workspace(base, "diverge")
+    with pytest.raises(training.TrainingDiverged, match=r"diverged.*lower learning_rate") as err:
+        training.train_stage("heads", "demo", ws, steps=40, learning_rate=1e36, warmup_steps=1, progress=False)
+    step = int(err.value.args[0].split(" at step ")[1].split()[0])
+    assert step < 40
+    saved = [s for s, _ in ckpts.list_checkpoints(ws.checkpoints / "heads")]
+    assert saved and max(saved) < step

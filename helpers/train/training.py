@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import socket
 import sys
@@ -214,6 +215,10 @@ def pick_strategy(strategy=None):
 
 # ----------------------------------------------------------------------------- runner
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stops at once instead of going on for hours."""
+
+
 class _StopForBudget(Exception):
     """Raised by the progress action when the next step would overrun the time budget."""
 
@@ -231,6 +236,7 @@ class _Progress:
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
                         disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+        self.stage = stage
         self.times: list[float] = []
         self.last = time.perf_counter()
         self.last_output: dict = {}
@@ -246,10 +252,13 @@ class _Progress:
         if "learning_rate" in output:
             vals["learning_rate"] = float(output["learning_rate"])
         self.last_output = vals
+        self._check_finite(vals)
+        sps = self.s_per_step or self.times[-1]
         post = {"loss": f"{vals.get('total_loss', float('nan')):.3f}",
                 "mask": f"{vals.get('mask_loss', float('nan')):.3f}",
                 "lr": f"{vals.get('learning_rate', 0):.2e}",
-                "s/step": f"{self.s_per_step or self.times[-1]:.2f}"}
+                "s/step": f"{sps:.2f}",
+                "left": _duration(sps * (self.bar.total - self.bar.n - 1))}
         if self.mirror is not None:
             post["on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
         self.bar.set_postfix(post, refresh=False)
@@ -259,6 +268,18 @@ class _Progress:
             copy = self.mirror.last_copy_seconds if self.mirror is not None else 0.0
             if now - self.t0 + 1.5 * est + copy > self.budget_s:  # the last copy runs after the stop
                 raise _StopForBudget()
+
+    def _check_finite(self, vals: dict) -> None:
+        bad = {k: v for k, v in vals.items() if k != "learning_rate" and not math.isfinite(v)}
+        if bad:
+            step = self.bar.n + 1
+            self.bar.close()
+            raise TrainingDiverged(
+                f"stage {self.stage!r}: {', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step} "
+                f"(learning rate {vals.get('learning_rate', float('nan')):.2e}): training diverged and was "
+                f"stopped, with no checkpoint of this step. A checkpoint saved just before it may hold "
+                f"the diverged weights too. Start the stage again with a lower learning_rate (move its "
+                f"checkpoints folder away first: a new rate is a new config).")
 
     def mark(self):
         self.last = time.perf_counter()
@@ -508,11 +529,23 @@ def resume_or_load(ws, stage, prof, cfg, sdir: Path, model_dir: Path, latest, wh
     return latest
 
 
+def _duration(seconds: float) -> str:
+    """``1h05m``, ``12m`` or ``40s``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+
+
 def _announce(stage, latest, where, start, planned, model_dir, sdir, drive) -> None:
-    """Say where the run starts and where it saves; start the copy to the workspace."""
+    """Say how many steps are planned and left, where the run starts and where it saves;
+    start the copy to the workspace."""
     if latest:
         source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
-        print(f"resuming stage {stage!r} from {latest[1].name}{source} (step {start}/{planned})")
+        print(f"resuming stage {stage!r} from {latest[1].name}{source}: step {start} of {planned} planned, "
+              f"{planned - start} left (the progress line shows the time left)")
+    else:
+        print(f"stage {stage!r}: {planned} steps planned (the progress line shows the time left)")
     if drive is not None:
         print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} "
               "in the background")
