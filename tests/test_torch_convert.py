@@ -349,7 +349,7 @@ def test_a_converted_trained_model_fine_tunes_better_than_a_random_start(base):
     assert "block_group" not in " ".join(report.unused)
     assert (folder / tc.CONVERSION_FILE).is_file()
     losses = {}
-    for name, start in (("converted", dict(init_checkpoint=str(folder / tc.CHECKPOINT_NAME),
+    for name, start in (("converted", dict(init_checkpoint=str(folder),
                                            init_modules=COCO_MODULES)), ("random", {})):
         tf.keras.utils.set_random_seed(0)
         training.train_stage("heads", "demo", ws[name], steps=30, progress=False, **start, **SMALL)
@@ -357,3 +357,24 @@ def test_a_converted_trained_model_fine_tunes_better_than_a_random_start(base):
     tail = {name: float(np.mean(v[-10:])) for name, v in losses.items()}
     print("mean total loss, steps 21-30:", tail)  # measured: converted 1.72-1.80, random 2.07-2.28
     assert tail["converted"] < 0.92 * tail["random"], tail
+
+
+def test_a_damaged_cached_conversion_is_set_aside_and_converted_again(converted, tmp_path, monkeypatch):
+    """A cut copy of the converted weights (Drive) is never read: it is moved aside whole and
+    the start is converted again (here, offline, that fails with the no-network message)."""
+    if torch_available() is not None or not _offline():
+        pytest.skip("needs torch and no route to torchvision's server")
+    model, _, _ = converted
+    cfg = model_config(num_classes=2, coco_anchors=False)
+    root = tmp_path / "ws"
+    folder = tc.cache_folder(root, "coco", cfg.task.model, COCO_MODULES)
+    tc.write_converted(folder, tc.transferable_items(model), {
+        "source": "test", "modules": COCO_MODULES, "architecture": tc.weight_architecture(cfg.task.model)})
+    assert tc.resolve_start(root, "coco", cfg.task.model, COCO_MODULES) == str(folder / tc.CHECKPOINT_NAME)
+    data = folder / "model.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(tc.PretrainedWeightsUnavailable, match="no network"):
+        tc.resolve_start(root, "coco", cfg.task.model, COCO_MODULES)
+    left = sorted(p.name for p in (root / "pretrained").iterdir())
+    assert len(left) == 1 and left[0].startswith(folder.name + ".damaged-")  # nothing half-written

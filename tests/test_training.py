@@ -191,7 +191,7 @@ def test_colab_profile_builds_full_size_model_on_cpu():
     cfg = experiment.experiment_config("colab", "heads", ["x.tfrecord"], accelerator="cpu")
     model = maskrcnn.MaskRCNNTask(cfg.task).build_model()
     n = model.count_params()
-    assert n > 55_000_000  # ResNet-101-FPN Mask R-CNN
+    assert n > 44_000_000  # torchvision's maskrcnn_resnet50_fpn_v2 layout: 46.4 M parameters
     assert not model.backbone.trainable
 
 

@@ -483,6 +483,16 @@ def write_converted(folder: Path, items: dict, record: dict) -> str:
     return str(folder / CHECKPOINT_NAME)
 
 
+def converted_prefix(path) -> str | None:
+    """The checkpoint prefix when ``path`` (a folder or a prefix) is a conversion of ours
+    (``conversion.json`` beside it), else None."""
+    if not path:
+        return None
+    p = Path(str(path))
+    prefix = p / CHECKPOINT_NAME if p.is_dir() else p
+    return str(prefix) if (prefix.parent / CONVERSION_FILE).is_file() else None
+
+
 def read_conversion(prefix) -> dict | None:
     """The ``conversion.json`` beside a converted checkpoint, or None (not converted by us)."""
     path = Path(str(prefix)).parent / CONVERSION_FILE
@@ -528,7 +538,6 @@ TORCHVISION_WEIGHTS = {
     "imagenet-torchvision": {50: "ResNet50_Weights.IMAGENET1K_V2", 101: "ResNet101_Weights.IMAGENET1K_V2"},
 }
 _BACKBONE_FIELDS = ("backbone", "norm_epsilon")  # what a backbone-only conversion depends on
-_EXPORT_TIMEOUT_S = 3600                         # a 170 MB download on a slow line, then the export
 
 
 def source_weights(start: str, depth: int) -> str:
@@ -597,12 +606,15 @@ def export_torchvision(name: str, out: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     print(f"downloading torchvision's {name} and converting it for Model Garden (once; cached)")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "helpers.train.torch_export", name, str(out)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=_EXPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise PretrainedWeightsUnavailable(f"torchvision's {name} did not arrive in {_EXPORT_TIMEOUT_S} s") from e
-    detail = (proc.stderr.strip().splitlines() or [""])[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.train.torch_export", name, str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = ""
+    for chunk in iter(lambda: proc.stderr.read(512), ""):  # torchvision's download progress
+        sys.stderr.write(chunk)
+        tail = (tail + chunk)[-800:]
+    said = proc.stdout.read().strip()
+    proc.wait()
+    detail = (said.splitlines() or [""])[-1]
     other = ("Or choose another start: pretrained='imagenet' (Model Garden's ImageNet backbone), or "
              "from_scratch=True.")
     if proc.returncode == torch_export.NO_TORCH:
@@ -619,7 +631,7 @@ def export_torchvision(name: str, out: Path) -> None:
             f"Re-run to download it again. {other}")
     if proc.returncode != 0:
         raise PretrainedWeightsUnavailable(f"exporting torchvision's {name} failed (exit {proc.returncode}): "
-                                           f"{proc.stderr.strip()[-800:]}")
+                                           f"{said[-400:]} {tail}")
 
 
 def convert(state_dict: Mapping, model_config, modules, folder: Path, source: str = "") -> Report:

@@ -10,8 +10,9 @@ does. The download is torchvision's own (``Weights.get_state_dict``, its cache u
 ``$TORCH_HOME``, the file's hash checked); a cached file that fails to load is removed and
 downloaded once more. The ``.npz`` is written to a temp file and renamed.
 
-Exit codes (the parent turns them into messages): 0 done, 3 no torch/torchvision,
-4 download failed, 5 the download is damaged twice, 2 bad arguments.
+Exit codes (the parent turns them into messages, with the last line this prints on stdout):
+0 done, 3 no torch/torchvision, 4 download failed, 5 the download is damaged twice, 2 bad
+arguments. torchvision's download progress goes to stderr, which the parent shows.
 """
 from __future__ import annotations
 
@@ -76,15 +77,15 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
     except Exception as e:
-        print(f"torch/torchvision not importable: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"torch/torchvision not importable: {type(e).__name__}: {e}")
         return NO_TORCH
     try:
         state = load_state_dict(name)
     except DamagedDownload as e:
-        print(str(e), file=sys.stderr)
+        print(str(e))
         return DAMAGED
     except OSError as e:  # URLError, timeouts, DNS: no network to torchvision's server
-        print(f"download failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"download failed: {type(e).__name__}: {e}")
         return NO_DOWNLOAD
     write_npz(state, Path(out))
     return 0

@@ -153,10 +153,8 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
     def initialize(self, model):
         """Model Garden's, except for a checkpoint converted from torchvision (its
         ``conversion.json`` beside it): a checked partial restore of what it holds."""
-        ckpt = self.task_config.init_checkpoint
-        if ckpt and tf.io.gfile.isdir(ckpt):
-            ckpt = tf.train.latest_checkpoint(ckpt)
-        if not ckpt or torch_convert.read_conversion(ckpt) is None:
+        ckpt = torch_convert.converted_prefix(self.task_config.init_checkpoint)
+        if ckpt is None:
             return super().initialize(model)
         modules = self.task_config.init_checkpoint_modules
         torch_convert.restore_transferable(model, ckpt, [modules] if isinstance(modules, str) else list(modules),
