@@ -229,6 +229,35 @@ def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(ba
     assert cfg.task.stain_jitter == 0.2
 
 
+def test_a_stage_begun_before_the_coco_start_resumes_as_it_began(base):
+    """The colab profile now starts from COCO weights (ResNet-50, P2-P6...) with a frozen
+    backbone batch norm; a stage begun with Model Garden's ImageNet ResNet-101 (its stage.json
+    records no start) keeps that architecture, its rates and its trainable batch norm, and so
+    do the stages that continue it."""
+    from helpers.atomic import atomic_write_json
+    from helpers.train import config
+
+    ws = new_workspace(base, "begun_imagenet")
+    _, fresh, _ = training.plan_stage("heads", "colab", ws, accelerator="gpu")
+    assert fresh.task.model.backbone.resnet.model_id == 50 and fresh.task.model.max_level == 6
+    (ws.checkpoints / "heads").mkdir(parents=True)
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "colab"})
+    for stage in ("heads", "all"):
+        _, cfg, _ = training.plan_stage(stage, "colab", ws, accelerator="gpu")
+        m = cfg.task.model
+        assert (m.backbone.resnet.model_id, m.max_level, m.rpn_head.num_convs) == (101, 5, 1)
+        assert m.norm_activation.norm_epsilon == 1e-4 and cfg.task.identity_norms is False
+        lr = cfg.trainer.optimizer_config.learning_rate.cosine.initial_learning_rate
+        assert lr == (0.01 if stage == "heads" else 0.001)
+    _, heads, _ = training.plan_stage("heads", "colab", ws, accelerator="gpu")
+    assert heads.task.model.backbone.resnet.bn_trainable is True  # as it began
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "colab", "pretrained": "coco"})
+    _, cfg, _ = training.plan_stage("all", "colab", ws, accelerator="gpu")
+    assert cfg.task.model.max_level == 6 and cfg.task.model.backbone.resnet.bn_trainable is False
+    with pytest.raises(config.ConfigError, match="started from 'coco'"):
+        training.plan_stage("all", "colab", ws, pretrained="imagenet")
+
+
 def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
     """all / final / specialists inherit from_scratch from the heads record; final trains on
     train + val by default."""

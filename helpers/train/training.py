@@ -375,8 +375,8 @@ def recorded_knob(info: dict, knob: str):
     colab and cpu profiles started from Model Garden's ImageNet ResNet then)."""
     if knob in info:
         return info[knob]
-    if knob == "pretrained":
-        return None if info.get("from_scratch") or info.get("profile") == "demo" else "imagenet"
+    if knob == "pretrained":  # it also fixes the architecture, from scratch too
+        return "imagenet" if info.get("profile") in ("colab", "cpu") else None
     return LEGACY_KNOBS[knob]
 
 
