@@ -288,7 +288,9 @@ def test_colab_heads_stage_starts_from_the_converted_coco_weights(converted, bas
     from helpers.train import training
 
     ws = new_workspace(base, "coco_start")
-    knobs = dict(crop_size=256, images_per_batch=1)  # smaller than Colab's; no weight changes shape
+    # smaller crops, batch and samples than on Colab: no weight changes shape, the steps are quick
+    knobs = dict(crop_size=128, predict_size=128, images_per_batch=1, num_proposals=256, num_sampled_rois=64,
+                 num_sampled_masks=32, rpn_batch_size_per_im=128, max_num_instances=200)
     _, cfg, sdir = training.plan_stage("heads", "colab", ws, steps=2, accelerator="cpu", **knobs)
     modules = cfg.task.init_checkpoint_modules
     assert modules == COCO_MODULES

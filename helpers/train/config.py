@@ -170,7 +170,7 @@ class Profile:
     # Backbone batch norm frozen (Model Garden's ResNet bn_trainable=False) in every stage:
     # statistics of 1-2 crops per step are noise, so a pretrained backbone keeps its own.
     freeze_backbone_norm: bool = False
-    pretrained: str | None = None       # a key of STARTS, or None (random weights)
+    pretrained: str | None = None       # a key of STARTS, a backbone checkpoint's URL/path, or None
     # Other starts the profile offers: start -> the knobs that change with it (the
     # architecture its weights fit, its learning rates). pretrained=<start> applies them.
     starts: dict = dataclasses.field(default_factory=dict)
@@ -333,7 +333,7 @@ def get_profile(name: str, **overrides) -> Profile:
     if unknown:
         raise ConfigError(f"unknown profile knob(s) {sorted(unknown)}")
     start = overrides.get("pretrained", prof.pretrained)
-    if start != prof.pretrained:  # the start's architecture and rates, then the rest
+    if start != prof.pretrained and not is_checkpoint_location(start):  # the start's knobs, then the rest
         if start is not None and start not in prof.starts:
             raise ConfigError(f"profile {name}: pretrained={start!r} is not offered; choose one of "
                               f"{sorted(prof.starts) or '(none: random weights only)'} or None")
@@ -356,8 +356,9 @@ def check_profile(prof: Profile) -> None:
     for recipe, table in [("scratch", prof.scratch), *((f"starts[{k!r}]", v) for k, v in prof.starts.items())]:
         if set(table) - knobs:
             raise ConfigError(f"profile {prof.name}: unknown knob(s) {sorted(set(table) - knobs)} in {recipe}")
-    if prof.pretrained is not None and prof.pretrained not in STARTS:
-        raise ConfigError(f"pretrained {prof.pretrained!r}: use one of {sorted(STARTS)} or None (random weights)")
+    if prof.pretrained is not None and prof.pretrained not in STARTS and not is_checkpoint_location(prof.pretrained):
+        raise ConfigError(f"pretrained {prof.pretrained!r}: use one of {sorted(STARTS)}, the URL or path of a "
+                          "backbone checkpoint, or None (random weights)")
     for rule in CROSS_FIELD_RULES:
         if not rule.holds(prof):
             raise ConfigError(f"profile {prof.name}: {rule.left} ({getattr(prof, rule.left)}) must be {rule.op} "
@@ -367,6 +368,11 @@ def check_profile(prof: Profile) -> None:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")
     if prof.scale_jitter[0] < 1.0:
         raise ConfigError("scale_jitter must not go below 1.0: nuclei are never downscaled")
+
+
+def is_checkpoint_location(start) -> bool:
+    """``pretrained`` given as a URL (a tar.gz) or a path of a backbone checkpoint, not a start name."""
+    return isinstance(start, str) and ("://" in start or "/" in start)
 
 
 def stage_kind(stage: str) -> str:
@@ -457,7 +463,7 @@ def describe(profile: str | Profile) -> str:
     """A few lines for the notebook: the matterport-style knobs of a profile."""
     p = get_profile(profile) if isinstance(profile, str) else profile
     start = ("random weights" if p.from_scratch or not p.pretrained
-             else f"{p.pretrained} ({START_LABELS[p.pretrained]})")
+             else f"{p.pretrained} ({START_LABELS.get(p.pretrained, 'a backbone checkpoint')})")
     return (f"profile {p.name}: backbone {p.backbone}-FPN (P{p.min_level}-P{p.max_level}), start {start}, "
             f"images_per_batch {p.images_per_batch}, "
             f"learning_rate {p.learning_rate} (heads) / {p.learning_rate_all} (all), "

@@ -41,9 +41,9 @@ Different by design (tests/test_torch_convert.py measures both):
   torch pads both sides: TF samples each strided layer one pixel further on, and the 3x3 main
   branch no longer lines up with the 1x1 projection shortcut. The converted backbone is a
   slightly different function (exact when torch is given TF's padding).
-* **ROIAlign.** Model Garden samples 2x2 points per bin at offset 0.5 of a box in image
-  pixels; torchvision (``aligned=False``) samples its bins without the half-pixel shift. The
-  heads match exactly on the same ROI features.
+* **ROIAlign.** Model Garden samples each bin once, bilinearly at its centre
+  (``sample_offset=0.5``); torchvision averages 2x2 bilinear samples per bin
+  (``sampling_ratio=2``, ``aligned=False``). The heads match exactly on the same ROI features.
 
 Where it is read: a checkpoint of :func:`transferable_items` (backbone, decoder and the heads'
 shared layers, as nested ``tf.train.Checkpoint`` objects) is restored by the task's
@@ -64,11 +64,11 @@ from typing import Mapping
 import numpy as np
 
 from helpers.atomic import atomic_write_json
+from helpers.train.config import HEAD_MODULES
 
 TORCH_BN_EPS = 1e-5                 # torch.nn.BatchNorm2d's default, torchvision's everywhere
 CHECKPOINT_NAME = "model"           # <folder>/model.index, model.data-*
 CONVERSION_FILE = "conversion.json"  # source, architecture, what was mapped
-HEAD_MODULES = ("rpn_head", "detection_head", "mask_head")
 
 
 class ConversionError(ValueError):
@@ -88,7 +88,7 @@ class Report:
     def summary(self) -> str:
         lines = [f"{len(self.mapped)} Model Garden layers from torchvision's weights "
                  f"({len(self.folded)} with a batch norm folded in), {len(self.added)} identity "
-                 "norms added where torchvision has none"]
+                 "layers added where torchvision has none"]
         lines += [f"re-initialised: {name} ({why})" for name, why in self.reinitialised]
         if self.unused:
             lines.append(f"not used: {', '.join(self.unused)}")
