@@ -394,9 +394,10 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
                init_modules=None, **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
 
-    ``from_scratch``, ``scale`` and ``stain_jitter`` default to the parent stage's (recorded
-    in its ``stage.json``); ``from_scratch`` defaults to False for heads. ``scale`` and
-    ``stain_jitter`` of a stage already begun are those its own ``stage.json`` records.
+    ``from_scratch``, ``scale``, ``stain_jitter`` and ``pretrained`` (which fixes the
+    architecture) default to the parent stage's (recorded in its ``stage.json``);
+    ``from_scratch`` defaults to False for heads. A stage already begun keeps the
+    :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`).
     """
     from helpers.train.experiment import experiment_config
 
@@ -421,8 +422,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
         profile_overrides.pop("pretrained", None)  # the profile's own start
     elif parent.get("pretrained", profile_overrides["pretrained"]) != profile_overrides["pretrained"]:
         raise cfglib.ConfigError(
-            f"stage {stage!r}: pretrained={profile_overrides['pretrained']!r} but the stage it continues "
-            f"was started from {parent['pretrained']!r}; leave pretrained unset")
+            f"stage {stage!r}: pretrained={profile_overrides['pretrained']!r} but this stage (or the one it "
+            f"continues) was started from {parent['pretrained']!r}; leave pretrained unset")
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
