@@ -221,9 +221,11 @@ _COLAB = Profile(
     # = 0.00375), as detectron2 fine-tunes at its base LR once the backbone is unfrozen.
     learning_rate=LR_PER_IMAGE * 2,
     learning_rate_all=LR_PER_IMAGE * 2,
-    # COCO weights converge fast: ~25 passes over 20 images for the heads, ~100 for all
-    # (a 512 crop is a quarter of an image; 2 per step). README: ~0.3 + 1.1 h on a T4.
-    steps={"heads": 1000, "all": 4000, "specialist": 1000},
+    # Sized for the free tier's few GPU hours: a Colab step waits on the input pipeline on its
+    # 2 CPU cores (2.9 s per batch of 2 measured here, far above the ~0.25 s of GPU compute:
+    # bench_coco_start), so 500 + 2000 steps are ~0.4 + 1.6 h (README). From COCO weights that
+    # is ~13 passes over the 20 images for the heads, ~50 for all (a 512 crop = 1/4 image).
+    steps={"heads": 500, "all": 2000, "specialist": 500},
     # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
     # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
     # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.
