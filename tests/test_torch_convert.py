@@ -357,6 +357,15 @@ def test_a_converted_trained_model_fine_tunes_better_than_a_random_start(base):
         training.train_stage("heads", "demo", ws[name], steps=30, progress=False, **start, **SMALL)
         losses[name] = curves.read_curves(ws[name], "heads")["total_loss"][1]
     tail = {name: float(np.mean(v[-10:])) for name, v in losses.items()}
+    # the backbone alone, as the imagenet-torchvision start converts a torchvision ResNet
+    resnet = {k[len("backbone.body."):]: v for k, v in np.load(npz).items() if k.startswith("backbone.body.")}
+    only = tc.convert(resnet, cfg.task.model, ["backbone"], ws["random"].root / "resnet", source="ResNet-18")
+    assert only.unused == [] and only.reinitialised == []
+    record = tc.read_conversion(ws["random"].root / "resnet" / tc.CHECKPOINT_NAME)
+    assert set(record["architecture"]) == {"backbone", "norm_epsilon"} and record["modules"] == ["backbone"]
+    reader = tf.train.load_checkpoint(str(ws["random"].root / "resnet" / tc.CHECKPOINT_NAME))
+    stem = [k for k in reader.get_variable_to_shape_map() if reader.get_variable_to_shape_map()[k] == [7, 7, 3, 64]]
+    np.testing.assert_array_equal(reader.get_tensor(stem[0]), np.transpose(resnet["conv1.weight"], (2, 3, 1, 0)))
     print("mean total loss, steps 21-30:", tail)  # measured: converted 1.72-1.80, random 2.07-2.28
     assert tail["converted"] < 0.92 * tail["random"], tail
 
