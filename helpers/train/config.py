@@ -212,8 +212,11 @@ class Profile:
 # Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden, started from
 # torchvision's COCO Mask R-CNN; the registered experiment nuclei_maskrcnn
 # (helpers.train.experiment).
+# ImageNet backbones: ResNet-101 (matterport's nucleus backbone), P2-P5, 1-conv RPN, and
+# matterport's fine-tuning rates (heads 0.01, then LR/10 once the backbone trains)
 _R101_IMAGENET = {"backbone": "resnet101", "max_level": 5, "rpn_convs": 1, "norm_epsilon": 1e-4,
-                  "identity_norms": False}
+                  "identity_norms": False, "learning_rate": 0.01, "learning_rate_all": 0.001,
+                  "steps": {"heads": 2000, "all": 6000, "specialist": 1000}}
 _COLAB = Profile(
     name="colab",
     images_per_batch=2,             # 2 x 512^2 crops per step (matterport: IMAGES_PER_GPU 2)
@@ -241,13 +244,8 @@ _COLAB = Profile(
     scratch={"learning_rate": 0.02, "learning_rate_all": 0.01, "freeze_backbone_norm": False},
     starts={
         "coco": {},
-        # ImageNet backbones: ResNet-101 (matterport's nucleus backbone), P2-P5, 1-conv RPN;
-        # matterport's fine-tuning rates (heads 0.01, then LR/10 once the backbone trains)
-        "imagenet": {**_R101_IMAGENET, "learning_rate": 0.01, "learning_rate_all": 0.001,
-                     "steps": {"heads": 2000, "all": 6000, "specialist": 1000}},
-        "imagenet-torchvision": {**_R101_IMAGENET, "norm_epsilon": 1e-5, "learning_rate": 0.01,
-                                 "learning_rate_all": 0.001,
-                                 "steps": {"heads": 2000, "all": 6000, "specialist": 1000}},
+        "imagenet": _R101_IMAGENET,
+        "imagenet-torchvision": {**_R101_IMAGENET, "norm_epsilon": 1e-5},
     },
     **COCO_ARCHITECTURE,
 )
@@ -283,7 +281,7 @@ _PROFILES = {
                  "freeze_backbone_norm": False},
         # torchvision's weights: COCO's whole architecture (4-conv box head: slower on CPU)
         starts={"imagenet": {}, "imagenet-torchvision": {"norm_epsilon": 1e-5},
-                "coco": {**COCO_ARCHITECTURE, "mask_filters": 256, "num_sampled_rois": 256}},
+                "coco": COCO_ARCHITECTURE},
     ),
     # Tests and the README's demo run: a few steps on 2 CPU cores in a couple of minutes.
     "demo": dataclasses.replace(
