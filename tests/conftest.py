@@ -55,3 +55,18 @@ def heads(base):
 
     ws, res = trained(base, ("heads",))
     return ws, res["heads"]
+
+
+# Under pytest-xdist (`bash bin/test` runs 2 workers), a worker takes whole test files, so each
+# file's module fixtures are built once; the files that share the demo workflow go together too
+# (it is the longest fixture: notebooks 01→05).
+SHARED_FIXTURE_GROUPS = {"test_predict.py": "demo_workflow", "test_selection.py": "demo_workflow",
+                         "test_workflow.py": "demo_workflow"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):  # the Colab-like env runs without it
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(name, name)))

@@ -25,6 +25,8 @@ PLACEHOLDER = "https://github.com/OWNER/nuclei-maskrcnn"
 RELEASES = ["2.20.0", "2.19.1", "2.18.0", "2.17.0", "2.16.0", "2.15.0", "2.14.2", "2.14.1"]
 TF = importlib.metadata.version("tensorflow")
 MODEL_GARDEN = importlib.metadata.version("tf-models-official")
+# these depend on the installed versions: the Colab-like env runs them (`-m colab`)
+pytestmark = pytest.mark.colab
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ PRIVATE_ID = "1PrIvAtEfIlEnOtShArEdWiThAnYoNe99"
 MISSING_ID = "1NoSuChFiLeOnDrIvEaTaLlXyZ0123456"
 SHARE_URL = f"https://drive.google.com/file/d/{FILE_ID}/view?usp=sharing"
 GDOWN_PARAMS = inspect.signature(gdown.download).parameters
+# these depend on the installed versions: the Colab-like env runs them (`-m colab`)
+pytestmark = pytest.mark.colab
 
 
 @pytest.mark.parametrize("version", [gdown.__version__], ids=lambda v: f"gdown-{v}")
