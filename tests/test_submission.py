@@ -116,8 +116,8 @@ def _break(kind, entries):
         e["bbox"] = [30.0, 30.0, 5.0, 5.0]
     elif kind == "not_a_dict":
         entries[1] = [1, 2]
-    elif kind == "image_missing":
-        return [x for x in entries if x["image_id"] != 7]
+    elif kind == "empty":
+        return []
     elif kind == "not_a_list":
         return {"annotations": entries}
     return entries
@@ -128,7 +128,7 @@ MALFORMED = {"wrong_size": "does not match the image size", "score_high": "score
              "image_id_text": "image_id must be an integer", "category": "category_id must be 1",
              "missing_field": "missing field", "counts_garbage": "RLE alphabet", "counts_wrong_total": "cover",
              "bbox_shape": "bbox must be", "bbox_mismatch": "does not match its mask", "not_a_dict": "object",
-             "image_missing": "every test image must be present", "not_a_list": "JSON list"}
+             "empty": "pycocotools cannot load an empty results file", "not_a_list": "JSON list"}
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))

@@ -7,21 +7,25 @@ counts: str}, bbox: [x, y, w, h], score}``; ``image_id`` is the COCO id that
 * ``build_answer(predictions, test_images, resolve=False)`` makes the entries
   (optionally giving each pixel to the highest-scoring mask: ``resolve_overlaps``);
   detections with a NaN score are left out with a ``SubmissionNote`` warning saying
-  how many, per image.
+  how many, per image. Every test image must have been predicted; one where the model
+  found nothing has no entry (COCO results may leave an image out), with a
+  ``SubmissionNote``; if it found nothing anywhere, one placeholder entry (score 0, one
+  pixel) keeps the file loadable by pycocotools.
 * ``check_answer`` lists every problem; ``validate_answer`` raises ``SubmissionError``
-  naming them (every test image present, sizes match, scores in [0, 1], category 1,
-  known image_id, valid RLE, and pycocotools' ``COCO.loadRes`` accepts the file).
+  naming them (sizes match, scores in [0, 1], category 1, known image_id, valid RLE, not
+  empty, and pycocotools' ``COCO.loadRes`` accepts the file).
   numpy scalars (``numpy.float32`` scores, ``numpy.int64`` ids) are accepted and
   written as plain JSON numbers.
-* ``write_answer`` validates, writes ``answer.json`` atomically and zips it as
-  ``answer.zip`` (``answer.json`` at the zip root). An existing answer is never
-  replaced unless ``overwrite=True``.
+* ``write_answer`` validates, then writes ``answer.json`` and ``answer.zip`` (``answer.json``
+  at the zip root) as a pair: both change or neither does, also across a kill. An existing
+  answer is never replaced unless ``overwrite=True``.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from helpers.atomic import atomic_path, atomic_write_json
+from helpers.atomic import PARTIAL_MARKER, atomic_write_text, folder_error
 from helpers.coco_format import (CATEGORIES, CATEGORY_ID, Detections, RLEError, check_rle, coco_from_dataset,
                                  decode_crop, encode_crops, load_results, result_entries, rle_bbox)
 from helpers.data.dataset import TEST_IDS_FILE
@@ -170,6 +174,7 @@ def build_answer(predictions: Mapping[str, Detections], test_images, resolve: bo
         raise SubmissionError(f"no prediction for test image(s) {missing[:_MAX_LISTED]}; predict them "
                               "first (or pass allow_missing=True)")
     entries: list[dict] = []
+    empty: list[str] = []  # predicted test images left without a detection
     for t in images:
         if t.file_name not in seen:
             continue
@@ -187,7 +192,35 @@ def build_answer(predictions: Mapping[str, Detections], test_images, resolve: bo
             dets = resolve_overlaps(dets)
         dets = dets.top(max_dets)
         entries.extend(result_entries(t.coco_id, dets))
+        if not len(dets):
+            empty.append(t.file_name)
+    if empty:
+        warnings.warn(nothing_found_note(empty, len(seen), min_score), SubmissionNote, stacklevel=2)
+    if not entries and seen:
+        entries = [placeholder_entry(next(t for t in images if t.file_name in seen))]
     return entries
+
+
+def nothing_found_note(empty: Sequence[str], n_images: int, min_score: float = 0.0) -> str:
+    """The warning for test images without a single detection (each scores 0 there)."""
+    which = "any" if len(empty) == n_images else f"{len(empty)} of the {n_images}"
+    shown = ", ".join(empty[:_MAX_LISTED]) + (", ..." if len(empty) > _MAX_LISTED else "")
+    cut = f" at min_score {min_score}" if min_score > 0 else ""
+    note = (f"the model found no nucleus{cut} in {which} test image(s) ({shown}): the answer has no entry "
+            "for them (a COCO results file may leave an image out) and they score 0.")
+    if len(empty) == n_images:
+        note += (" answer.json holds one placeholder entry instead (score 0, one pixel), because "
+                 "pycocotools cannot load an empty results file.")
+    return note + (" An undertrained model finds nothing: train longer (more steps in notebooks 02/03), "
+                   "or lower score_threshold in notebooks 04 and 05.")
+
+
+def placeholder_entry(image: TestImage) -> dict:
+    """One pixel at the corner with score 0: what an answer with no detection at all holds, so that
+    pycocotools' ``loadRes`` (which indexes the first entry) can read it; it scores 0."""
+    mask = np.zeros((1, image.height, image.width), bool)
+    mask[0, 0, 0] = True
+    return result_entries(image.coco_id, Detections.from_masks(mask, np.zeros(1)))[0]
 
 
 # ---------------------------------------------------------------------------- validation
@@ -195,15 +228,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox: bool = True) -> list[str]:
-    """Every problem of an answer, as messages (empty list = valid)."""
+def check_answer(entries: Any, test_images, check_bbox: bool = True) -> list[str]:
+    """Every problem of an answer, as messages (empty list = valid). A test image without an entry
+    is not one: the model found nothing there (COCO results may leave an image out)."""
     images = test_images if isinstance(test_images, list) and all(isinstance(t, TestImage) for t in test_images) \
         else load_test_images(test_images)
     by_id = {t.coco_id: t for t in images}
     if not isinstance(entries, list):
         return [f"answer must be a JSON list of result entries, got {type(entries).__name__}"]
     problems: list[str] = []
-    present: set[int] = set()
     required = ("image_id", "category_id", "segmentation", "bbox", "score")
     for n, e in enumerate(entries):
         where = f"entry {n}"
@@ -223,7 +256,6 @@ def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox
             problems.append(f"{where}: unknown image_id {image_id} (not in {TEST_IDS_FILE})")
             continue
         where = f"entry {n} ({t.file_name})"
-        present.add(t.coco_id)
         if e["category_id"] != CATEGORY_ID or isinstance(e["category_id"], bool):
             problems.append(f"{where}: category_id must be {CATEGORY_ID}, got {e['category_id']!r}")
         score = e["score"]
@@ -243,11 +275,11 @@ def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox
             ref = rle_bbox([seg])[0]
             if np.abs(np.asarray(box, float) - ref).max() > 1.0:
                 problems.append(f"{where}: bbox {list(box)} does not match its mask's box {ref.tolist()}")
-    if require_all:
-        absent = [t.file_name for t in images if t.coco_id not in present]
-        if absent:
-            problems.append(f"no entry for test image(s) {absent[:_MAX_LISTED]}: every test image must be present")
-    if not problems and entries:
+    if not entries:
+        problems.append("the answer is empty: pycocotools cannot load an empty results file (it reads the "
+                        "first entry); build it with build_answer, which writes a placeholder when the model "
+                        "found nothing")
+    if not problems:
         gt = coco_from_dataset({"images": [{"id": t.coco_id, "file_name": t.file_name, "height": t.height,
                                             "width": t.width} for t in images],
                                 "annotations": [], "categories": [dict(c) for c in CATEGORIES]})
@@ -258,12 +290,12 @@ def check_answer(entries: Any, test_images, require_all: bool = True, check_bbox
     return problems
 
 
-def validate_answer(entries: Any, test_images, require_all: bool = True) -> dict:
+def validate_answer(entries: Any, test_images) -> dict:
     """Raise SubmissionError listing the problems, else return a summary
-    ``{"entries": n, "images": {file_name: count}}``."""
+    ``{"entries": n, "images": {file_name: count}}`` (0 for an image without an entry)."""
     images = test_images if isinstance(test_images, list) and all(isinstance(t, TestImage) for t in test_images) \
         else load_test_images(test_images)
-    problems = check_answer(entries, images, require_all=require_all)
+    problems = check_answer(entries, images)
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise SubmissionError(f"invalid answer ({len(problems)} problem(s)):\n  "
@@ -283,28 +315,75 @@ class SubmissionFiles:
     summary: dict
 
 
-def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=None, overwrite: bool = False,
-                 require_all: bool = True) -> SubmissionFiles:
-    """Validate (if ``test_images`` is given), write ``answer.json`` atomically and zip it as
-    ``answer.zip``. FileExistsError if either exists and ``overwrite`` is False."""
+PENDING = ".answer.pending"  # the new pair, written in full before it replaces the old one
+READY = "ready"               # in PENDING: both files are complete and checked
+
+
+def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=None,
+                 overwrite: bool = False) -> SubmissionFiles:
+    """Validate (if ``test_images`` is given), then write ``answer.json`` and its zip ``answer.zip``.
+
+    The pair changes together or not at all: both are written into ``.answer.pending/`` and read
+    back, marked ready, then moved into place; a run killed during the moves is finished by the
+    next call, and one killed before is discarded by it. An existing answer is never replaced
+    unless ``overwrite=True`` (FileExistsError); the same answer again is not an error.
+    """
     out_dir = Path(out_dir)
     json_path, zip_path = out_dir / ANSWER_JSON, out_dir / ANSWER_ZIP
-    if not overwrite:
-        existing = [str(p) for p in (json_path, zip_path) if p.exists()]
-        if existing:
-            raise FileExistsError(f"{' and '.join(existing)} already exist(s); pass overwrite=True to replace "
-                                  "the answer, or choose another folder")
-    summary = validate_answer(entries, test_images, require_all) if test_images is not None else \
+    _finish_pending(out_dir)
+    summary = validate_answer(entries, test_images) if test_images is not None else \
         {"entries": len(entries), "images": None}
     entries = plain_entries(entries)  # numpy scalars -> JSON numbers
-    atomic_write_json(json_path, entries, indent=None)
-    with atomic_path(zip_path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.write(json_path, arcname=ANSWER_JSON)
-    if read_answer(zip_path) != json.loads(json.dumps(entries)):  # the zip as the grader will read it
-        raise SubmissionError(f"{zip_path} does not read back as the answer just written (is the disk or Drive "
-                              "full?); free some space and run this cell again with overwrite=True")
+    existing = [p for p in (json_path, zip_path) if p.exists()]
+    if existing and _holds(out_dir, entries):
+        return SubmissionFiles(json_path, zip_path, summary)
+    if existing and not overwrite:
+        raise FileExistsError(f"{' and '.join(map(str, existing))} already exist(s) with another answer; pass "
+                              "overwrite=True to replace it, or choose another folder")
+    pending = out_dir / PENDING
+    try:
+        pending.mkdir(parents=True)
+        (pending / ANSWER_JSON).write_text(json.dumps(entries) + "\n", encoding="utf-8")
+        with zipfile.ZipFile(pending / ANSWER_ZIP, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(pending / ANSWER_JSON, arcname=ANSWER_JSON)
+        for name in (ANSWER_JSON, ANSWER_ZIP):  # durable before they are marked ready
+            with open(pending / name, "rb+") as f:
+                os.fsync(f.fileno())
+        if read_answer(pending / ANSWER_ZIP) != entries:  # the zip as the grader will read it
+            raise SubmissionError(f"{zip_path} does not read back as the answer just written (is the disk or "
+                                  "Drive full?); free some space and run this cell again")
+        atomic_write_text(pending / READY, "")
+    except BaseException as e:
+        shutil.rmtree(pending, ignore_errors=True)
+        problem = folder_error(e, zip_path)  # a full or read-only folder, named
+        if problem is not None:
+            raise problem from e
+        raise
+    _finish_pending(out_dir)
     return SubmissionFiles(json_path, zip_path, summary)
+
+
+def _finish_pending(out_dir: Path) -> None:
+    """Move a ready pending pair into place (what a killed write left to do), or discard an
+    unfinished one. Also removes the temp files of older versions' interrupted writes."""
+    pending = out_dir / PENDING
+    if pending.is_dir():
+        if (pending / READY).is_file():
+            for name in (ANSWER_JSON, ANSWER_ZIP):
+                if (pending / name).is_file():
+                    os.replace(pending / name, out_dir / name)
+        shutil.rmtree(pending, ignore_errors=True)
+    if out_dir.is_dir():
+        for p in out_dir.glob(f".{ANSWER_ZIP}.*{PARTIAL_MARKER}"):
+            p.unlink(missing_ok=True)
+
+
+def _holds(out_dir: Path, entries: list) -> bool:
+    """True if ``answer.json`` and ``answer.zip`` both hold exactly ``entries``."""
+    try:
+        return all(read_answer(out_dir / n) == entries for n in (ANSWER_JSON, ANSWER_ZIP))
+    except (OSError, ValueError, zipfile.BadZipFile, SubmissionError):
+        return False
 
 
 def read_answer(path: str | os.PathLike) -> list:
