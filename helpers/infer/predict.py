@@ -77,9 +77,12 @@ def shard_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[di
     """``{image_id: [RLE, ...]}`` of the labeled images, from their shards."""
     ws = as_workspace(workspace)
     out = {}
-    for e in _entries(ws, image_ids):
-        if e["split"] == "test":
-            raise PredictionError(f"{e['image_id']} is a test image: it has no ground truth")
+    entries = _entries(ws, image_ids)
+    tests = [e["image_id"] for e in entries if e["split"] == "test"]
+    if tests:
+        raise PredictionError(f"{tests[0]} is a test image: it has no ground truth")
+    shardlib.check_shard_files(ws.shards, entries)
+    for e in entries:
         rec = shardlib.read_shard(ws.shards / e["file"], fast=True)
         out[e["image_id"]] = encode_masks(rec["masks"])
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,17 @@ from helpers.coco_format import Detections, RLEError
 
 FORMAT = "nuclei-predictions/1"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+-]*$")  # model/tta: no dots, no slashes
-_IMAGE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+-]*$")
+# An image id is the test file's stem, whatever it holds ("X v2", "X.v2"): in a cache file's name
+# every other character is %XX-escaped, so "." only ever separates the augmentation.
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-")
+
+
+def _file_stem(image_id: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in image_id)
+
+
+def _image_id(file_stem: str) -> str:
+    return urllib.parse.unquote(file_stem, errors="strict")
 
 
 class CacheError(ValueError):
@@ -43,9 +54,8 @@ class CacheKey:
         if not isinstance(self.model, str) or not _NAME.match(self.model):
             raise ValueError(f"model name {self.model!r} must be letters, digits, '_', '-' or '+' "
                              "(it is a folder name)")
-        if not isinstance(self.image_id, str) or not _IMAGE.match(self.image_id):
-            raise ValueError(f"image id {self.image_id!r} must be letters, digits, '_', '-' or '+' "
-                             "(a file stem without dots)")
+        if not isinstance(self.image_id, str) or not self.image_id or "/" in self.image_id:
+            raise ValueError(f"image id {self.image_id!r} must be a file stem (not empty, no '/')")
         if self.tta is not None and (not isinstance(self.tta, str) or not _NAME.match(self.tta)):
             raise ValueError(f"augmentation name {self.tta!r} must be letters, digits, '_', '-' or '+' "
                              "(no dots), or None for no augmentation")
@@ -64,7 +74,8 @@ class PredictionCache:
 
     def path(self, key: CacheKey | tuple) -> Path:
         k = CacheKey.of(key)
-        name = k.image_id if k.tta is None else f"{k.image_id}.{k.tta}"
+        stem = _file_stem(k.image_id)
+        name = stem if k.tta is None else f"{stem}.{k.tta}"
         return self.root / k.model / f"{name}.json"
 
     # ------------------------------------------------------------------ read
@@ -165,10 +176,14 @@ class PredictionCache:
             if is_partial(p) or p.name.startswith("."):
                 continue
             parts = p.name[:-len(".json")].split(".")
+            try:
+                image_id = _image_id(parts[0])
+            except UnicodeDecodeError:
+                continue
             if len(parts) == 1:
-                yield CacheKey(model, parts[0])
+                yield CacheKey(model, image_id)
             elif len(parts) == 2:
-                yield CacheKey(model, parts[0], parts[1])
+                yield CacheKey(model, image_id, parts[1])
 
     def load_predictions(self, model: str, image_ids=None, tta: str | None = None) -> dict[str, Detections]:
         """``{image_id: Detections}`` of one model (and augmentation); CacheError if any

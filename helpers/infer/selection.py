@@ -5,6 +5,7 @@ The work itself lives in predict (running models), evaluate (COCO mAP), ensemble
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,6 +34,7 @@ def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], imag
     if not isinstance(models, Mapping):
         models = {m: m for m in models}
     _refuse_final_on_validation(workspace, models, image_ids)
+    _refuse_trained_on_validation(workspace, models, image_ids)
     out = {}
     for name, stage in models.items():
         fused, parts = predict_stage(workspace, stage, list(image_ids), tta=tta, name=name,
@@ -40,7 +42,21 @@ def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], imag
         out[name] = parts["plain"]
         if tta:
             out[name + TTA_SUFFIX] = fused
+        if not any(len(d) for d in fused.values()):
+            warnings.warn(found_nothing_note(name, stage, len(image_ids), kw.get("score_threshold", 0.05)),
+                          FoundNothing, stacklevel=2)
     return out
+
+
+class FoundNothing(UserWarning):
+    """A model detected no nucleus in any image it was asked about."""
+
+
+def found_nothing_note(name: str, stage: str, n_images: int, score_threshold: float) -> str:
+    return (f"model {name!r} (stage {stage!r}) found no nucleus in any of the {n_images} images at "
+            f"score_threshold {score_threshold}: its AP is 0 and any choice made with it means nothing. "
+            f"It is undertrained: train stage {stage!r} for more steps (notebooks 02/03), or lower "
+            "score_threshold here and in notebook 05.")
 
 
 def make_router(workspace, per_model: Mapping, by_organ: Mapping[str, str] | None = None,
@@ -153,6 +169,39 @@ def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids:
                          "final_model = True in notebook 05 instead")
 
 
+def trained_on(workspace, stage: str) -> set[str]:
+    """The image ids whose shards a stage trained on (its record's input files)."""
+    from pathlib import PurePath
+
+    from helpers.data.shards import load_index
+    from helpers.train.stages import read_stage_info
+
+    ws = as_workspace(workspace)
+    info = read_stage_info(ws, stage) or {}
+    if "train_image_ids" in info:
+        return set(info["train_image_ids"])
+    files = (((info.get("config") or {}).get("task") or {}).get("train_data") or {}).get("input_path") or []
+    names = {PurePath(f).name for f in ([files] if isinstance(files, str) else files)}
+    return {e["image_id"] for e in load_index(ws.shards)["shards"] if e["file"] in names}
+
+
+def _refuse_trained_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:
+    """Validation figures mean something only on images the models never trained on: after
+    ``val_ids`` changed, a stage trained before may have seen today's validation images."""
+    from helpers.train.config import FINAL_STAGE
+
+    ws = as_workspace(workspace)
+    val = set(image_ids) & set(image_ids_of(ws, "val"))
+    for name, stage in models.items():
+        seen = sorted(val & trained_on(ws, stage)) if stage != FINAL_STAGE else []
+        if seen:
+            raise ValueError(
+                f"model {name!r} (stage {stage!r}) was trained on {len(seen)} of today's validation images "
+                f"({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): the validation split changed "
+                "after it was trained, so its scores here would flatter it. Set val_ids in notebook 01 back "
+                "to the split the stage was trained with, or train the stage again on the new split.")
+
+
 def _cache_name(name: str, stage: str) -> str:
     """Predictions of the final stage standing in for model ``name`` are cached apart from it."""
     from helpers.train.config import FINAL_STAGE
@@ -175,11 +224,14 @@ def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
 
 
 def test_images(workspace):
-    """The test images with their submission ids, from the dataset's test_img_ids.json."""
+    """The test images with their submission ids and sizes, from the shard index: notebook 01
+    wrote each test image's COCO id (its ``source_id``) and its size there, read from the image
+    itself, so a test_img_ids.json without sizes (or a dataset moved since) is no matter."""
     from helpers.data.shards import load_index
-    from helpers.infer.submission import load_test_images
+    from helpers.infer.submission import TestImage
 
-    return load_test_images(Path(load_index(as_workspace(workspace).shards)["dataset_root"]))
+    return [TestImage(f"{e['image_id']}.png", e["image_id"], int(e["source_id"]), int(e["height"]), int(e["width"]))
+            for e in load_index(as_workspace(workspace).shards)["shards"] if e["split"] == "test"]
 
 
 def _stages_of(ws: Workspace, names: Sequence[str]) -> dict[str, str]:
