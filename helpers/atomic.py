@@ -11,6 +11,7 @@ may share or inspect.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -51,35 +52,92 @@ def is_partial(path: str | os.PathLike) -> bool:
     return PARTIAL_MARKER in Path(path).name
 
 
+class FolderNotWritable(OSError):
+    """A write failed because its folder is full or read-only; the message names the folder."""
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _explained(e: OSError, path: Path, need: int | None) -> OSError:
+    """``e`` as a :class:`FolderNotWritable` naming the folder (and the space), if it is one."""
+    folder = path.parent
+    if e.errno in _FULL:
+        try:
+            free = f"{_size(shutil.disk_usage(folder).free)} free"
+        except OSError:
+            free = "no space left"
+        needs = f"; this file needs {_size(need)}" if need else ""
+        return FolderNotWritable(e.errno, f"{folder} is full ({free}{needs}) while writing {path.name}: free some "
+                                          "space there (on Google Drive, empty the Trash too: it counts "
+                                          "against the quota), then run the cell again")
+    if e.errno in _READ_ONLY:
+        return FolderNotWritable(e.errno, f"{folder} is read-only (cannot write {path.name}): use a workspace "
+                                          "you can write to (workspace_root), or make this one writable")
+    return e
+
+
+_ERRNO_TEXT = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+               "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
+
+
+def folder_error(exc: BaseException, path: str | os.PathLike, need: int | None = None) -> OSError | None:
+    """A :class:`FolderNotWritable` for an error whose message says the disk is full or read-only
+    (TensorFlow's file errors carry the OS's text, not an errno); None for any other error."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    code = code or next((c for text, c in _ERRNO_TEXT.items() if text in str(exc)), None)
+    if code is None:
+        return None
+    out = _explained(OSError(code, str(exc)), Path(path), need)
+    return out if isinstance(out, FolderNotWritable) else None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` on success.
 
     The caller writes the temp path however it likes (a TFRecordWriter, a
     zipfile, ...). On an exception the temp file is removed and ``path`` is
-    left untouched.
+    left untouched. A full or read-only folder raises :class:`FolderNotWritable`
+    naming it (``need``: the bytes the file needs, when known).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_MARKER, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_MARKER, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         os.chmod(tmp_path, file_mode())  # mkstemp makes it 0600
         yield tmp_path
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    except BaseException as e:
+        if tmp_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+        explained = _explained(e, path, need) if isinstance(e, OSError) else e
+        if explained is not e:
+            raise explained from e
         raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+    """Write ``data`` atomically; a file that already holds exactly ``data`` is left as it is
+    (nothing that has not changed is written: a finished workspace reads from a read-only copy)."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path
+    with atomic_path(path, need=len(data)) as tmp:
         tmp.write_bytes(data)
-    return Path(path)
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

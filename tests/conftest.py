@@ -42,6 +42,33 @@ def demo_workflow(tmp_path_factory):
     return get_workspace(root)
 
 
+class SmallDisk(type(Path())):
+    """A folder on a 2 MB tmpfs; ``fill()`` takes its last free byte, as a full Drive or runtime disk."""
+
+    def fill(self):
+        fd = os.open(self / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A small disk of its own (skips where mounting is not allowed: it needs root)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk case is not recreated")
+    yield SmallDisk(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def base(tmp_path_factory):
     """The shared folder of the training tests (demo shards, trained stages)."""

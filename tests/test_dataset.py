@@ -86,7 +86,8 @@ def test_empty_mask_is_skipped_with_a_note_and_not_counted(demo):
     with pytest.warns(DatasetNote, match=rf"skipping 1 empty mask.*{p.name}"):
         stats = validate_dataset(demo, progress=False)
     assert stats[it.image_id].n_nuclei == it.n_nuclei - 1
-    with pytest.warns(DatasetNote, match="skipping 1 empty mask"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetNote)  # the same note, already shown: not again
         assert len(read_masks(it)) == it.n_nuclei - 1
 
 

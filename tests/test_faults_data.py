@@ -301,24 +301,29 @@ def test_08_an_empty_mask_is_skipped_and_never_counted(src, workspace, tmp_path)
     empty = it.mask_paths[5]
     save_png(empty, np.zeros((256, 256), np.uint8))
     # the manifest of the original data counts that nucleus: the user is told the way out
-    root, manifest = get(workspace, src, manifest_of(src))
-    rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
-    with pytest.warns(DatasetNote, match=rf"skipping 1 empty mask.*{empty.name}"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        root, manifest = get(workspace, src, manifest_of(src))
+        rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
         with pytest.raises(DatasetError) as err:
             write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    notes = [str(w.message) for w in seen if issubclass(w.category, DatasetNote)]
+    # once, naming the user's own folder: not the temp folder of the copy, nor the workspace copy
+    assert notes == [f"skipping 1 empty mask(s) in {empty.parent} (no foreground pixel, no nucleus): "
+                     f"['{empty.name}']; they are not counted as nuclei (delete them from your dataset "
+                     "source to silence this)"]
     msg = str(err.value)
     assert f"holds {it.n_nuclei - 1} non-empty masks (1 empty one(s) skipped: ['{empty.name}'])" in msg
     assert f"the manifest says {it.n_nuclei}" in msg and "rebuild the manifest" in msg
 
     # following it: a manifest built from this data counts the non-empty masks, and everything agrees
-    with pytest.warns(DatasetNote, match="skipping 1 empty mask"):
-        rows = build_manifest(src, progress=False)
+    rows = build_manifest(src, progress=False)  # the same note: not shown again
     assert next(r for r in rows if r["image_id"] == it.image_id)["n_nuclei"] == it.n_nuclei - 1
     mine = write_manifest(rows, tmp_path / "my_manifest.csv")
     root, manifest = get(workspace, src, mine)
     rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
-    with pytest.warns(DatasetNote, match="skipping 1 empty mask"):
-        idx = write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    idx = write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    assert idx["report"].notes and "skipping 1 empty mask" in idx["report"].notes[0]
     entry = next(e for e in idx["shards"] if e["image_id"] == it.image_id)
     assert entry["n_nuclei"] == it.n_nuclei - 1 == len(read_shard(workspace.shards / entry["file"])["masks"])
     assert idx["n_nuclei"] == sum(r["n_nuclei"] for r in rows)
@@ -449,3 +454,83 @@ def preds_for(root):
     m = np.zeros((1, 256, 256), bool)
     m[0, 10:20, 10:20] = True
     return {t.image_id: Detections.from_masks(m, [0.5]) for t in open_dataset(root).test}
+
+
+# --------------------------------------------------------------------------- round 2
+def test_a_zip_made_on_windows_with_backslash_names_unpacks_as_the_dataset(src, workspace, tmp_path):
+    """PowerShell's Compress-Archive stores 'hw3\\train\\<ID>\\masks\\mask_0001.png'."""
+    zip_path = tmp_path / "hw3.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, "hw3\\" + "\\".join(p.relative_to(src).parts))
+    assert all("\\" in n and "/" not in n for n in zipfile.ZipFile(zip_path).namelist())
+    root, manifest = get(workspace, zip_path, manifest_of(src))
+    assert files(root) == files(src)
+    rows = prepare.check_dataset(root, manifest)
+    assert len(open_dataset(root).train) == len([r for r in rows if r["split"] != "test"])
+    assert partials(workspace.data) == []
+
+
+def test_a_mask_fixed_in_the_source_reaches_its_shard(src, workspace, capsys):
+    root, manifest = get(workspace, src, manifest_of(src))
+    rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
+    write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    item = train_item(src, 1)
+    mask = item.mask_paths[0]
+    a = np.asarray(Image.open(mask)).copy()
+    ys, xs = np.nonzero(a)
+    a[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 255  # the user redraws the nucleus as its box
+    save_png(mask, a)
+
+    capsys.readouterr()
+    root, manifest = get(workspace, src, manifest_of(src))
+    assert "replaced (the source changed" in capsys.readouterr().out
+    rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
+    rep = write_shards(root, rows, workspace.shards, progress=False, verbose=False)["report"]
+    shard = next(r["shard"] for r in rows if r["image_id"] == item.image_id)
+    assert rep.written == [shard] and len(rep.skipped) == len(rows) - 1
+    got = read_shard(workspace.shards / shard)
+    k = [p.name for p in sorted(item.mask_paths)].index(mask.name)
+    assert np.array_equal(got["masks"][k], a > 0)
+    verify_shards(workspace.shards, root, progress=False)
+
+    # nothing touched: nothing is read again or rewritten
+    rep = write_shards(root, rows, workspace.shards, progress=False, verbose=False)["report"]
+    assert rep.written == [] and len(rep.skipped) == len(rows)
+
+
+def test_a_full_disk_while_writing_shards_names_the_shards_folder(src, small_disk):
+    from helpers.atomic import FolderNotWritable
+
+    rows = read_manifest(manifest_of(src))
+    (small_disk / "shards").mkdir()
+    small_disk.fill()
+    with pytest.raises(FolderNotWritable, match=rf"{small_disk / 'shards'} is full .*this file needs \d+ KB"):
+        write_shards(src, rows, small_disk / "shards", progress=False, verbose=False)
+    assert partials(small_disk / "shards") == []
+
+
+def test_a_full_disk_names_the_folder_and_the_space_needed(src, small_disk):
+    from helpers.atomic import FolderNotWritable
+    from helpers.workspace import get_workspace
+
+    ws = get_workspace(small_disk / "ws")
+    rows = read_manifest(manifest_of(src))
+    small_disk.fill()
+    with pytest.raises(FolderNotWritable, match=rf"{ws.data} is full \(.* free; this file needs \d+(\.\d)? [KM]B\) "
+                                                r"while writing manifest.csv: free some space"):
+        prepare.choose_split(ws, rows, val_ids=[rows[0]["image_id"]])
+    assert partials(ws.data) == [] and not (ws.data / "manifest.csv").exists()
+
+
+def test_a_finished_workspace_is_read_again_without_writing(src, workspace, tmp_path):
+    root, manifest = get(workspace, src, manifest_of(src))
+    rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
+    write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    before = {str(p): p.stat().st_mtime_ns for p in workspace.root.rglob("*")}
+    # notebook 01 again, nothing changed: nothing is written (a read-only copy of it would work)
+    root, manifest = get(workspace, src, manifest_of(src))
+    rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
+    write_shards(root, rows, workspace.shards, progress=False, verbose=False)
+    assert {str(p): p.stat().st_mtime_ns for p in workspace.root.rglob("*")} == before

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.atomic import atomic_write_json, remove_stale_partials
-from helpers.data.dataset import DatasetError, open_dataset
+from helpers.data.dataset import DatasetError, name_copy_as, open_dataset
 from helpers.data.manifest import read_manifest, validate_against_manifest
 
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")
@@ -81,9 +81,19 @@ def _listing(root: Path) -> dict[str, int]:
             if p.is_file() and p.name != RECORD_NAME and not any(part in _IGNORED for part in p.parts)}
 
 
+def member_name(info: zipfile.ZipInfo) -> str:
+    """A zip member's path with '/' separators. Zips made on Windows (PowerShell's
+    ``Compress-Archive``) store ``train\\<ID>\\images\\<ID>.png``; no file name holds a backslash."""
+    return info.filename.replace("\\", "/")
+
+
+def _is_dir(info: zipfile.ZipInfo) -> bool:
+    return info.is_dir() or member_name(info).endswith("/")
+
+
 def _zip_listing(zf: zipfile.ZipFile) -> dict[str, int]:
-    files = {i.filename: i.file_size for i in zf.infolist()
-             if not i.is_dir() and not any(part in _IGNORED for part in Path(i.filename).parts)}
+    files = {member_name(i): i.file_size for i in zf.infolist()
+             if not _is_dir(i) and not any(part in _IGNORED for part in Path(member_name(i)).parts)}
     if any(n.startswith("train/") for n in files):
         return files
     prefixes = {n.split("/", 1)[0] for n in files if "/" in n and n.split("/", 1)[1].startswith("train/")}
@@ -159,6 +169,18 @@ def _source_paths(message: str, tmp: Path, shown: dict[Path, tuple[str, str]]) -
     return message.replace(str(tmp), "(a temp folder, now removed)")
 
 
+def _name_copy_as_source(dest: Path, staged: Path, shown: dict[Path, tuple[str, str]]) -> None:
+    """Later notes about the workspace copy ``dest`` (made from ``staged``) name the user's source."""
+    for path, (name, prefix) in shown.items():
+        if staged == path or staged.is_relative_to(path):
+            rel = staged.relative_to(path).as_posix()
+            if rel != ".":
+                name = prefix + rel
+                prefix = name + ("/" if prefix.endswith(":") or ":" in prefix else os.sep)
+            name_copy_as(dest, name, prefix)
+            return
+
+
 # --------------------------------------------------------------------------- acquire
 def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
                     manifest: Iterable[dict] | str | os.PathLike | None = None, quiet: bool = False) -> Path:
@@ -209,6 +231,8 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
             else:
                 raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
                                    "download?); download it again")
+            for copy, (name, prefix) in shown.items():  # notes name the user's files, not the temp folder
+                name_copy_as(copy, name, prefix)
             _check(staged, rows, f"the dataset from {source}")
         except DatasetError as e:
             msg = _source_paths(str(e), tmp, shown)
@@ -225,6 +249,7 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
         elif dest.exists():  # an empty folder: rename onto it
             dest.rmdir()
         os.replace(staged, dest)
+        _name_copy_as_source(dest, staged, shown)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
@@ -294,10 +319,18 @@ def _extract(zip_path: Path, out: Path) -> None:
             if bad is not None:
                 raise DatasetError(f"{zip_path} is corrupt (bad CRC in {bad}); download it again")
             for info in zf.infolist():  # no absolute paths or '..' escaping the folder
-                parts = Path(info.filename).parts
-                if info.filename.startswith("/") or ".." in parts:
+                name = member_name(info)
+                parts = Path(name).parts
+                if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
                     raise DatasetError(f"{zip_path} holds an unsafe path {info.filename!r}; refusing to unpack")
-            zf.extractall(out)
+            for info in zf.infolist():
+                target = out / member_name(info)
+                if _is_dir(info):
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{zip_path} is not a valid zip ({e}); download it again") from e
 

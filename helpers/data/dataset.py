@@ -104,10 +104,32 @@ class Dataset:
         return f"Dataset({self.root}, train={len(self.train)} images / {n} masks, test={len(self.test)})"
 
 
+_SHOWN_NOTES: set[str] = set()  # each note is shown once per process (a notebook's kernel)
+_USER_NAMES: dict[str, str] = {}  # a copy's path -> how the user knows it (their own folder or zip)
+
+
+def name_copy_as(copy: str | os.PathLike, user_name: str, user_prefix: str) -> None:
+    """Notes about files under ``copy`` (a temp folder, or the workspace's copy of the user's
+    dataset) name the user's own file instead: ``copy`` itself as ``user_name``, a path inside it
+    with ``user_prefix`` in place of ``copy/`` (e.g. ``hw3.zip:``)."""
+    _USER_NAMES[str(Path(copy)) + os.sep] = user_prefix
+    _USER_NAMES[str(Path(copy))] = user_name
+
+
+def user_paths(msg: str) -> str:
+    """``msg`` with every registered copy's paths replaced by the user's own (longest first)."""
+    for copy in sorted(_USER_NAMES, key=len, reverse=True):
+        msg = msg.replace(copy, _USER_NAMES[copy])
+    return msg
+
+
 def _note(notes: list[str] | None, msg: str) -> None:
-    warnings.warn(msg, DatasetNote, stacklevel=3)
+    msg = user_paths(msg)
     if notes is not None:
         notes.append(msg)
+    if msg not in _SHOWN_NOTES:
+        _SHOWN_NOTES.add(msg)
+        warnings.warn(msg, DatasetNote, stacklevel=3)
 
 
 def _is_visible_png(p: Path) -> bool:

@@ -41,6 +41,7 @@ incomplete index with a message saying to re-run write_shards.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from helpers.atomic import atomic_path, atomic_write_json, is_partial
+from helpers.atomic import atomic_path, atomic_write_json, folder_error, is_partial
 from helpers.data.dataset import (DatasetError, EmptyMaskError, nonempty_mask_paths, open_dataset, read_image,
                              read_mask, warn_empty_masks)
 from helpers.data.manifest import assign_shards, pool_of, sha256_file
@@ -289,6 +290,28 @@ def source_ids(rows: Sequence[dict], ds) -> dict[str, str]:
     return out
 
 
+def masks_fingerprint(mask_paths: Sequence[Path], prev: dict | None = None) -> dict:
+    """``{"masks_sha256", "masks_stat"}`` of an image's mask files: a shard is valid only for the
+    exact masks it was made from (an edited, moved, added or removed mask changes the sha256).
+
+    ``masks_sha256`` hashes every mask's name and bytes. Like git's index, ``masks_stat`` (names,
+    sizes, modification times) lets a re-run reuse ``prev``'s hash without reading the masks again
+    while none of them was touched; any touched mask is read and hashed.
+    """
+    paths = sorted(Path(p) for p in mask_paths)
+    stat = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        stat.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    stat_digest = stat.hexdigest()
+    if prev and prev.get("masks_stat") == stat_digest and prev.get("masks_sha256"):
+        return {"masks_sha256": prev["masks_sha256"], "masks_stat": stat_digest}
+    content = hashlib.sha256()
+    for p in paths:
+        content.update(f"{p.name}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
+    return {"masks_sha256": content.hexdigest(), "masks_stat": stat_digest}
+
+
 def _file_matches(path: Path, entry: dict) -> bool:
     return (path.is_file() and path.stat().st_size == entry.get("size")
             and sha256_file(path) == entry.get("sha256"))
@@ -378,7 +401,9 @@ def _plan(rows, items, sids, old: dict, shards_dir: Path, report: WriteReport) -
                 "format_version": FORMAT_VERSION}
         path = shards_dir / r["shard"]
         prev = old.get(r["shard"])
-        same_content = prev is not None and all(prev.get(k) == v for k, v in want.items() if k != "split")
+        want.update(masks_fingerprint(getattr(it, "mask_paths", ()), prev))
+        same_content = prev is not None and all(prev.get(k) == v for k, v in want.items()
+                                                if k not in ("split", "masks_stat"))
         if same_content and _file_matches(path, prev):
             entries.append({**prev, **want})
             report.skipped.append(r["shard"])
@@ -451,11 +476,14 @@ def _write_shard(r: dict, it, want: dict, path: Path, workers, verify: bool, rep
                            f"{r['width']}x{r['height']}")
     report.notes.extend(enc.notes)
     data = make_example(enc, r["image_id"], want["source_id"])
-    with atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp)) as w:
-            w.write(data)
-        if _records(tmp, _own_temp=True) != [data]:
-            raise ShardError(f"{tmp} does not read back as written (disk problem?); try again")
+    try:
+        with atomic_path(path, need=len(data)) as tmp:
+            with tf.io.TFRecordWriter(str(tmp)) as w:
+                w.write(data)
+            if _records(tmp, _own_temp=True) != [data]:
+                raise ShardError(f"{tmp} does not read back as written (disk problem?); try again")
+    except tf.errors.OpError as e:  # TensorFlow's own file errors: a full or read-only folder named
+        raise (folder_error(e, path, len(data)) or e) from e
     report.written.append(path.name)
     return {**want, "size": path.stat().st_size, "sha256": sha256_file(path),
             "instance_map": enc.instance_map_png is not None}
@@ -468,8 +496,8 @@ def select_shards(shards_dir: str | os.PathLike, image_ids: Iterable[str] | None
 
     Filters combine (AND): ``splits`` (None = all; e.g. ("train", "val") for the
     final model), ``organs`` (e.g. ["prostate"]) and ``image_ids`` (hand-picked).
-    Every selected file must exist with the size index.json records (a shard
-    being rewritten is never handed out): ShardError otherwise. Unknown ids or
+    Every selected file must be the one index.json records (size and sha256: a shard
+    being rewritten or damaged is never handed out): ShardError otherwise. Unknown ids or
     organs are an error too (a typo would silently train on nothing).
     """
     shards_dir = Path(shards_dir)
@@ -490,14 +518,28 @@ def select_shards(shards_dir: str | os.PathLike, image_ids: Iterable[str] | None
         if image_ids - known:
             raise ShardError(f"image id(s) {sorted(image_ids - known)[:5]} not in {shards_dir / INDEX_NAME}")
         sel = [e for e in sel if e["image_id"] in image_ids]
-    out = []
-    for e in sel:
+    check_shard_files(shards_dir, sel)
+    return [shards_dir / e["file"] for e in sel]
+
+
+def check_shard_files(shards_dir: str | os.PathLike, entries: Sequence[dict]) -> None:
+    """ShardError naming every shard of ``entries`` that is missing, or is no longer the file
+    index.json recorded (size, then sha256: truncated, or bytes changed), before anything reads it."""
+    shards_dir = Path(shards_dir)
+    bad = []
+    for e in entries:
         p = shards_dir / e["file"]
-        if not p.is_file() or p.stat().st_size != e["size"]:
-            raise ShardError(f"{p} is missing or does not match {INDEX_NAME} (interrupted run?); "
-                             "re-run write_shards to rewrite it")
-        out.append(p)
-    return out
+        if not p.is_file():
+            bad.append(f"{e['file']} is missing")
+        elif p.stat().st_size != e.get("size"):
+            bad.append(f"{e['file']} is {p.stat().st_size} bytes, {INDEX_NAME} says {e.get('size')} (truncated "
+                       "or damaged)")
+        elif sha256_file(p) != e.get("sha256"):
+            bad.append(f"{e['file']} is damaged (its sha256 is not the one {INDEX_NAME} recorded)")
+    if bad:
+        raise ShardError(f"{len(bad)} shard(s) in {shards_dir} cannot be used: " + "; ".join(bad[:5])
+                         + ("; ..." if len(bad) > 5 else "") + ". Run notebook 01 again: it rewrites "
+                         "exactly these shards (and keeps the others).")
 
 
 # --------------------------------------------------------------------------- reading
