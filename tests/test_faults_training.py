@@ -162,3 +162,71 @@ def test_a_diverging_loss_stops_training_at_once(base):
     assert step < 40
     saved = [s for s, _ in ckpts.list_checkpoints(ws.checkpoints / "heads")]
     assert saved and max(saved) < step
+
+
+# ----------------------------------------------------------------------------- round 2
+def test_a_new_stage_under_another_profile_is_refused_before_anything_is_built(base, heads):
+    ws = new_workspace(base, "other_profile", copy_from=heads[0].root)
+    before = file_snapshot(ws.checkpoints)
+    with pytest.raises(training.cfglib.ConfigError,
+                       match=r"stage 'all' continues stage 'heads', which was trained with profile 'demo'.*"
+                             r"Use profile='demo'"):
+        training.train_stage("all", "cpu", ws, progress=False)
+    assert file_snapshot(ws.checkpoints) == before  # no all/stage.json saying "in progress"
+    assert training.stage_status(ws, "all") == "all: not started"
+
+
+def test_a_stage_whose_start_cannot_be_loaded_leaves_no_record(base, tmp_path):
+    ws = new_workspace(base, "bad_start")
+    bogus = tmp_path / "not-a-checkpoint"
+    bogus.write_text("these are not weights")
+    with pytest.raises(Exception):
+        training.train_stage("heads", "demo", ws, init_checkpoint=str(bogus), progress=False)
+    assert not (ws.checkpoints / "heads" / "stage.json").exists()
+    assert training.stage_status(ws, "heads") == "heads: not started"
+
+
+def test_a_workspace_path_with_a_comma_trains(base, tmp_path):
+    from helpers.workspace import get_workspace
+
+    ws = get_workspace(tmp_path / "hw3, v2")
+    src = new_workspace(base, "comma_source")
+    for f in src.shards.iterdir():
+        (ws.shards / f.name).write_bytes(f.read_bytes())
+    res = training.train_stage("heads", "demo", ws, steps=5, progress=False)
+    assert res.finished and res.checkpoint == ws.checkpoints / "heads" / "ckpt-5"
+
+
+LOCK_HOLDER = """
+import sys, time
+from helpers.train import stages
+with stages.StageLock(sys.argv[1], "heads"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_of_a_stage_is_refused_and_a_dead_runs_lock_is_taken_over(base, heads):
+    import subprocess
+    import sys
+
+    from _training_support import REPO
+    from helpers.train.stages import StageBusy
+
+    ws, sdir = _half_trained(base, heads, "two_runs")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(ws.root)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = file_snapshot(sdir)
+        with pytest.raises(StageBusy, match=rf"stage 'heads' is being trained by another run .*pid {holder.pid}"):
+            training.train_stage("heads", "demo", ws, progress=False)
+        assert file_snapshot(sdir) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the first run's runtime vanishes, its lock stays behind
+    assert (ws.checkpoints / ".heads.lock").is_file()
+    res = training.train_stage("heads", "demo", ws, progress=False)
+    holder.wait()
+    assert (res.start_step, res.end_step, res.status) == (5, 10, "finished")
+    assert not (ws.checkpoints / ".heads.lock").exists()

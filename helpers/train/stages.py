@@ -6,7 +6,11 @@ the model from it (:mod:`helpers.infer.model`). :func:`stage_status` says how fa
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 from helpers.train import checkpoints as ckpts
@@ -60,3 +64,88 @@ def stage_status(workspace, stage: str) -> str:
     step = latest[0] if latest else 0
     state = "finished" if step >= info["planned_steps"] else "in progress"
     return f"{stage} [{info['profile']}]: {state}, step {step}/{info['planned_steps']}"
+
+
+# ----------------------------------------------------------------------------- one run per stage
+LOCK_STALE_S = 600.0  # a lock from another machine not refreshed for this long is a dead run's
+
+
+class StageBusy(RuntimeError):
+    """Another live run is training the same stage in this workspace."""
+
+
+class StageLock:
+    """``ws.checkpoints/.<stage>.lock``: one run per stage folder, so two notebooks (or a notebook
+    and a benchmark) never both save checkpoints and ``stage.json`` into it.
+
+    The lock file is made with ``O_EXCL`` and holds the holder's host, pid and start time; the holder
+    refreshes its time (:meth:`refresh`, at each training step). A lock whose holder is gone is
+    taken over: on this machine, when its pid no longer runs; from another machine (two Colab
+    runtimes on one Drive), when it was not refreshed for :data:`LOCK_STALE_S` seconds.
+    """
+
+    def __init__(self, workspace, stage: str):
+        self.stage = stage
+        self.path = as_workspace(workspace).checkpoints / f".{stage}.lock"
+        self._last = 0.0
+
+    def __enter__(self) -> "StageLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and self._alive(holder):
+                    raise StageBusy(
+                        f"stage {self.stage!r} is being trained by another run ({holder.get('host')}, "
+                        f"pid {holder.get('pid')}, since {holder.get('started')}): two runs of one stage "
+                        f"would overwrite each other's checkpoints. Wait for it to end, or stop it (if it "
+                        f"is a notebook: Runtime > Interrupt), then run this cell again. The lock is "
+                        f"{self.path}.") from None
+                self.path.unlink(missing_ok=True)  # a dead run's lock: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+            return self
+        raise StageBusy(f"could not take the lock {self.path}: another run keeps taking it")
+
+    def refresh(self, every_s: float = 30.0) -> None:
+        """Mark the lock alive (its modification time), at most every ``every_s`` seconds."""
+        now = time.monotonic()
+        if now - self._last >= every_s:
+            self._last = now
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def __exit__(self, *exc) -> None:
+        holder = self._holder()
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written this very moment, or damaged: judged by its age
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            try:  # a killed process its parent has not reaped yet is a zombie: dead too
+                with open(f"/proc/{holder['pid']}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            except (OSError, IndexError):
+                return True
+        try:
+            return time.time() - self.path.stat().st_mtime < LOCK_STALE_S
+        except FileNotFoundError:
+            return False

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 from official.common import dataset_fn as dataset_fn_lib
-from official.vision.dataloaders import input_reader, input_reader_factory, maskrcnn_input
+from official.core import input_reader as core_input_reader
+from official.vision.dataloaders import input_reader, maskrcnn_input
 from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
@@ -138,6 +139,23 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
         }
 
 
+class ListedFilesReader(core_input_reader.InputReader):
+    """Model Garden's ``InputReader`` (what ``input_reader_factory`` makes for us), reading
+    ``input_path`` as the list of shard files it is. Its ``match_files`` splits every path on
+    commas, so a workspace such as ``/content/hw3, v2`` would become two paths that do not exist;
+    ``get_files`` is the override point Model Garden documents."""
+
+    def get_files(self, input_path):
+        files = [input_path] if isinstance(input_path, str) else input_path
+        if not isinstance(files, (list, tuple)) or any(not isinstance(f, str) or "*" in f or "?" in f
+                                                       for f in files):
+            return super().get_files(input_path)  # patterns, or a dict of datasets: Model Garden's way
+        missing = [f for f in files if not tf.io.gfile.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"shard(s) {missing[:3]} not found; run notebook 01 again to rewrite them")
+        return list(files)
+
+
 class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
     """Model Garden's MaskRCNNTask; training data decoded through :class:`WindowDecoder`, and
     weights converted from torchvision (:mod:`helpers.train.torch_convert`) read and kept as
@@ -192,7 +210,7 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
             mask_crop_size=params.parser.mask_crop_size,
             dtype=params.dtype,
         )
-        reader = input_reader_factory.input_reader_generator(
+        reader = ListedFilesReader(
             params,
             dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
             decoder_fn=decoder.decode,

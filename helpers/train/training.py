@@ -40,8 +40,8 @@ from helpers.train import config as cfglib
 from helpers.train import mirror
 from helpers.train.torch_convert import PretrainedWeightsUnavailable
 from helpers.train.curves import LOSS_KEYS
-from helpers.train.stages import STAGE_FILE, read_record, read_stage_info, stage_dir
-from helpers.train.stages import StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.train.stages import STAGE_FILE, StageLock, read_record, read_stage_info, stage_dir
+from helpers.train.stages import StageBusy, StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
 from helpers.workspace import Workspace, as_workspace
 
 
@@ -231,7 +231,7 @@ class _Progress:
     cleanly between two steps, and the runner then saves a checkpoint.
     """
 
-    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None):
+    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None, lock=None):
         from helpers.progress import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
@@ -243,8 +243,11 @@ class _Progress:
         self.t0 = t0 if t0 is not None else time.perf_counter()
         self.budget_s = budget_s
         self.mirror = mirror  # a CheckpointMirror: its newest step is shown, its copy time budgeted
+        self.lock = lock  # the StageLock this run holds: refreshed as it trains
 
     def __call__(self, output):
+        if self.lock is not None:
+            self.lock.refresh()
         now = time.perf_counter()
         self.times.append(now - self.last)
         self.last = now
@@ -388,6 +391,19 @@ def inherited_knobs(workspace, stage: str) -> dict:
     return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
 
 
+def _check_parent_profile(ws: Workspace, stage: str, profile: str) -> None:
+    """A stage continues its parent's model, so it must use the parent's profile (another one
+    builds another network, whose weights do not fit)."""
+    parent = cfglib.parent_stage(stage)
+    info = read_stage_info(ws, parent) if parent else None
+    if info and info.get("profile") not in (None, profile):
+        raise cfglib.ConfigError(
+            f"stage {stage!r} continues stage {parent!r}, which was trained with profile {info['profile']!r} "
+            f"({stage_dir(ws, parent)}); profile {profile!r} builds another network, so its weights cannot "
+            f"be continued. Use profile={info['profile']!r}, or train {parent!r} with {profile!r} in "
+            "another workspace.")
+
+
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
@@ -402,6 +418,7 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     from helpers.train.experiment import experiment_config
 
     ws = as_workspace(workspace)
+    _check_parent_profile(ws, stage, profile)
     parent = inherited_knobs(ws, stage)
     # a stage that has begun keeps the input knobs it was started with (a newer release's
     # profile defaults must not break its resume); a stage not yet begun takes its parent's
@@ -486,35 +503,41 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                                  organs=organs, train_files=train_files, splits=splits,
                                  init_modules=init_modules, from_scratch=from_scratch,
                                  pretrained=pretrained, **profile_overrides)
-    planned = int(cfg.trainer.train_steps)
-    local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
-    model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
-    info, latest, where = _resume(sdir, model_dir, cfg, stage)
-    start = latest[0] if latest else 0
-    target = min(planned, stop_at_step) if stop_at_step else planned
-    if latest and start >= target:
-        return _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call)
-    latest = resume_or_load(ws, stage, prof, cfg, sdir, model_dir, latest, where, init_checkpoint)
+    with StageLock(ws, stage) as lock:
+        planned = int(cfg.trainer.train_steps)
+        local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
+        model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
+        info, latest, where = _resume(sdir, model_dir, cfg, stage)
+        start = latest[0] if latest else 0
+        target = min(planned, stop_at_step) if stop_at_step else planned
+        if latest and start >= target:
+            return _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call)
+        latest = resume_or_load(ws, stage, prof, cfg, sdir, model_dir, latest, where, init_checkpoint)
 
-    drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
-             if model_dir != sdir else None)
-    bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
-                    mirror=drive)
-    runner, strat = _build_runner(cfg, prof, strategy, model_dir, bar)
-    gstep = int(runner.trainer.global_step.numpy())
-    if gstep != start:
-        raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
-    _announce(stage, latest, where, start, planned, model_dir, sdir, drive)
-    status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
-                         over_budget=(time_budget_s is not None
-                                      and time.perf_counter() - t_call > time_budget_s))
-    if status == "finished" and target < planned:
-        status = "stopped: stop_at_step"
-    result = _stage_result(runner, stage, prof, status, start, planned, sdir, bar, t_call)
-    if drive is not None:
-        print(mirror.describe(drive))
-    print(result)
-    return result
+        drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
+                 if model_dir != sdir else None)
+        bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
+                        mirror=drive, lock=lock)
+        try:
+            runner, strat = _build_runner(cfg, prof, strategy, model_dir, bar)
+        except BaseException:
+            if not latest:  # a stage that never started leaves no record that says "in progress"
+                _forget_unstarted(sdir)
+            raise
+        gstep = int(runner.trainer.global_step.numpy())
+        if gstep != start:
+            raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
+        _announce(stage, latest, where, start, planned, model_dir, sdir, drive)
+        status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
+                             over_budget=(time_budget_s is not None
+                                          and time.perf_counter() - t_call > time_budget_s))
+        if status == "finished" and target < planned:
+            status = "stopped: stop_at_step"
+        result = _stage_result(runner, stage, prof, status, start, planned, sdir, bar, t_call)
+        if drive is not None:
+            print(mirror.describe(drive))
+        print(result)
+        return result
 
 
 def resume_or_load(ws, stage, prof, cfg, sdir: Path, model_dir: Path, latest, where: str,
@@ -625,10 +648,31 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train_image_ids": _image_ids_of(ws, cfg.task.train_data.input_path),
         "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
     })
     if model_dir != sdir:
         mirror.prepare_local(model_dir, sdir)  # the local folder now belongs to this record
+
+
+def _image_ids_of(ws: Workspace, files) -> list[str]:
+    """The image ids of shard ``files``, from the index (what the stage trains on, for notebook
+    04's check that it never scores a model on its own training images)."""
+    from helpers.data.shards import load_index
+
+    names = {Path(f).name for f in ([files] if isinstance(files, str) else files)}
+    try:
+        return sorted(e["image_id"] for e in load_index(ws.shards)["shards"] if e["file"] in names)
+    except Exception:  # noqa: BLE001 - explicit train_files outside the workspace's index
+        return []
+
+
+def _forget_unstarted(sdir: Path) -> None:
+    """Remove the record :func:`_start_fresh` just wrote, when no checkpoint followed it."""
+    if not ckpts.list_checkpoints(sdir):
+        (sdir / STAGE_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            sdir.rmdir()  # only if empty
 
 
 def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool) -> str:
