@@ -86,14 +86,21 @@ def heads(base):
 
 # Under pytest-xdist (`bash bin/test` runs 2 workers), a worker takes whole test files, so each
 # file's module fixtures are built once; the files that share the demo workflow go together too
-# (it is the longest fixture: notebooks 01→05).
+# (it is the longest fixture: notebooks 01→05). xdist's own `xdist_group` marks do not group under
+# pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads), hence a scheduler.
 SHARED_FIXTURE_GROUPS = {"test_predict.py": "demo_workflow", "test_selection.py": "demo_workflow",
                          "test_workflow.py": "demo_workflow"}
 
 
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):  # the Colab-like env runs without it
-        return
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(name, name)))
+@pytest.hookimpl(optionalhook=True)  # the Colab-like env runs without xdist
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeFiles(LoadScopeScheduling):
+        """``--dist loadfile``, with the files of :data:`SHARED_FIXTURE_GROUPS` as one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_FIXTURE_GROUPS.get(Path(path).name, path)
+
+    return WholeFiles(config, log)
