@@ -76,6 +76,12 @@ def choose(workspace, comparison, choice: str = "", overwrite: bool = False):
     """Take the best strategy (or the user's ``choice``), save it for notebook 05, return it."""
     if choice:
         comparison.choose(choice)
+    score = next((r.get(comparison.metric) for r in comparison.rows if r["strategy"] == comparison.chosen), None)
+    if score is not None and float(score) == 0.0:
+        warnings.warn(f"the chosen strategy {comparison.chosen!r} scores {comparison.metric} 0 on validation: no "
+                      "model found a nucleus that matches the ground truth, so this choice means nothing. The "
+                      "models are undertrained: train them for more steps (notebooks 02/03) and run this "
+                      "notebook again.", FoundNothing, stacklevel=2)
     path = ensemble.save_strategy(comparison.strategy, choice_path(workspace), overwrite=overwrite)
     print(f"chosen: {comparison.chosen}" + (" (best on validation)" if comparison.chosen == comparison.best
                                               else f" (best was {comparison.best})") + f"; saved to {path}")
