@@ -205,6 +205,12 @@ def test_notebook_04_refuses_to_score_a_model_on_images_it_trained_on(base, head
     with pytest.raises(ValueError, match=rf"model 'heads' \(stage 'heads'\) was trained on 1 of today's "
                                          rf"validation images \({seen}\).*val_ids"):
         selection.model_predictions(ws, ["heads"], [seen], progress=False)
+    record = ws.checkpoints / "heads" / "stage.json"  # a record older than train_image_ids: its files
+    info = json.loads(record.read_text())
+    del info["train_image_ids"]
+    record.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=rf"trained on 1 of today's validation images \({seen}\)"):
+        selection.model_predictions(ws, ["heads"], [seen], progress=False)
     assert not ws.predictions.exists() or not any(ws.predictions.iterdir())
 
 

@@ -176,7 +176,7 @@ def _name_copy_as_source(dest: Path, staged: Path, shown: dict[Path, tuple[str, 
             rel = staged.relative_to(path).as_posix()
             if rel != ".":
                 name = prefix + rel
-                prefix = name + ("/" if prefix.endswith(":") or ":" in prefix else os.sep)
+                prefix = name + ("/" if ":" in prefix else os.sep)  # inside a zip: '/' separators
             name_copy_as(dest, name, prefix)
             return
 

@@ -522,6 +522,12 @@ def select_shards(shards_dir: str | os.PathLike, image_ids: Iterable[str] | None
     return [shards_dir / e["file"] for e in sel]
 
 
+def image_ids_of_files(shards_dir: str | os.PathLike, files) -> list[str]:
+    """The image ids of shard ``files`` (paths or names, or one comma-free string), from index.json."""
+    names = {Path(f).name for f in ([files] if isinstance(files, str) else files)}
+    return sorted(e["image_id"] for e in load_index(shards_dir)["shards"] if e["file"] in names)
+
+
 def check_shard_files(shards_dir: str | os.PathLike, entries: Sequence[dict]) -> None:
     """ShardError naming every shard of ``entries`` that is missing, or is no longer the file
     index.json recorded (size, then sha256: truncated, or bytes changed), before anything reads it."""

@@ -177,9 +177,7 @@ def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids:
 
 def trained_on(workspace, stage: str) -> set[str]:
     """The image ids whose shards a stage trained on (its record's input files)."""
-    from pathlib import PurePath
-
-    from helpers.data.shards import load_index
+    from helpers.data.shards import image_ids_of_files
     from helpers.train.stages import read_stage_info
 
     ws = as_workspace(workspace)
@@ -187,8 +185,7 @@ def trained_on(workspace, stage: str) -> set[str]:
     if "train_image_ids" in info:
         return set(info["train_image_ids"])
     files = (((info.get("config") or {}).get("task") or {}).get("train_data") or {}).get("input_path") or []
-    names = {PurePath(f).name for f in ([files] if isinstance(files, str) else files)}
-    return {e["image_id"] for e in load_index(ws.shards)["shards"] if e["file"] in names}
+    return set(image_ids_of_files(ws.shards, files))  # a record older than train_image_ids
 
 
 def _refuse_trained_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:

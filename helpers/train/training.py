@@ -656,14 +656,13 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
 
 
 def _image_ids_of(ws: Workspace, files) -> list[str]:
-    """The image ids of shard ``files``, from the index (what the stage trains on, for notebook
-    04's check that it never scores a model on its own training images)."""
-    from helpers.data.shards import load_index
+    """What the stage trains on, for notebook 04's check that it never scores a model on its own
+    training images; empty for explicit train_files outside the workspace's index."""
+    from helpers.data.shards import image_ids_of_files
 
-    names = {Path(f).name for f in ([files] if isinstance(files, str) else files)}
     try:
-        return sorted(e["image_id"] for e in load_index(ws.shards)["shards"] if e["file"] in names)
-    except Exception:  # noqa: BLE001 - explicit train_files outside the workspace's index
+        return image_ids_of_files(ws.shards, files)
+    except Exception:  # noqa: BLE001 - no index in this workspace
         return []
 
 
