@@ -43,10 +43,13 @@ def demo_workflow(tmp_path_factory):
 
 
 class SmallDisk(type(Path())):
-    """A folder on a 2 MB tmpfs; ``fill()`` takes its last free byte, as a full Drive or runtime disk."""
+    """A folder on a tmpfs of its own: ``fill()`` takes its free space, as a full Drive or runtime
+    disk; ``read_only()`` remounts it read-only, as a shared or write-protected copy."""
 
-    def fill(self):
-        fd = os.open(self / "filler", os.O_WRONLY | os.O_CREAT)
+    def fill(self, leave: int = 0):
+        """Take every free byte but about ``leave`` (rounded to the file system's blocks)."""
+        filler = self / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
         try:
             while True:
                 os.write(fd, b"\0" * 4096)
@@ -54,19 +57,41 @@ class SmallDisk(type(Path())):
             pass
         finally:
             os.close(fd)
+        if leave:
+            os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+    def read_only(self):
+        _run("mount", "-o", "remount,ro", str(self))
+
+
+def _run(*cmd) -> bool:
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 @pytest.fixture()
-def small_disk(tmp_path):
-    """A small disk of its own (skips where mounting is not allowed: it needs root)."""
-    import subprocess
+def disk(tmp_path):
+    """``disk(size_mb)``: a tmpfs of that size (skips where mounting is not allowed: it needs root)."""
+    mounted = []
 
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk case is not recreated")
-    yield SmallDisk(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    def make(size_mb: float) -> SmallDisk:
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        if not _run("mount", "-t", "tmpfs", "-o", f"size={int(size_mb * 1024)}k", "tmpfs", str(mnt)):
+            pytest.skip("cannot mount a tmpfs here (needs root): the full or read-only disk is not recreated")
+        mounted.append(mnt)
+        return SmallDisk(mnt)
+
+    yield make
+    for mnt in mounted:
+        _run("umount", "-l", str(mnt))
+
+
+@pytest.fixture()
+def small_disk(disk):
+    """A 2 MB disk of its own."""
+    return disk(2)
 
 
 @pytest.fixture(scope="session")

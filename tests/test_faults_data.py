@@ -534,3 +534,31 @@ def test_a_finished_workspace_is_read_again_without_writing(src, workspace, tmp_
     rows = prepare.choose_split(workspace, prepare.check_dataset(root, manifest), seed=0)
     write_shards(root, rows, workspace.shards, progress=False, verbose=False)
     assert {str(p): p.stat().st_mtime_ns for p in workspace.root.rglob("*")} == before
+
+
+def test_a_read_only_copy_of_a_finished_workspace_reads_and_a_needed_write_names_the_folder(src, disk):
+    """A finished workspace on a disk remounted read-only: notebook 01 again writes nothing and
+    succeeds; a change that needs a write (another validation split) names the read-only folder."""
+    from helpers.atomic import FolderNotWritable
+    from helpers.workspace import get_workspace
+
+    mounted = disk(64)
+    ws = get_workspace(mounted / "ws")
+    root, manifest = get(ws, src, manifest_of(src))
+    rows = prepare.choose_split(ws, prepare.check_dataset(root, manifest), seed=0)
+    write_shards(root, rows, ws.shards, progress=False, verbose=False)
+    before = {str(p): p.read_bytes() for p in ws.root.rglob("*") if p.is_file()}
+    mounted.read_only()
+    with pytest.raises(OSError):
+        (ws.root / "probe").write_text("x")  # the disk really is read-only
+
+    root, manifest = get(ws, src, manifest_of(src))
+    rows = prepare.choose_split(ws, prepare.check_dataset(root, manifest), seed=0)
+    rep = write_shards(root, rows, ws.shards, progress=False, verbose=False)["report"]
+    assert rep.written == [] and len(rep.skipped) == len(rows)
+
+    other = [r["image_id"] for r in rows if r["split"] == "train"][:1]
+    with pytest.raises(FolderNotWritable, match=rf"{ws.data} is read-only \(cannot write manifest.csv\): "
+                                                "use a workspace you can write to"):
+        prepare.choose_split(ws, rows, val_ids=other)
+    assert {str(p): p.read_bytes() for p in ws.root.rglob("*") if p.is_file()} == before

@@ -230,3 +230,29 @@ def test_a_second_run_of_a_stage_is_refused_and_a_dead_runs_lock_is_taken_over(b
     holder.wait()
     assert (res.start_step, res.end_step, res.status) == (5, 10, "finished")
     assert not (ws.checkpoints / ".heads.lock").exists()
+
+
+def test_a_full_disk_during_a_save_names_the_folder_and_keeps_the_checkpoints_before(base, heads, disk):
+    """Issue 19, 12: TensorFlow's own error names a temp file (``ckpt-10_temp/part-…``); the user
+    is told which folder is full and how much a checkpoint needs, and loses nothing saved."""
+    import shutil
+
+    from helpers.atomic import FolderNotWritable
+    from helpers.workspace import get_workspace
+
+    half, _ = _half_trained(base, heads, "full_disk_source")
+    need = sum(f.stat().st_size for f in (half.checkpoints / "heads").glob("ckpt-5.*"))
+    used = sum(f.stat().st_size for f in half.root.rglob("*") if f.is_file())
+    mounted = disk((used + 3 * need) / 1e6 * 1.1)
+    shutil.copytree(half.root, mounted / "ws")
+    ws, sdir = get_workspace(mounted / "ws"), mounted / "ws" / "checkpoints" / "heads"
+    mounted.fill(leave=need // 4)  # room for the lock and the logs, not for a checkpoint
+    with pytest.raises(FolderNotWritable, match=rf"{sdir} is full \(.* free; this file needs \d+(\.\d)? MB\).*"
+                                                "The checkpoints saved before it are kept"):
+        training.train_stage("heads", "demo", ws, progress=False)
+    assert ckpts.latest_complete(sdir)[0] == 5
+
+    (mounted / "filler").unlink()  # the user frees space and runs the cell again: nothing was lost
+    res = training.train_stage("heads", "demo", ws, progress=False)
+    assert (res.start_step, res.end_step, res.status) == (5, 10, "finished")
+    assert not [p for p in sdir.iterdir() if "_temp" in p.name]

@@ -528,7 +528,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         if gstep != start:
             raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
         _announce(stage, latest, where, start, planned, model_dir, sdir, drive)
-        status = _train_loop(runner, strat, bar, drive, target, fresh=not latest,
+        status = _train_loop(runner, strat, bar, drive, target, fresh=not latest, model_dir=model_dir,
                              over_budget=(time_budget_s is not None
                                           and time.perf_counter() - t_call > time_budget_s))
         if status == "finished" and target < planned:
@@ -674,7 +674,23 @@ def _forget_unstarted(sdir: Path) -> None:
             sdir.rmdir()  # only if empty
 
 
-def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool) -> str:
+def _save_error(e: Exception, model_dir: Path) -> Exception:
+    """A checkpoint save that failed on a full or read-only disk, as a
+    :class:`~helpers.atomic.FolderNotWritable` naming ``model_dir`` and the size of one
+    checkpoint (TensorFlow's own error names a temp file); any other error as it is."""
+    from helpers.atomic import folder_error
+
+    saved = ckpts.list_checkpoints(model_dir)
+    need = sum(f.stat().st_size for f in mirror.checkpoint_files(saved[-1][1])) if saved else None
+    err = folder_error(e, model_dir / "checkpoint", need=need)
+    if err is None:
+        return e
+    return type(err)(err.errno, f"{err.strerror}. The checkpoints saved before it are kept: training "
+                                "resumes from the newest one.")
+
+
+def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool,
+                model_dir: Path) -> str:
     """Model Garden's loop up to global step ``target``; saves on a stop; returns the status.
 
     The run's last checkpoint is in the workspace when this returns (``drive`` waits for it).
@@ -703,6 +719,11 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
             print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved"
                   + ("; copying it to Drive" if drive else "") + "; re-run to resume")
             raise
+    except Exception as e:
+        explained = _save_error(e, model_dir)
+        if explained is not e:
+            raise explained from e
+        raise
     finally:
         if runner.checkpoint_manager is not None:
             runner.checkpoint_manager.sync()  # an async save must be complete before we return
