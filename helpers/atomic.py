@@ -97,6 +97,28 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
 
 
+def discard(path: str | os.PathLike) -> bool:
+    """Delete a file so that no copy of its bytes is kept in a trash folder; True if it existed.
+
+    Colab's Drive mount moves a deleted file to Drive's Trash, and the Trash counts against the
+    Drive quota (minimaxir/gpt-2-simple#155: a Colab run that deleted old checkpoints through the
+    mount filled the user's Drive). A file emptied first goes to the Trash with 0 bytes (the
+    workaround merged in voicepaw/so-vits-svc-fork#581 and sce-tts/TTS#1); its old content is
+    only an older revision of it then, which Drive purges by itself and does not count (only
+    revisions marked "keep forever" do: Drive API guide "Manage file revisions").
+    A file with other hard links keeps its bytes for them: it is only unlinked.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_nlink == 1:
+            with contextlib.suppress(OSError):  # a read-only file system: the unlink says so
+                os.truncate(path, 0)
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` on success.
@@ -120,8 +142,8 @@ def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Pa
         os.replace(tmp_path, path)
     except BaseException as e:
         if tmp_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                tmp_path.unlink()
+            with contextlib.suppress(OSError):
+                discard(tmp_path)  # a cut copy on Drive leaves no bytes in its Trash
         explained = _explained(e, path, need) if isinstance(e, OSError) else e
         if explained is not e:
             raise explained from e

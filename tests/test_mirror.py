@@ -296,3 +296,77 @@ def test_local_checkpoints_only_for_a_workspace_on_drive(tmp_path, monkeypatch):
     assert mirror.local_checkpoint_root(on_drive) is None
     monkeypatch.setenv(mirror.ENV_VAR, str(tmp_path / "fast"))
     assert mirror.local_checkpoint_root(tmp_path / "workspace").parent == tmp_path / "fast"
+
+
+# ----------------------------------------------------------------------------- Drive's quota
+@pytest.fixture()
+def fake_drive(tmp_path, monkeypatch):
+    from _fake_drive import FakeDrive
+
+    return FakeDrive(tmp_path / "MyDrive", monkeypatch)
+
+
+def saved_locally(local, steps, size=256):
+    """A local stage folder where tf.train.CheckpointManager saved ``steps`` (keep 3), as Model
+    Garden's trainer does; yields after each save."""
+    import tensorflow as tf
+
+    step = tf.Variable(0, dtype=tf.int64)
+    w = tf.Variable(tf.zeros([size, size]))
+    ck = tf.train.Checkpoint(global_step=step, w=w)
+    mgr = tf.train.CheckpointManager(ck, str(local), max_to_keep=3)
+    for s in steps:
+        step.assign(s)
+        w.assign_add(tf.random.normal([size, size]))
+        mgr.save(checkpoint_number=s)
+        yield s
+
+
+def test_drive_holds_at_most_keep_plus_one_checkpoints_trash_included(tmp_path, fake_drive):
+    """N = keep + 1 = 4 checkpoints' bytes, live plus trashed: the ``keep`` newest, and the copy
+    under way. A deleted checkpoint leaves its files in Drive's Trash with 0 bytes."""
+    local, remote = tmp_path / "local" / "heads", fake_drive.root / "checkpoints" / "heads"
+    drive = mirror.CheckpointMirror(local, remote, keep=3)
+    remote.mkdir(parents=True)
+    one, most = None, 0
+    for _ in saved_locally(local, range(5, 205, 5)):
+        drive.mirror_newest()
+        one = one or drive.copies[0].nbytes
+        most = max(most, fake_drive.used_bytes)
+    assert len(drive.copies) == 40 and [s for s, _ in ckpts.list_checkpoints(remote)] == [190, 195, 200]
+    small = 64 << 10  # TensorFlow's state file, replaced at each copy (a few hundred bytes each)
+    assert most <= 4 * one + small, f"{most / one:.1f} checkpoints on Drive, Trash included"
+    assert fake_drive.trash_bytes <= small and len(list(fake_drive.trash.iterdir())) >= 37 * 2
+
+
+def test_a_copy_cut_off_on_drive_leaves_no_bytes_in_the_trash(tmp_path, fake_drive, monkeypatch):
+    local, remote = tmp_path / "local" / "heads", fake_drive.root / "heads"
+    real = mirror.copy_file
+
+    def cut(src, dst, abandon=None):
+        real(src, dst, abandon)
+        if ".data-" in dst.name:
+            raise OSError(5, "Input/output error")  # the mount went away after the bytes were written
+
+    monkeypatch.setattr(mirror, "copy_file", cut)
+    drive = mirror.CheckpointMirror(local, remote, keep=3)
+    remote.mkdir(parents=True)
+    for _ in saved_locally(local, [5]):
+        assert drive.mirror_newest() is None and isinstance(drive.error, OSError)
+    assert list(fake_drive.trash.iterdir()) and fake_drive.trash_bytes == 0
+    assert ckpts.list_checkpoints(remote) == [] and leftovers(remote) == []
+
+
+def test_event_files_grow_on_drive_by_appending(tmp_path, fake_drive):
+    src, dest = tmp_path / "train", fake_drive.root / "train"
+    src.mkdir()
+    log = src / "events.out.tfevents.1"
+    for i in range(20):
+        with open(log, "ab") as f:
+            f.write(os.urandom(10_000))
+        mirror.mirror_tree(src, dest)
+        assert (dest / log.name).read_bytes() == log.read_bytes()
+    assert fake_drive.trash_bytes == 0
+    (dest / log.name).write_bytes(log.read_bytes()[:49_996] + b"torn")  # no prefix of it any more
+    mirror.mirror_tree(src, dest)
+    assert (dest / log.name).read_bytes() == log.read_bytes()

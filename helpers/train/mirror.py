@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import colab
-from helpers.atomic import atomic_path, is_partial
+from helpers.atomic import atomic_path, discard, is_partial
 from helpers.train import checkpoints as ckpts
 from helpers.train.stages import STAGE_FILE
 
@@ -133,8 +133,7 @@ def copy_checkpoint(prefix, dest_dir, abandon=None) -> tuple[Path, int]:
     """
     prefix, dest_dir = Path(prefix), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (dest_dir / f"{prefix.name}.index").unlink()
+    discard(dest_dir / f"{prefix.name}.index")
     nbytes = 0
     for f in checkpoint_files(prefix):
         nbytes += durable_copy(f, dest_dir / f.name, abandon)
@@ -154,7 +153,7 @@ def remove_leftovers(folder) -> list[str]:
         orphan = (f.name.startswith("ckpt-") and ".data-" in f.name
                   and f.name.split(".data-")[0] not in indexed)
         if f.is_file() and ((f.name.startswith(".") and is_partial(f)) or orphan):
-            f.unlink()
+            discard(f)
             gone.append(f.name)
     shutil.rmtree(folder / SNAPSHOT_DIR, ignore_errors=True)
     return gone
@@ -162,20 +161,22 @@ def remove_leftovers(folder) -> list[str]:
 
 def prune(folder, keep: int) -> list[int]:
     """Remove all but the newest ``keep`` checkpoints in ``folder`` (after the state file
-    was rewritten to the newest); return the removed steps."""
+    was rewritten to the newest); return the removed steps. Each file is emptied before it is
+    deleted (:func:`helpers.atomic.discard`): on Drive, a deleted file's bytes would stay in the
+    Trash and count against the quota."""
     found = ckpts.list_checkpoints(folder)
     old = found[:-keep] if keep > 0 else []
     for step, prefix in old:
         for f in checkpoint_files(prefix)[::-1]:  # index first: never a half-removed checkpoint
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
+            discard(f)
     if old:
         ckpts.write_state(folder)
     return [s for s, _ in old]
 
 
 def mirror_tree(src_dir, dest_dir) -> int:
-    """Copy new or grown files of ``src_dir`` (TensorBoard event files) to ``dest_dir``."""
+    """Bring new or grown files of ``src_dir`` (TensorBoard event files) to ``dest_dir``; return
+    the bytes written. A grown file gets only its new bytes appended (:func:`append_growth`)."""
     src_dir, dest_dir = Path(src_dir), Path(dest_dir)
     n = 0
     for f in sorted(src_dir.rglob("*")) if src_dir.is_dir() else []:
@@ -184,8 +185,30 @@ def mirror_tree(src_dir, dest_dir) -> int:
         target = dest_dir / f.relative_to(src_dir)
         if not target.is_file() or target.stat().st_size != f.stat().st_size:
             target.parent.mkdir(parents=True, exist_ok=True)
-            n += durable_copy(f, target)
+            n += append_growth(f, target) if target.is_file() else durable_copy(f, target)
     return n
+
+
+def append_growth(src: Path, target: Path, check: int = 4096) -> int:
+    """Append to ``target`` the bytes ``src`` has beyond it: an event file only grows, and a
+    rewrite through Drive's mount would send the old copy, whole, to the Trash each time.
+    When ``target`` is no prefix of ``src`` (its last ``check`` bytes differ: an append cut
+    off), it is copied whole instead. Returns the bytes written."""
+    have, size = target.stat().st_size, src.stat().st_size
+    if have > size:
+        return durable_copy(src, target)
+    with open(src, "rb") as f, open(target, "rb+") as g:
+        tail = max(0, have - check)
+        f.seek(tail)
+        g.seek(tail)
+        if f.read(have - tail) != g.read(have - tail):
+            g.close()
+            return durable_copy(src, target)
+        g.seek(have)
+        g.write(f.read(size - have))
+        g.flush()
+        os.fsync(g.fileno())
+    return size - have
 
 
 def newest_saved(ckpt_dir) -> tuple[int, Path] | None:
