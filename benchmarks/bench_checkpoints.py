@@ -87,6 +87,10 @@ def _worker(spec: dict) -> dict:
     kind = spec["kind"]
     if kind == "size":
         return checkpoint_size(spec["profile"], spec["stage"], Path(spec["tmp"]))
+    if kind == "pace_size":
+        import gpu_pace
+
+        return gpu_pace.blocking_and_sizes(spec["profile"], spec["stage"], Path(spec["tmp"]), spec["rate_mbps"])
     from helpers.train.training import train_stage
 
     if kind == "heads":
@@ -116,16 +120,26 @@ def _measured_run(spec: dict) -> dict:
     ends: list[float] = []
     now_step = [0]
 
+    pace = spec.get("pace_s")
+
     class Timed(training._Progress):
         def __init__(self, stage, start, *a, **kw):
             super().__init__(stage, start, *a, **kw)
             now_step[0] = start
             self._start = start
+            self._end = time.perf_counter()
 
         def __call__(self, output):
+            if pace:  # a GPU's step: the real (faster) step, then the rest of `pace` seconds;
+                # it began when the last action or the save after it returned (a save holds the GPU)
+                began = max(self._end, saves[-1]["t"] if saves else 0.0)
+                time.sleep(max(0.0, pace - (time.perf_counter() - began)))
             now_step[0] = self._start + len(self.times) + 1
             steps_at.append((time.perf_counter(), now_step[0]))
-            return super().__call__(output)
+            try:
+                return super().__call__(output)
+            finally:
+                self._end = time.perf_counter()
 
     training._Progress = Timed
 
@@ -134,9 +148,9 @@ def _measured_run(spec: dict) -> dict:
     def timed_save(self, *a, **kw):
         t0 = time.perf_counter()
         path = orig_save(self, *a, **kw)
-        if path is not None:
+        if path is not None:  # the seconds the training thread was held (the files may still be being written)
             saves.append({"step": ckpts.checkpoint_step(Path(path)), "seconds": time.perf_counter() - t0,
-                          "bytes": _prefix_bytes(path), "t": time.perf_counter()})
+                          "path": str(path), "t": time.perf_counter()})
         return path
 
     tf.train.CheckpointManager.save = timed_save
@@ -169,14 +183,24 @@ def _measured_run(spec: dict) -> dict:
     if rate:  # no FUSE here: slow the mirror's copies to the same rate instead
         orig_copy = mirror.copy_file
 
-        def slow_copy(src, dst):
+        def slow_copy(src, dst, abandon=None):
             t0 = time.perf_counter()
-            orig_copy(src, dst)
+            orig_copy(src, dst, abandon=abandon)
             wait = Path(dst).stat().st_size / (rate * 1e6) - (time.perf_counter() - t0)
             if wait > 0:
                 time.sleep(wait)
 
         mirror.copy_file = slow_copy
+
+    drive = None
+    if spec.get("fake_drive"):  # deleted files go to a Trash that counts, as on Drive
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from _fake_drive import FakeDrive
+
+        class _Patch:
+            setattr = staticmethod(setattr)
+
+        drive = FakeDrive(Path(spec["workspace"]), _Patch())
 
     import resource
 
@@ -185,6 +209,13 @@ def _measured_run(spec: dict) -> dict:
                              progress=False, local_checkpoints=spec["local"] or False,
                              checkpoint_every=spec["every"])
     wall = time.perf_counter() - t0
+    sizes = {}
+    for sv in saves:  # written by now; the oldest may be deleted already (max_to_keep)
+        p = Path(sv.pop("path"))
+        if p.with_name(p.name + ".index").is_file():
+            sizes[sv["step"]] = _prefix_bytes(p)
+    for sv in saves:
+        sv["bytes"] = sizes.get(sv["step"], max(sizes.values(), default=0))
     t1 = time.perf_counter()
     problem = ckpts.check_checkpoint(r.checkpoint, deep=True) if r.checkpoint else "no checkpoint"
     check_s = time.perf_counter() - t1
@@ -197,6 +228,9 @@ def _measured_run(spec: dict) -> dict:
         "step_times": [b[0] - a[0] for a, b in zip(steps_at, steps_at[1:])],
         "steps_at": steps_at,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+        "drive_live": (sum(f.stat().st_size for f in (Path(spec["workspace"]) / "checkpoints" / "all").rglob("*")
+                           if f.is_file()) if drive else None),
+        "drive_trash": drive.trash_bytes if drive else None,
     }
 
 
@@ -289,6 +323,8 @@ def main(argv=None):
     ap.add_argument("--configs", default="abc", help="which of a, b, c to run")
     ap.add_argument("--tmp", default=None, help="local-disk folder for the run (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    ap.add_argument("--gpu-pace", type=float, default=None, metavar="S",
+                    help="hold each step to S seconds (a GPU's pace) on the demo profile: see benchmarks/gpu_pace.py")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -307,6 +343,8 @@ def main(argv=None):
     print(f"bench_checkpoints: profile {args.profile}, work folder {root} (worker logs in {root / 'logs'})",
           flush=True)
     try:
+        if args.gpu_pace:
+            return _gpu_pace(args, root)
         sizes, sizes_real = {}, None
         if not args.sizes_only:
             sizes_real = _timing(args, root)
@@ -395,6 +433,52 @@ def _timing(args, root: Path) -> int | None:
     _summary(args, results, mounted is not None, rate)
     finals = [r["final_bytes"] for rs in results.values() for r in rs if r["final_bytes"]]
     return max(finals) if finals else None
+
+
+def _gpu_pace(args, root: Path) -> None:
+    """The ``--gpu-pace`` mode (benchmarks/gpu_pace.py): table 1, then the paced a/b runs."""
+    import gpu_pace
+    from bench_training import make_shards, workspace_with
+
+    rate = args.rate_mbps
+    rows = []
+    for prof in [p for p in args.sizes.split(",") if p]:
+        for stage in ("heads", "all"):
+            rows.append(run_worker({"kind": "pace_size", "profile": prof, "stage": stage, "rate_mbps": rate,
+                                    "tmp": str(root / "sizes")}, root / "logs", f"pace-size-{prof}-{stage}"))
+            shutil.rmtree(root / "sizes", ignore_errors=True)
+    gpu_pace.print_table(rows)
+    by = {(r["profile"], r["stage"]): r for r in rows}
+    demo, colab = by[(gpu_pace.PACE_PROFILE, gpu_pace.PACE_STAGE)], by.get(("colab", "all"))
+    sim_rate = rate * demo["compact"] / colab["compact"] if colab else rate
+
+    size, n_img = PROFILE_DATA[gpu_pace.PACE_PROFILE]
+    src = workspace_with(root, "heads-src", make_shards(root, size, n_img)).root
+    run_worker({"kind": "heads", "profile": gpu_pace.PACE_PROFILE, "workspace": str(src)}, root / "logs", "heads")
+    steps = args.steps if args.steps != 20 else 240
+    results: dict[str, list[dict]] = {"a": [], "b": []}
+    drive_root, local = root / "drive", root / "local"
+    drive_root.mkdir()
+    for rep in range(args.repeats):
+        for cfg in "ab":
+            name = f"{cfg}{rep}"
+            shutil.copytree(src, drive_root / name)
+            spec = {"kind": "run", "profile": gpu_pace.PACE_PROFILE, "workspace": str(drive_root / name),
+                    "steps": steps + 1, "every": args.every if cfg == "b" else 10 ** 6,
+                    "local": str(local) if cfg == "b" else None, "pace_s": args.gpu_pace,
+                    "simulate_rate_mbps": sim_rate if cfg == "b" else None, "fake_drive": cfg == "b"}
+            r = run_worker(spec, root / "logs", name)
+            results[cfg].append(r)
+            print(_line(cfg, rep, r), flush=True)
+            shutil.rmtree(drive_root / name, ignore_errors=True)
+            shutil.rmtree(drive_root / f"{name}.Trash", ignore_errors=True)
+            shutil.rmtree(local, ignore_errors=True)
+    out = gpu_pace.paced_summary(results, rows, args.gpu_pace, args.every, rate, sim_rate)
+    saved = HERE / "results" / "checkpoints_gpu_pace.json"
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps({"table1": rows, "paced": out, "steps": steps, "repeats": args.repeats},
+                                indent=1, default=str) + "\n")
+    print(f"figures saved to {saved}")
 
 
 def copy_overlap(r: dict, every: int):

@@ -112,7 +112,9 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
         model_config=params.task.model)
     _ = model(tf.zeros([1, size, size, 3]), image_shape=tf.constant([[size, size]], tf.float32),
               training=False)
-    status = tf.train.Checkpoint(model=model).read(str(prefix))
+    from helpers.train.drive_copy import full_checkpoint
+
+    status = tf.train.Checkpoint(model=model).read(str(full_checkpoint(prefix)))  # a Drive copy: expanded
     status.expect_partial().assert_existing_objects_matched()
     return model, params
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from helpers import colab
 from helpers.atomic import atomic_path, discard, is_partial
 from helpers.train import checkpoints as ckpts
+from helpers.train import drive_copy
 from helpers.train.stages import STAGE_FILE
 
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
@@ -266,9 +267,13 @@ def resume_point(local_dir, remote_dir) -> tuple[tuple[int, Path] | None, str]:
 
 
 def bring_local(prefix, local_dir) -> Path:
-    """Copy a Drive checkpoint to local disk and point TensorFlow's state file there at it,
+    """Bring a Drive checkpoint to local disk, whole (a compact copy expanded:
+    :func:`helpers.train.drive_copy.expand`), and point TensorFlow's state file there at it,
     so CheckpointManager restores it; return the local prefix."""
-    local_prefix, _ = copy_checkpoint(prefix, local_dir)
+    if drive_copy.is_compact(prefix):
+        local_prefix = drive_copy.expand(prefix, Path(local_dir) / Path(prefix).name)
+    else:
+        local_prefix, _ = copy_checkpoint(prefix, local_dir)
     ckpts.write_state(local_dir)
     return local_prefix
 
@@ -291,9 +296,13 @@ class CheckpointMirror:
     reported with a warning and retried with the next checkpoint.
     """
 
-    def __init__(self, local_dir, remote_dir, keep: int = 3, poll_s: float = 0.5):
+    def __init__(self, local_dir, remote_dir, keep: int = 3, poll_s: float = 0.5, compact: bool = True,
+                 base: bool = False):
         self.local_dir, self.remote_dir = Path(local_dir), Path(remote_dir)
         self.keep, self.poll_s = keep, poll_s
+        self.compact = compact  # copy only what a resume needs (helpers.train.drive_copy)
+        self.use_base = base    # a stage with frozen weights: they go to Drive once, in its base
+        self.base: drive_copy.Base | None = None
         self.copies: list[Copy] = []
         self.error: BaseException | None = None
         newest = ckpts.list_checkpoints(self.remote_dir)
@@ -330,6 +339,8 @@ class CheckpointMirror:
             snap = self._snapshot(prefix)
             if snap is None:
                 return None  # deleted by CheckpointManager before we got to it: a newer one exists
+            if self.compact:
+                snap = self._compacted(snap)
             _, nbytes = copy_checkpoint(snap, self.remote_dir, abandon=self._superseded(step))
             ckpts.write_state(self.remote_dir)
             prune(self.remote_dir, self.keep)
@@ -350,6 +361,17 @@ class CheckpointMirror:
         self.copies.append(copy)
         self.mirrored_step = step
         return copy
+
+    def _compacted(self, snap: Path) -> Path:
+        """The Drive copy of the snapshot ``snap``, written beside it (and the stage's base,
+        sent to Drive first when the stage has none there yet)."""
+        if self.use_base and self.base is None:
+            self.base = drive_copy.read_base(self.remote_dir)
+            if self.base is None:
+                local = drive_copy.make_base(snap, snap.parent / drive_copy.BASE_DIR / snap.name)
+                remote, _ = copy_checkpoint(local.prefix, self.remote_dir / drive_copy.BASE_DIR)
+                self.base = drive_copy.Base(remote, local.token, local.digests)
+        return drive_copy.compact(snap, snap.parent / "compact" / snap.name, base=self.base)
 
     def _superseded(self, step: int):
         """While the run ends (``close``), a copy of ``step`` is not worth finishing when a
@@ -404,6 +426,8 @@ def describe(mirror: CheckpointMirror) -> str:
         return f"checkpoints on Drive: {mirror.mirrored_step if mirror.mirrored_step is not None else 'none'}"
     secs = [c.seconds for c in mirror.copies]
     mb = mirror.copies[-1].nbytes / 1e6
-    return (f"copied {len(mirror.copies)} checkpoints to Drive in the background "
-            f"({mb:.0f} MB each, {sum(secs) / len(secs):.1f} s per copy); newest on Drive: "
+    base = (f"; the stage's unchanged weights went once, in {mirror.base.prefix.parent.name}/"
+            if mirror.base is not None else "")
+    return (f"copied {len(mirror.copies)} checkpoints to Drive in the background, only what a resume needs "
+            f"({mb:.1f} MB the last, {sum(secs) / len(secs):.1f} s per copy{base}); newest on Drive: "
             f"ckpt-{mirror.mirrored_step}")

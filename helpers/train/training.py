@@ -20,6 +20,7 @@ same global step and the same point of the learning-rate schedule.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -37,7 +38,7 @@ from typing import Sequence
 from helpers.atomic import atomic_path, atomic_write_json
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
-from helpers.train import mirror
+from helpers.train import drive_copy, mirror
 from helpers.train.torch_convert import PretrainedWeightsUnavailable
 from helpers.train.curves import LOSS_KEYS
 from helpers.train.stages import STAGE_FILE, StageLock, read_record, read_stage_info, stage_dir
@@ -263,7 +264,7 @@ class _Progress:
                 "s/step": f"{sps:.2f}",
                 "left": _duration(sps * (self.bar.total - self.bar.n - 1))}
         if self.mirror is not None:
-            post["on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
+            post["safe on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
         if self.budget_s is not None:
@@ -514,7 +515,8 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
             return _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call)
         latest = resume_or_load(ws, stage, prof, cfg, sdir, model_dir, latest, where, init_checkpoint)
 
-        drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints)
+        drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints,
+                                         base=bool(cfg.task.freeze_backbone))
                  if model_dir != sdir else None)
         bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
                         mirror=drive, lock=lock)
@@ -571,8 +573,9 @@ def _announce(stage, latest, where, start, planned, model_dir, sdir, drive) -> N
     else:
         print(f"stage {stage!r}: {planned} steps planned (the progress line shows the time left)")
     if drive is not None:
-        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} "
-              "in the background")
+        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} in the background "
+              "with only what a resume needs (float16 weights, no momentum: a quarter of the bytes); "
+              "'safe on Drive' in the progress line is the newest step whose copy there is complete")
         drive.start()
 
 
@@ -594,7 +597,6 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
     """Model Garden's ``OrbitExperimentRunner`` for ``cfg`` (it restores the newest checkpoint
     in ``model_dir``) under a ``tf.distribute`` strategy; ``(runner, strategy)``."""
     import tensorflow as tf
-    from official.core import train_lib
     from official.modeling import performance
 
     from helpers.train.experiment import detect_accelerator
@@ -608,14 +610,39 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
     with strat.scope():
         task = build_task(cfg, model_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
-        runner = train_lib.OrbitExperimentRunner(
+        runner = _runner_class()(
             distribution_strategy=strat, task=task, mode="train", params=cfg,
             model_dir=str(model_dir),
-            # Synchronous saves: with Orbit's async checkpointing we measured a resumed run
-            # whose optimizer iterations were one ahead of its global step (the background
-            # copy raced the next step), i.e. a checkpoint mixing two steps.
+            # Not TensorFlow's async checkpointing: with it we measured a resumed run whose
+            # optimizer iterations were one ahead of its global step (a checkpoint mixing two
+            # steps). This runner's saves copy to host memory, then write in the background.
             train_actions=[bar], enable_async_checkpointing=False)
     return runner, strat
+
+
+@functools.cache
+def _runner_class():
+    """Model Garden (TensorFlow) is imported on first use, not with this module."""
+    from official.core import train_lib
+
+    class Runner(train_lib.OrbitExperimentRunner):
+        """Model Garden's runner whose CheckpointManager saves in the background
+        (:class:`helpers.train.background_save.BackgroundCheckpoint`): a save holds training up
+        only for a copy of the weights to host memory. Model Garden documents this override."""
+
+        def _maybe_build_checkpoint_manager(self):
+            import tensorflow as tf
+
+            from helpers.train.background_save import BackgroundCheckpoint
+
+            if not self.trainer.checkpoint:
+                return None
+            return tf.train.CheckpointManager(
+                BackgroundCheckpoint.like(self.trainer.checkpoint), directory=self.model_dir,
+                max_to_keep=self.params.trainer.max_to_keep, step_counter=self.trainer.global_step,
+                checkpoint_interval=self.params.trainer.checkpoint_interval, init_fn=self.trainer.initialize)
+
+    return Runner
 
 
 def _stage_result(runner, stage, prof, status, start, planned, sdir: Path, bar, t_call) -> StageResult:
@@ -639,7 +666,9 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
             init = resolve_pretrained(prof, ws, cfg=cfg)
     else:
         init = _parent_checkpoint(ws, stage)
-    cfg.override({"task": {"init_checkpoint": init or ""}}, is_strict=True)
+    # a parent's checkpoint on Drive may be a compact copy: Model Garden reads its expansion
+    start = str(drive_copy.full_checkpoint(init)) if init and cfglib.stage_kind(stage) != "heads" else init
+    cfg.override({"task": {"init_checkpoint": start or ""}}, is_strict=True)
     sdir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sdir / STAGE_FILE, {
         "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
@@ -689,6 +718,13 @@ def _save_error(e: Exception, model_dir: Path) -> Exception:
                                 "resumes from the newest one.")
 
 
+def _finish_writes(runner) -> None:
+    """Wait until the checkpoint being written in the background is on disk (its error, if
+    the write failed, is raised here)."""
+    if runner.checkpoint_manager is not None:
+        runner.checkpoint_manager.sync()
+
+
 def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool,
                 model_dir: Path) -> str:
     """Model Garden's loop up to global step ``target``; saves on a stop; returns the status.
@@ -705,15 +741,18 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
             with strat.scope(), quiet:
                 controller.save_checkpoint()
         if over_budget:
+            _finish_writes(runner)
             return "stopped: time budget"  # the model build alone used the budget
         bar.mark()
         with strat.scope(), quiet:
             # Model Garden's loop: steps, CheckpointManager saves every N, summaries.
             controller.train(steps=target, checkpoint_at_completion=True)
+        _finish_writes(runner)
     except (_StopForBudget, KeyboardInterrupt) as stop:
         status = "stopped: time budget" if isinstance(stop, _StopForBudget) else "interrupted"
         with strat.scope(), quiet:
             controller.save_checkpoint()  # the step reached; a no-op if already saved
+        _finish_writes(runner)
         if isinstance(stop, KeyboardInterrupt):
             bar.close()
             print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved"
@@ -725,8 +764,10 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
             raise explained from e
         raise
     finally:
-        if runner.checkpoint_manager is not None:
-            runner.checkpoint_manager.sync()  # an async save must be complete before we return
+        # a save still being written (a return above, or an error in flight) ends before we do;
+        # a write that failed after an error in flight is left to the re-run (it resumes before it)
+        with contextlib.suppress(Exception) if sys.exc_info()[0] else contextlib.nullcontext():
+            _finish_writes(runner)
         bar.close()
         if drive is not None:
             drive.close(raise_error=sys.exc_info()[0] is None)
