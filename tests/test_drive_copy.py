@@ -160,3 +160,13 @@ def test_a_resume_from_the_drive_copy_alone_trains_on_like_one_from_the_full_che
     assert abs(b[0] - a[0]) <= 0.02 * a[0], (a, b)
     assert abs(b.mean() - a.mean()) <= 0.10 * a.mean(), (a, b)
     assert optimizer_iterations(twin / "checkpoints" / "heads" / "ckpt-10") == 10
+
+
+def test_the_expansion_cache_keeps_the_newest_few(tmp_path):
+    made = []
+    for i in range(drive_copy.CACHE_KEEP + 2):
+        _, full = trainer_checkpoint(tmp_path / f"local{i}", step=i + 1)
+        made.append(drive_copy.full_checkpoint(drive_copy.compact(full, tmp_path / f"drive{i}" / f"ckpt-{i + 1}"),
+                                               cache_root=tmp_path / "cache"))
+    kept = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(kept) == drive_copy.CACHE_KEEP and made[-1].parent.name in kept and made[0].parent.name not in kept

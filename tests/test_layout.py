@@ -17,8 +17,8 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 LAYERS = {
     "": ("atomic", "progress", "colab", "workspace", "coco_format", "drawing", "notebooks"),
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
-    "train": ("config", "experiment", "checkpoints", "torch_export", "torch_convert", "train_input", "stages",
-              "mirror", "curves", "training"),
+    "train": ("config", "experiment", "checkpoints", "background_save", "drive_copy", "torch_export",
+              "torch_convert", "train_input", "stages", "mirror", "curves", "training"),
     "infer": ("tta", "model", "prediction_cache", "evaluate", "ensemble", "predict", "rescore",
               "submission", "overlays", "selection"),
 }

@@ -193,5 +193,17 @@ def full_checkpoint(prefix, cache_root=None) -> Path:
     out = folder / prefix.name
     if ckpts.check_checkpoint(out, deep=False) is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        _forget_old(folder.parent, keep=CACHE_KEEP - 1)
         expand(prefix, out)
     return out
+
+
+CACHE_KEEP = 4  # expansions kept in the cache (a stage's final weights are read again and again)
+
+
+def _forget_old(cache: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently made expansions in ``cache``."""
+    found = sorted((p for p in cache.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) \
+        if cache.is_dir() else []
+    for old in found[:max(0, len(found) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
