@@ -379,3 +379,22 @@ def test_event_files_grow_on_drive_by_appending(tmp_path, fake_drive):
     (dest / log.name).write_bytes(log.read_bytes()[:49_996] + b"torn")  # no prefix of it any more
     mirror.mirror_tree(src, dest)
     assert (dest / log.name).read_bytes() == log.read_bytes()
+
+
+def test_a_copy_abandoned_after_its_data_leaves_no_data_without_index_on_drive(tmp_path, fake_drive, monkeypatch):
+    """The run ends while a copy is at its index: its data, already in place, is never loadable
+    without it, so it goes too (emptied first), not left to hold Drive's space until the next run."""
+    local, remote = tmp_path / "local" / "all", fake_drive.root / "all"
+    real = mirror.copy_file
+
+    def abandoned_at_the_index(src, dst, abandon=None):
+        if Path(src).name.endswith(".index"):
+            raise mirror.CopyAbandoned(str(src))
+        real(src, dst, abandon)
+
+    monkeypatch.setattr(mirror, "copy_file", abandoned_at_the_index)
+    drive = mirror.CheckpointMirror(local, remote, keep=3)
+    remote.mkdir(parents=True)
+    for _ in saved_locally(local, [5]):
+        assert drive.mirror_newest() is None
+    assert sorted(p.name for p in remote.iterdir()) == [] and fake_drive.trash_bytes == 0

@@ -135,9 +135,15 @@ def copy_checkpoint(prefix, dest_dir, abandon=None) -> tuple[Path, int]:
     prefix, dest_dir = Path(prefix), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     discard(dest_dir / f"{prefix.name}.index")
-    nbytes = 0
-    for f in checkpoint_files(prefix):
-        nbytes += durable_copy(f, dest_dir / f.name, abandon)
+    nbytes, placed = 0, []
+    try:
+        for f in checkpoint_files(prefix):
+            nbytes += durable_copy(f, dest_dir / f.name, abandon)
+            placed.append(dest_dir / f.name)
+    except BaseException:
+        for f in placed:  # data without its index: never loadable, and it would hold Drive's space
+            discard(f)
+        raise
     _fsync_dir(dest_dir)
     return dest_dir / prefix.name, nbytes
 
