@@ -64,6 +64,8 @@ real_copy = mirror.copy_file
 def drive_copy(src, dst, abandon=None):  # each checkpoint copy lasts {copy_s} s, shared by its files
     t0 = time.perf_counter()
     real_copy(src, dst, abandon=abandon)
+    if not Path(src).name.startswith("ckpt-"):
+        return  # stage.json, event files: small
     prefix = Path(src).name.split(".")[0]
     total = sum(f.stat().st_size for f in Path(src).parent.glob(prefix + ".*"))
     time.sleep(max(0.0, {copy_s} * Path(src).stat().st_size / max(total, 1) - (time.perf_counter() - t0)))
@@ -105,8 +107,8 @@ def _child(ws: Path, stop_at: int, drive: dict | None = None, local: Path | None
 
 
 def _drive_bytes(ws: Path) -> tuple[int, int]:
-    """(live, trashed) bytes of the workspace playing Drive, checkpoints only."""
-    live = sum(f.stat().st_size for f in (ws / "checkpoints").rglob("*") if f.is_file())
+    """(live, trashed) bytes of the workspace playing Drive: the `all` stage's folder, and the Trash."""
+    live = sum(f.stat().st_size for f in (ws / "checkpoints" / "all").rglob("*") if f.is_file())
     trash = ws.with_name(ws.name + ".Trash")
     return live, sum(f.stat().st_size for f in trash.rglob("*") if f.is_file()) if trash.is_dir() else 0
 

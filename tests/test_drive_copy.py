@@ -157,6 +157,7 @@ def test_a_resume_from_the_drive_copy_alone_trains_on_like_one_from_the_full_che
     assert drive["lr"] == pytest.approx(full["lr"], rel=1e-6)
     a = np.array([full["losses"][str(s)] for s in range(6, 11)])
     b = np.array([drive["losses"][str(s)] for s in range(6, 11)])
+    print(f"losses, steps 6-10: from the full checkpoint {np.round(a, 4)}, from the Drive copy {np.round(b, 4)}")
     assert abs(b[0] - a[0]) <= 0.02 * a[0], (a, b)
     assert abs(b.mean() - a.mean()) <= 0.10 * a.mean(), (a, b)
     assert optimizer_iterations(twin / "checkpoints" / "heads" / "ckpt-10") == 10
