@@ -45,7 +45,7 @@ class _CannotSnapshot(Exception):
 
 class BackgroundCheckpoint(tf.train.Checkpoint):
     """A ``tf.train.Checkpoint`` whose ``write`` (and so ``CheckpointManager.save``) blocks only
-    for the copy to host memory; the files are written by a background thread."""
+    while it reads the values; the files are written by a background thread."""
 
     def __init__(self, **items):
         super().__init__(**items)

@@ -8,6 +8,13 @@ checkpoint to the stage folder in the workspace (Drive) while training goes on.
 
 The whole policy, in one place:
 
+* **Drive gets only what a resume needs**: the copy of ``ckpt-N`` is its compact form
+  (:mod:`helpers.train.drive_copy`: float16 weights, no momentum, a frozen backbone once in the
+  stage's ``base/``), expanded again by whatever reads it.
+* **Drive's Trash never fills**: whatever this module deletes there is emptied first
+  (:func:`helpers.atomic.discard`; Drive keeps a deleted file's bytes in its Trash, counted against
+  the quota), and event files grow by appending. Drive holds at most ``keep`` + 1 copies' bytes.
+
 * **A mirrored checkpoint is complete or absent.** Every file is written under a temp name
   (``.<name>.*.partial``, :mod:`helpers.atomic`), fsynced, then renamed: the data files first,
   the index last, so a ``ckpt-N.index`` on Drive means its data went before it. Then TensorFlow's ``checkpoint``
@@ -30,7 +37,6 @@ The whole policy, in one place:
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os

@@ -615,7 +615,7 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
             model_dir=str(model_dir),
             # Not TensorFlow's async checkpointing: with it we measured a resumed run whose
             # optimizer iterations were one ahead of its global step (a checkpoint mixing two
-            # steps). This runner's saves copy to host memory, then write in the background.
+            # steps). This runner's saves read the values, then write them in the background.
             train_actions=[bar], enable_async_checkpointing=False)
     return runner, strat
 
@@ -628,7 +628,7 @@ def _runner_class():
     class Runner(train_lib.OrbitExperimentRunner):
         """Model Garden's runner whose CheckpointManager saves in the background
         (:class:`helpers.train.background_save.BackgroundCheckpoint`): a save holds training up
-        only for a copy of the weights to host memory. Model Garden documents this override."""
+        only while it reads the values. Model Garden documents this override."""
 
         def _maybe_build_checkpoint_manager(self):
             import tensorflow as tf
