@@ -131,6 +131,7 @@ def run(ws: Path, kills: int, seed: int, drive: dict | None = None) -> dict:
     import threading
 
     from helpers.train import checkpoints as ckpts
+    from helpers.train import mirror
 
     rng = random.Random(seed)
     stage = "all" if drive else "heads"
@@ -142,7 +143,8 @@ def run(ws: Path, kills: int, seed: int, drive: dict | None = None) -> dict:
         last = k == kills
         local = ws.parent / f"{ws.name}-local-{k}" if drive else None  # a new runtime: an empty local disk
         child = _child(ws, reached + 12 if last else STEPS, drive, local)
-        saves_in = (local / stage) if drive else sdir  # where TensorFlow writes its checkpoints
+        # where TensorFlow writes its checkpoints: the runtime's local folder, or the workspace
+        saves_in = (mirror.local_checkpoint_root(ws, local) / stage) if drive else sdir
         buf: list[str] = []
         reader = threading.Thread(target=_read_into, args=(child.stdout, buf), daemon=True)
         reader.start()
