@@ -3,6 +3,7 @@
     python benchmarks/bench_checkpoints.py --profile demo    # smoke run, a few minutes
     python benchmarks/bench_checkpoints.py                   # cpu profile, `all` stage (1-2 h on 2 cores)
     python benchmarks/bench_checkpoints.py --sizes-only      # checkpoint size per profile and stage
+    python benchmarks/bench_checkpoints.py --gpu-pace 1.0    # at a GPU's pace: benchmarks/gpu_pace.py (~35 min)
 
 The workspace lives in a slow folder: a FUSE passthrough whose writes are held to
 ``--rate-mbps`` (``benchmarks/slowfs.py``). Where FUSE cannot mount, the benchmark says so and
@@ -470,6 +471,8 @@ def _gpu_pace(args, root: Path) -> None:
             r = run_worker(spec, root / "logs", name)
             results[cfg].append(r)
             print(_line(cfg, rep, r), flush=True)
+            if cfg == "b":
+                _print_copies(r, args.every)  # each copy: size, seconds, lag
             shutil.rmtree(drive_root / name, ignore_errors=True)
             shutil.rmtree(drive_root / f"{name}.Trash", ignore_errors=True)
             shutil.rmtree(local, ignore_errors=True)
