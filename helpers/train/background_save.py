@@ -80,7 +80,10 @@ class BackgroundCheckpoint(tf.train.Checkpoint):
         """``{checkpoint key: value}`` of everything a save of this checkpoint writes, read now."""
         if not tf.executing_eagerly():
             raise _CannotSnapshot("graph mode")
-        tensors, _, registered, _ = self._saver._gather_serialized_tensors(None)  # noqa: SLF001
+        try:  # TensorFlow's own list of what a save writes (2.11 and later)
+            tensors, _, registered, _ = self._saver._gather_serialized_tensors(None)  # noqa: SLF001
+        except (AttributeError, TypeError, ValueError) as e:  # another TensorFlow: save as it does
+            raise _CannotSnapshot(f"{type(e).__name__}: {e}") from e
         if registered:
             raise _CannotSnapshot("registered savers")
         values = {}
