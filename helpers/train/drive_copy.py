@@ -96,11 +96,9 @@ def _write(prefix: Path, values: dict, manifest: dict) -> Path:
     return prefix
 
 
-def compact(prefix, out_prefix, base: Base | None = None, half: bool = True) -> Path:
-    """Write the Drive copy of checkpoint ``prefix`` to ``out_prefix`` (see the module doc).
-
-    ``base``: weights equal to the base's are left to it. ``half=False`` keeps float32.
-    """
+def compact(prefix, out_prefix, base: Base | None = None) -> Path:
+    """Write the Drive copy of checkpoint ``prefix`` to ``out_prefix`` (see the module doc);
+    weights equal to ``base``'s are left to it."""
     reader = _reader(prefix)
     dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
     values, keys = {}, {}
@@ -114,7 +112,7 @@ def compact(prefix, out_prefix, base: Base | None = None, half: bool = True) -> 
             if base is not None and base.digests.get(key) == _digest(value):
                 keys[key] = dict(spec, stored="base")
                 continue
-            if half and np.all(np.abs(value) < FLOAT16_MAX):
+            if np.all(np.abs(value) < FLOAT16_MAX):
                 value = np.asarray(value, dtype=np.float32).astype(np.float16)
                 keys[key] = dict(spec, stored="float16")
         values[key] = value
