@@ -235,16 +235,15 @@ def _measured_run(spec: dict) -> dict:
     }
 
 
-def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
-    """Bytes of one checkpoint of ``profile``/``stage`` as Model Garden's trainer writes it."""
+def trainer_items(profile: str, stage: str, tmp: Path):
+    """``(cfg, items)``: the items Model Garden's trainer checkpoints (global_step, model,
+    optimizer with its slot variables), built from the real config of ``profile``/``stage``."""
     import tensorflow as tf
     from official.modeling import performance
 
-    from helpers.train import config as cfglib
     from helpers.train import experiment
     from helpers.train.training import build_task
 
-    t0 = time.perf_counter()
     cfg = experiment.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")
     performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
     task = build_task(cfg, tmp)
@@ -255,7 +254,20 @@ def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
         opt.build(trainable)            # slot variables (SGD momentum), as the first step makes them
     else:                               # legacy Keras optimizer
         opt._create_all_weights(trainable)
-    ckpt = tf.train.Checkpoint(global_step=tf.Variable(0, dtype=tf.int64), model=model, optimizer=opt)
+    return cfg, dict(global_step=tf.Variable(0, dtype=tf.int64), model=model, optimizer=opt)
+
+
+def checkpoint_size(profile: str, stage: str, tmp: Path) -> dict:
+    """Bytes of one checkpoint of ``profile``/``stage`` as Model Garden's trainer writes it."""
+    import tensorflow as tf
+
+    from helpers.train import config as cfglib
+
+    t0 = time.perf_counter()
+    _, items = trainer_items(profile, stage, tmp)
+    model = items["model"]
+    trainable = model.trainable_variables
+    ckpt = tf.train.Checkpoint(**items)
     prefix = ckpt.write(str(tmp / f"{profile}-{stage}" / "ckpt-0"))
     n_model = sum(int(v.shape.num_elements()) for v in model.variables)
     n_train = sum(int(v.shape.num_elements()) for v in trainable)

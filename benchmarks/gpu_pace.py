@@ -38,20 +38,13 @@ def blocking_and_sizes(profile: str, stage: str, tmp: Path, rate_mbps: float) ->
     """Table 1's row for one profile and stage (see the module doc)."""
     import numpy as np
     import tensorflow as tf
-    from official.modeling import performance
+    from bench_checkpoints import trainer_items
 
     from helpers.train import drive_copy, mirror
-    from helpers.train import experiment
     from helpers.train.background_save import BackgroundCheckpoint
-    from helpers.train.training import build_task
 
-    cfg = experiment.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")
-    performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
-    task = build_task(cfg, tmp)
-    model = task.build_model()
-    opt = task.create_optimizer(cfg.trainer.optimizer_config, cfg.runtime)
-    opt.build(model.trainable_variables) if hasattr(opt, "build") else opt._create_all_weights(model.trainable_variables)
-    items = dict(global_step=tf.Variable(0, dtype=tf.int64), model=model, optimizer=opt)
+    cfg, items = trainer_items(profile, stage, tmp)
+    model = items["model"]
     folder = tmp / f"{profile}-{stage}"
 
     def nbytes(prefix):
