@@ -398,3 +398,26 @@ def test_a_copy_abandoned_after_its_data_leaves_no_data_without_index_on_drive(t
     for _ in saved_locally(local, [5]):
         assert drive.mirror_newest() is None
     assert sorted(p.name for p in remote.iterdir()) == [] and fake_drive.trash_bytes == 0
+
+
+def test_the_next_stage_starts_from_the_heads_drive_copy_expanded(base, mirrored):
+    """`all` starts from the heads stage's final checkpoint, which on Drive is a compact copy:
+    Model Garden reads its expansion (the frozen backbone exact, from the base), and the record
+    names the workspace's checkpoint."""
+    import json
+
+    from helpers.train import drive_copy
+
+    ws0, local0, _ = mirrored
+    ws = new_workspace(base, "next_stage_from_drive")
+    copy_stage(ws0.checkpoints / "heads", ws.checkpoints / "heads", [10])
+    assert drive_copy.is_compact(ws.checkpoints / "heads" / "ckpt-10")
+    root = base / "next_stage_local"
+    res = training.train_stage("all", "demo", ws, steps=2, local_checkpoints=root, progress=False)
+    assert res.finished
+    record = json.loads((ws.checkpoints / "all" / "stage.json").read_text())
+    assert record["init_checkpoint"] == str(ws.checkpoints / "heads" / "ckpt-10")
+    start = model_vars(mirror.local_checkpoint_root(ws.root, root) / "all" / "ckpt-0")
+    heads = model_vars(local0 / "ckpt-10")
+    backbone = [k for k in heads if k.startswith("backbone/")]
+    assert backbone and all(np.array_equal(start[k], heads[k]) for k in backbone)

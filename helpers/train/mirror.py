@@ -210,18 +210,16 @@ def append_growth(src: Path, target: Path, check: int = 4096) -> int:
     have, size = target.stat().st_size, src.stat().st_size
     if have > size:
         return durable_copy(src, target)
+    tail = max(0, have - check)
     with open(src, "rb") as f, open(target, "rb+") as g:
-        tail = max(0, have - check)
         f.seek(tail)
         g.seek(tail)
-        if f.read(have - tail) != g.read(have - tail):
-            g.close()
-            return durable_copy(src, target)
-        g.seek(have)
-        g.write(f.read(size - have))
-        g.flush()
-        os.fsync(g.fileno())
-    return size - have
+        prefix = f.read(have - tail) == g.read(have - tail)
+        if prefix:
+            g.write(f.read(size - have))  # both are at `have` now
+            g.flush()
+            os.fsync(g.fileno())
+    return size - have if prefix else durable_copy(src, target)
 
 
 def newest_saved(ckpt_dir) -> tuple[int, Path] | None:

@@ -658,16 +658,15 @@ def _stage_result(runner, stage, prof, status, start, planned, sdir: Path, bar, 
 
 def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None:
     """A stage's first run: choose its starting weights and write its record ``stage.json``."""
-    init = None
+    init = start = None
     if cfglib.stage_kind(stage) == "heads":
         if init_checkpoint:
-            init = init_checkpoint
+            init = start = init_checkpoint
         elif prof.pretrained and not prof.from_scratch:
-            init = resolve_pretrained(prof, ws, cfg=cfg)
+            init = start = resolve_pretrained(prof, ws, cfg=cfg)
     else:
-        init = _parent_checkpoint(ws, stage)
-    # a parent's checkpoint on Drive may be a compact copy: Model Garden reads its expansion
-    start = str(drive_copy.full_checkpoint(init)) if init and cfglib.stage_kind(stage) != "heads" else init
+        init = _parent_checkpoint(ws, stage)  # recorded as it is in the workspace, read whole:
+        start = str(drive_copy.full_checkpoint(init))  # a compact Drive copy is expanded first
     cfg.override({"task": {"init_checkpoint": start or ""}}, is_strict=True)
     sdir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sdir / STAGE_FILE, {
