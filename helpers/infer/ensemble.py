@@ -29,6 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from helpers.coco_format import Detections, decode_crop, encode_crops, rle_area, rle_iou, rle_union
+from helpers.infer.evaluate import LEADERBOARD_METRIC
 
 PerModel = Mapping[str, Mapping[str, Detections]]  # {model: {image_id: Detections}}
 MERGE_METHODS = ("nms", "wmf")
@@ -467,7 +468,7 @@ class Comparison:
 
 
 def compare(per_model: PerModel, ground_truth: Mapping, router: Router | None = None,
-            strategies: Sequence[Strategy] | None = None, metric: str = "AP@100",
+            strategies: Sequence[Strategy] | None = None, metric: str = LEADERBOARD_METRIC,
             max_dets: Sequence[int] = (100, 1000), progress: bool = True) -> Comparison:
     """Evaluate single models, route and merge on the validation ground truth; the best by
     ``metric`` (a key of ``EvalResult.summary``) is ``best`` and ``chosen``."""

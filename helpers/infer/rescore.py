@@ -13,11 +13,13 @@ signals besides the classifier's score, each in [0, 1]:
   about mask quality);
 * ``border``: 1 when the mask touches the image border (a cut nucleus), else 0.
 
-A :class:`Recipe` combines them: ``score * agreement**a * mask**b * border_factor**border``.
+A :class:`Recipe` combines them: ``score * agreement**a * mask**b * border_factor**border``, or,
+for the ``learned-*`` recipes, replaces the score by a small model's estimate learned from the
+validation predictions (:mod:`helpers.infer.ranking`; scored leave-one-image-out in the table).
 :func:`compare` scores every recipe of ``RECIPES`` on the validation split and keeps one only if
-it beats ``"none"`` on the chosen metric (AP@100 by default); the table also shows AP@1000, so a
-recipe that trades real quality for leaderboard rank says so. :func:`save_choice` /
-:func:`load_choice` carry the choice from notebook 04 to notebook 05.
+it beats ``"none"`` on the chosen metric (:data:`LEADERBOARD_METRIC`, AP50@100, by default); the
+table also shows AP@100 and AP@1000, so a recipe that trades real quality for leaderboard rank
+says so. :func:`save_choice` / :func:`load_choice` carry the choice from notebook 04 to notebook 05.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ import numpy as np
 
 from helpers.atomic import atomic_write_json
 from helpers.coco_format import Detections, rle_iou
+from helpers.infer import ranking
+from helpers.infer.evaluate import LEADERBOARD_METRIC
 
 CHOICE_FILE = "rescoring.json"  # predictions/rescoring.json: the recipe notebook 04 chose
 
@@ -40,18 +44,22 @@ class RescoreError(ValueError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """``score * agreement**agreement * mask**mask * border_factor**(at border)``."""
+    """``score * agreement**agreement * mask**mask * border_factor**(at border)``; or, when
+    ``learned`` names a target of :mod:`helpers.infer.ranking`, the learned ranking's score."""
 
     name: str
     agreement: float = 0.0
     mask: float = 0.0
     border_factor: float = 1.0
+    learned: str = ""
 
     @property
     def needs_passes(self) -> bool:
-        return self.agreement > 0
+        return self.agreement > 0 or bool(self.learned)
 
     def describe(self) -> str:
+        if self.learned:
+            return ("learned P(IoU >= 0.5)" if self.learned == "match50" else "learned IoU") + " (leave-one-image-out)"
         parts = ["score"]
         if self.agreement:
             parts.append("agreement" + (f"^{self.agreement:g}" if self.agreement != 1 else ""))
@@ -70,6 +78,8 @@ RECIPES = {r.name: r for r in (
     Recipe("agreement+mask", agreement=1.0, mask=1.0),
     Recipe("agreement^2+mask", agreement=2.0, mask=1.0),
     Recipe("agreement+mask+border", agreement=1.0, mask=1.0, border_factor=0.5),
+    Recipe("learned-match50", learned="match50"),
+    Recipe("learned-iou", learned="iou"),
 )}
 
 
@@ -109,12 +119,17 @@ def signals(dets: Detections, passes: Sequence[Detections] | None = None) -> dic
 
 
 def apply(recipe: Recipe | str, dets: Detections, passes: Sequence[Detections] | None = None,
-          sig: Mapping[str, np.ndarray] | None = None) -> Detections:
-    """``dets`` rescored by ``recipe`` and sorted by the new score."""
+          sig: Mapping[str, np.ndarray] | None = None, ranker: ranking.Ranker | None = None) -> Detections:
+    """``dets`` rescored by ``recipe`` (a learned one by ``ranker``) and sorted by the new score."""
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     if not len(dets):
         return dets
     sig = sig if sig is not None else signals(dets, passes if recipe.needs_passes else None)
+    if recipe.learned:
+        if ranker is None or ranker.target != recipe.learned:
+            raise RescoreError(f"recipe {recipe.name!r} needs its learned ranking "
+                               f"({ranking.RANKING_FILE}, written by notebook 04)")
+        return ranker.rescore(dets, sig)
     score = dets.scores.copy()
     if recipe.agreement:
         if "agreement" not in sig:
@@ -133,9 +148,10 @@ def apply(recipe: Recipe | str, dets: Detections, passes: Sequence[Detections] |
 
 
 def apply_all(recipe: Recipe | str, preds: Mapping[str, Detections],
-              passes: Mapping[str, Sequence[Detections]] | None = None) -> dict[str, Detections]:
+              passes: Mapping[str, Sequence[Detections]] | None = None,
+              ranker: ranking.Ranker | None = None) -> dict[str, Detections]:
     """:func:`apply` to every image of ``preds`` (``passes``: {image_id: [Detections, ...]})."""
-    return {i: apply(recipe, d, (passes or {}).get(i)) for i, d in preds.items()}
+    return {i: apply(recipe, d, (passes or {}).get(i), ranker=ranker) for i, d in preds.items()}
 
 
 # --------------------------------------------------------------------------- choosing one
@@ -146,6 +162,23 @@ class RescoreComparison:
     metric: str
     chosen: str
     ceiling: dict              # what perfect masks score on this split (helpers.infer.evaluate.ceiling)
+    # the learned ranking's rows: ({image_id: features}, {image_id: match IoU}), or None
+    learning_rows: tuple | None = None
+
+    def ranker(self) -> ranking.Ranker | None:
+        """The chosen learned ranking fit on every validation image (None for a hand recipe)."""
+        target = RECIPES[self.chosen].learned
+        return ranking.fit(target, *self.learning_rows) if target else None
+
+    def on_validation(self, preds: Mapping[str, Detections],
+                      passes: Mapping[str, Sequence[Detections]] | None = None) -> dict[str, Detections]:
+        """The validation predictions rescored by the chosen recipe as the table scored them (a
+        learned one leave-one-image-out: no image is scored by a model that saw it)."""
+        target = RECIPES[self.chosen].learned
+        if not target:
+            return apply_all(self.chosen, preds, passes)
+        new = ranking.leave_one_image_out(target, *self.learning_rows)
+        return {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
 
     def format(self) -> str:
         from helpers.infer.evaluate import format_table
@@ -172,35 +205,52 @@ def _tradeoff(base: Mapping, chosen: Mapping, metric: str) -> str:
 
 
 def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
-            passes: Mapping[str, Sequence[Detections]] | None = None, metric: str = "AP@100",
+            passes: Mapping[str, Sequence[Detections]] | None = None, metric: str = LEADERBOARD_METRIC,
             recipes: Sequence[str] | None = None, choice: str = "") -> RescoreComparison:
-    """Each recipe's validation metrics; the best is kept only if it beats ``"none"``."""
+    """Each recipe's validation metrics; the best is kept only if it beats ``"none"``. A learned
+    recipe scores each image with a model fit on the other images (no leakage)."""
     from helpers.infer.evaluate import ceiling, evaluate
 
     names = list(recipes or RECIPES)
     if "none" not in names:
         names.insert(0, "none")
     sig = {i: signals(d, (passes or {}).get(i)) for i, d in preds.items()}
+    rows_of_learning = None
     rows = []
     for name in names:
         recipe = RECIPES[name]
         try:
-            rescored = {i: apply(recipe, d, sig=sig[i]) for i, d in preds.items()}
-        except RescoreError:
-            continue  # a signal these predictions lack (e.g. no TTA passes)
+            if recipe.learned:
+                rows_of_learning = rows_of_learning or learning_rows(preds, sig, ground_truth)
+                new = ranking.leave_one_image_out(recipe.learned, *rows_of_learning)
+                rescored = {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
+            else:
+                rescored = {i: apply(recipe, d, sig=sig[i]) for i, d in preds.items()}
+        except (RescoreError, ranking.RankingError):
+            continue  # a signal these predictions lack (e.g. no TTA passes), or too few images
         summary = evaluate(rescored, ground_truth, per_image=False).summary
         rows.append({"recipe": name, "formula": recipe.describe(), **summary})
     top = ceiling(ground_truth)
-    for r in rows:
-        r["% of ceiling@100"] = 100.0 * r["AP@100"] / top["AP@100"] if top["AP@100"] > 0 else float("nan")
     if metric not in rows[0]:
         raise ValueError(f"metric {metric!r} unknown; use one of {[k for k in rows[0] if k.startswith('AP')]}")
+    for r in rows:
+        r[f"% of ceiling {metric}"] = 100.0 * r[metric] / top[metric] if top[metric] > 0 else float("nan")
     base = rows[0][metric]
     best = max(rows, key=lambda r: (r[metric] > base, r[metric]))["recipe"]
     if choice and choice not in {r["recipe"] for r in rows}:
         raise RescoreError(f"rescoring {choice!r} is not in the table; use one of "
                            f"{[r['recipe'] for r in rows]}")
-    return RescoreComparison(rows, best, metric, choice or best, top)
+    return RescoreComparison(rows, best, metric, choice or best, top, rows_of_learning)
+
+
+def learning_rows(preds: Mapping[str, Detections], sig: Mapping[str, Mapping],
+                  ground_truth: Mapping) -> tuple[dict, dict]:
+    """The learned ranking's rows: each validation image's features and match IoU."""
+    from helpers.infer.evaluate import gt_rles
+
+    X = {i: ranking.features(d, sig[i]) for i, d in preds.items()}
+    match = {i: ranking.match_iou(d, gt_rles(ground_truth[i], i)) for i, d in preds.items()}
+    return X, match
 
 
 def choice_path(predictions_dir) -> Path:
@@ -209,8 +259,12 @@ def choice_path(predictions_dir) -> Path:
 
 def save_choice(predictions_dir, comparison: RescoreComparison, tta: Sequence[str] = ()) -> Path:
     """Write the chosen recipe, the augmentations its agreement was measured over, and the
-    table it won, for notebook 05."""
+    table it won, for notebook 05; a learned recipe's ranking (fit on every validation image)
+    goes beside it (``ranking.npz``)."""
     path = choice_path(predictions_dir)
+    ranker = comparison.ranker()
+    if ranker is not None:
+        ranking.save(ranker, ranking.ranking_path(predictions_dir))
     atomic_write_json(path, {"recipe": asdict(RECIPES[comparison.chosen]), "tta": list(tta),
                              "metric": comparison.metric, "table": comparison.rows})
     return path
@@ -226,3 +280,14 @@ def load_choice(predictions_dir) -> tuple[Recipe, list[str]]:
         return Recipe(**obj["recipe"]), list(obj.get("tta", []))
     except (ValueError, KeyError, TypeError) as e:
         raise RescoreError(f"{path} is not a rescoring choice ({e}); run notebook 04 again") from e
+
+
+def load_ranker(predictions_dir, recipe: Recipe) -> ranking.Ranker | None:
+    """The learned ranking a learned ``recipe`` applies (None for a hand recipe)."""
+    if not recipe.learned:
+        return None
+    ranker = ranking.load(ranking.ranking_path(predictions_dir))
+    if ranker.target != recipe.learned:
+        raise RescoreError(f"{ranking.ranking_path(predictions_dir)} learned {ranker.target!r}, but "
+                           f"{choice_path(predictions_dir)} chose {recipe.name!r}: run notebook 04 again")
+    return ranker

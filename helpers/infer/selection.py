@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 from helpers.coco_format import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import ensemble, rescore
+from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.predict import image_ids_of, predict_stage
 from helpers.workspace import Workspace, as_workspace
 
@@ -114,7 +115,7 @@ def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequen
 
 
 def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_truth: Mapping,
-              tta: Sequence[str] = (), metric: str = "AP@100", choice: str = "",
+              tta: Sequence[str] = (), metric: str = LEADERBOARD_METRIC, choice: str = "",
               overwrite: bool = False, **kw):
     """Notebook 04: every rescoring recipe on validation, the best kept (only if it wins on
     ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``."""
@@ -129,7 +130,7 @@ def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_t
             raise FileExistsError(f"{path} holds rescoring {saved.name!r} from an earlier run; pass "
                                   f"overwrite_choice=True to replace it with {cmp.chosen!r}")
     print(f"rescoring: {cmp.chosen}; saved to {rescore.save_choice(ws.predictions, cmp, tta)}")
-    return cmp, rescore.apply_all(cmp.chosen, val_preds, passes)
+    return cmp, cmp.on_validation(val_preds, passes)
 
 
 def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool = True,
@@ -163,7 +164,7 @@ def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool =
     if recipe.name == "none":
         return preds
     passes = prediction_passes(ws, strategy, test_ids, tta, stages=stages, **kw) if recipe.needs_passes else None
-    return rescore.apply_all(recipe, preds, passes)
+    return rescore.apply_all(recipe, preds, passes, ranker=rescore.load_ranker(ws.predictions, recipe))
 
 
 def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:

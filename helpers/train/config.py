@@ -189,6 +189,10 @@ class Profile:
     # fine-tuning ones, and a model small enough to take many steps in the time there is.
     from_scratch: bool = False
     scratch: dict = dataclasses.field(default_factory=dict)
+    # Random seed of a stage's weights initialisation and input order (Keras' global seed and
+    # task.train_data.seed). None: another draw each run. Set it to compare recipes seed by
+    # seed; a different seed is a different stage (it is fingerprinted).
+    seed: int | None = None
 
     @property
     def resnet_depth(self) -> int:

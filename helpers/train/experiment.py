@@ -198,6 +198,7 @@ def _train_data(prof: Profile, train_files: Sequence[str], dtype: str) -> mg.Dat
         global_batch_size=prof.images_per_batch,
         dtype=dtype,
         shuffle_buffer_size=64,  # one image per shard file: ~20-100 items
+        seed=prof.seed,
         parser=mg.Parser(
             aug_rand_hflip=True,
             aug_rand_vflip=True,  # h+v flips also give 180-degree rotations

@@ -601,6 +601,8 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
 
     from helpers.train.experiment import detect_accelerator
 
+    if prof.seed is not None:  # the model's initial weights and the input order
+        tf.keras.utils.set_random_seed(prof.seed)
     if prof.name == "colab" and detect_accelerator() == "cpu":
         print(f"note: profile 'colab' on a machine without GPU is very slow ({prof.backbone}, "
               f"batch {prof.images_per_batch}); profile 'cpu' is made for this case (a different stage config).")
