@@ -47,6 +47,7 @@ PROFILE = "cpu"
 HEADS_STEPS = 300
 ALL_STEPS = 400
 TTA = ("hflip", "vflip")
+ZOOM = ("zoom1.25",)
 TABLE_COLUMNS = ("AP@100", "AP50@100", "AP75@100", "AP@1000", "AP50@1000", "AP75@1000")
 MASK_NMS_IOU = 0.5
 
@@ -193,20 +194,29 @@ def evaluate(ws, args) -> dict:
     val_ids = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val_ids)
     t0 = time.perf_counter()
-    fused, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta, return_parts=True,
-                                         progress=not args.quiet)
-    n_pred = len(val_ids) * (1 + len(args.tta))
+    _, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta + args.zoom, return_parts=True,
+                                     progress=not args.quiet)
+    n_pred = len(val_ids) * (1 + len(args.tta) + len(args.zoom))
     s_per_image = (time.perf_counter() - t0) / n_pred
-    variants = {"plain": parts["plain"], "tta": fused} if args.tta else {"plain": parts["plain"]}
-    # lever: mask NMS on each pass (a duplicate the model's box NMS let through), then the merge
+    # levers alone and together: the geometric TTA merge, multi-scale views, and mask NMS on each
+    # pass (a duplicate the model's box NMS let through) before the merge
     nms = {a: {i: merge_detections([d], "nms", MASK_NMS_IOU) for i, d in p.items()} for a, p in parts.items()}
-    variants["plain+masknms"] = nms["plain"]
+    views = {"plain": ["plain"]}
     if args.tta:
-        variants["tta+masknms"] = {i: merge_detections([nms[a][i] for a in nms], "wmf", 0.5) for i in val_ids}
+        views["tta"] = ["plain", *args.tta]
+    if args.zoom:
+        views["tta+" + "+".join(args.zoom)] = ["plain", *args.tta, *args.zoom]
+    variants = {}
+    for name, augs in views.items():
+        for suffix, source in (("", parts), ("+masknms", nms)):
+            variants[name + suffix] = {i: (source["plain"][i] if len(augs) == 1 else
+                                           merge_detections([source[a][i] for a in augs], "wmf", 0.5))
+                                       for i in val_ids}
     scores = {k: ev.evaluate(v, gt, per_image=False).summary for k, v in variants.items()}
     best = max(scores, key=lambda k: scores[k][METRIC])
     source = nms if best.endswith("+masknms") else parts
-    passes = {i: [source[a][i] for a in source] for i in val_ids}
+    augs = views[best.removesuffix("+masknms")]
+    passes = {i: [source[a][i] for a in augs] for i in val_ids}
     cmp = rescore.compare(variants[best], gt, passes, metric=METRIC)
     print(cmp.format())
     n_dets = {i: len(d) for i, d in variants[best].items()}
@@ -243,7 +253,7 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def table(results_dir: Path = RESULTS, all_recipes_of: str = "baseline") -> str:
+def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> str:
     """Markdown, one row per (run, prediction, rescoring): each run's plain pass and TTA merge
     without rescoring (the lever alone), its better one with the recipe it chose, and every
     recipe for the ``all_recipes_of`` run (rescoring alone)."""
@@ -282,6 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stain", type=float, default=0.0, help="Profile.stain_jitter (0 = off)")
     ap.add_argument("--set", action="append", metavar="KNOB=JSON", help="another profile knob")
     ap.add_argument("--tta", default=",".join(TTA), help="comma-separated test-time augmentations")
+    ap.add_argument("--zoom", default=",".join(ZOOM), help="comma-separated multi-scale views (a lever)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--root", type=Path, default=ROOT, help="benchmark workspaces (outside the project)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -290,6 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--curves", action="store_true", help="(re)draw the run's loss curves and exit")
     args = ap.parse_args(argv)
     args.tta = tuple(t for t in args.tta.split(",") if t)
+    args.zoom = tuple(t for t in args.zoom.split(",") if t)
     if args.table:
         print(table(args.results))
         return 0
@@ -317,7 +329,8 @@ def main(argv=None) -> int:
     if prev:
         commit = prev.get("train_commit", prev["commit"])
     res = {"name": args.name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "profile": PROFILE, "from_scratch": True, "levers": levers(args), "tta": list(args.tta),
+           "profile": PROFILE, "from_scratch": True, "levers": levers(args),
+           "tta": list(args.tta), "zoom": list(args.zoom),
            **({"train_commit": commit} if commit != scored_at else {}),
            "train": trained, "eval": evaluate(ws, args),
            "train_s": sum(t["seconds"] or 0 for t in trained.values()),

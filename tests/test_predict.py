@@ -30,6 +30,25 @@ def test_flipped_prediction_is_mapped_back(ws):
     assert via_tta.size == image.shape[:2]
 
 
+def test_a_zoomed_view_is_the_image_enlarged_and_comes_back_in_its_frame(ws):
+    """Multi-scale TTA: "zoom1.25" predicts as a stage whose input scale is 1.25x its own would
+    (the model sees the image enlarged), with boxes and masks in the image's pixels."""
+    import copy
+
+    from helpers.infer.model import load_model
+
+    model, params = load_model(ws, "all", min_score=0.0)
+    image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
+    zoomed = predict.predict_detections(model, params, image, "zoom1.25", score_threshold=0.0)
+    bigger = copy.deepcopy(params)
+    bigger.task.input_scale = 1.25 * (getattr(params.task, "input_scale", 1.0) or 1.0)
+    direct = predict.predict_detections(model, bigger, image, score_threshold=0.0)
+    plain = predict.predict_detections(model, params, image, score_threshold=0.0)
+    assert len(zoomed) == len(direct) > 0 and zoomed.size == plain.size == image.shape[:2]
+    np.testing.assert_array_equal(zoomed.masks(), direct.masks())
+    assert zoomed.rles != plain.rles  # another view, not the plain pass again
+
+
 def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):
     ids = predict.image_ids_of(ws, "val", "test")
     first = predict.predict_stage(ws, "all", ids, tta=("hflip",), name="cachetest", score_threshold=0.0,

@@ -307,21 +307,21 @@ def test_unreachable_pretrained_weights_fail_fast_with_the_way_out(base):
 
 
 def test_a_seed_fixes_the_starting_weights_and_is_part_of_the_stage(base, heads):
-    """Profile.seed: the same seed starts from the same weights, another seed from others
-    (how bench_quality runs a recipe twice), and it is recorded in the stage's fingerprint."""
-    starts = {}
-    for name, seed in (("seed7a", 7), ("seed7b", 7), ("seed8", 8)):
+    """Profile.seed: the same seed starts from the same weights (how bench_quality runs a recipe
+    twice), an unseeded stage from others, and the seed is in the stage's fingerprint."""
+    starts, prints = {}, {}
+    for name in ("seed7a", "seed7b"):
         ws = new_workspace(base, name)
-        res = training.train_stage("heads", "demo", ws, stop_at_step=1, progress=False, seed=seed)
+        res = training.train_stage("heads", "demo", ws, stop_at_step=1, progress=False, seed=7)
         assert res.end_step == 1
         starts[name] = model_vars(ws.checkpoints / "heads" / "ckpt-0")
-        info = json.loads((ws.checkpoints / "heads" / "stage.json").read_text())
-        starts[name + "-fp"] = info["fingerprint"]
+        prints[name] = json.loads((ws.checkpoints / "heads" / "stage.json").read_text())["fingerprint"]
+    unseeded_dir = heads[0].checkpoints / "heads"
+    unseeded = model_vars(unseeded_dir / "ckpt-0")
     heads_only = [k for k in starts["seed7a"] if not k.startswith("backbone/")]
     assert len(heads_only) > 20
     for k in heads_only:
         np.testing.assert_array_equal(starts["seed7a"][k], starts["seed7b"][k], err_msg=k)
-    assert any(not np.array_equal(starts["seed7a"][k], starts["seed8"][k]) for k in heads_only)
-    assert starts["seed7a-fp"] == starts["seed7b-fp"] != starts["seed8-fp"]
-    unseeded = json.loads((heads[0].checkpoints / "heads" / "stage.json").read_text())["fingerprint"]
-    assert unseeded not in (starts["seed7a-fp"], starts["seed8-fp"])
+    assert any(not np.array_equal(starts["seed7a"][k], unseeded[k]) for k in heads_only)
+    assert prints["seed7a"] == prints["seed7b"]
+    assert json.loads((unseeded_dir / "stage.json").read_text())["fingerprint"] != prints["seed7a"]

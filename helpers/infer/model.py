@@ -138,12 +138,14 @@ def _infer_fn(model):
     return fn
 
 
-def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05) -> dict:
-    """Run the model on one full-resolution image (padded, never resized).
+def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05, zoom: float = 1.0) -> dict:
+    """Run the model on one full-resolution image (enlarged by the stage's input scale
+    times ``zoom``, then padded); boxes and masks come back in the image's pixels.
 
     Args:
       image: uint8 array (H, W, 3).
       score_threshold: drop detections scoring below this.
+      zoom: a multi-scale view's extra enlargement (``helpers.infer.tta.ZOOMS``).
     Returns a dict of numpy arrays, sorted by descending score:
       boxes (N, 4) float [ymin, xmin, ymax, xmax] in image pixels;
       scores (N,); classes (N,) int (1 = nucleus);
@@ -160,7 +162,7 @@ def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.0
     stride = 2 ** params.task.model.max_level
     x = preprocess_ops.normalize_image(tf.convert_to_tensor(image))
     # Enlarged by the stage's input scale (as its training crops were), then padded.
-    want = [int(round(h * input_scale(params))), int(round(w * input_scale(params)))]
+    want = [int(round(h * input_scale(params) * zoom)), int(round(w * input_scale(params) * zoom))]
     padded = preprocess_ops.compute_padded_size(want, stride)
     x, info = preprocess_ops.resize_and_crop_image(x, want, padded_size=padded)
     out = _infer_fn(model)(x[None], info[1][None])

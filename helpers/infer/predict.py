@@ -26,10 +26,10 @@ from helpers.coco_format import Detections, detections_from_model_garden, encode
 from helpers.data import shards as shardlib
 from helpers.infer.ensemble import merge_detections, merge_tiles
 from helpers.infer.prediction_cache import PredictionCache
-from helpers.infer.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid
+from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, place_in_image, tile_grid, zoom_of
 from helpers.workspace import Workspace, as_workspace
 
-AUGMENTATIONS = TTA_OPS  # hflip, vflip, rot90, rot180, rot270 (geometry in helpers.infer.tta)
+AUGMENTATIONS = TTA_OPS + tuple(ZOOMS)  # hflip, vflip, rot90, rot180, rot270, zoom1.25, zoom1.5 (helpers.infer.tta)
 
 
 class PredictionError(ValueError):
@@ -103,20 +103,22 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
 
     if augmentation is not None and augmentation not in AUGMENTATIONS:
         raise PredictionError(f"augmentation {augmentation!r} unknown; use one of {list(AUGMENTATIONS)}")
-    view = augment_image(image, augmentation) if augmentation else image
+    zoom = zoom_of(augmentation)
+    geometric = augmentation if augmentation in TTA_OPS else None
+    view = augment_image(image, geometric) if geometric else image
     size = view.shape[:2]
     # ``tile`` is the model's input side; an input scale s enlarges a tile of tile/s px to it.
-    windows = tile_grid(size[0], size[1], int(tile / input_scale(params)), overlap)
+    windows = tile_grid(size[0], size[1], int(tile / (input_scale(params) * zoom)), overlap)
     parts = []
     for (y0, x0, y1, x1) in windows:
         det = predict_image(model, params, np.ascontiguousarray(view[y0:y1, x0:x1]),
-                            score_threshold=score_threshold)
+                            score_threshold=score_threshold, zoom=zoom)
         dets = detections_from_model_garden(det["masks"], det["boxes"], det["scores"], det["image_shape"])
         dets = dets.filter(min_area=1)  # masks below 0.5 everywhere hold nothing
         parts.append(dets if len(windows) == 1 else place_in_image(dets, (y0, x0), size))
     out = parts[0] if len(windows) == 1 else merge_tiles(parts, windows)
-    if augmentation:
-        out = invert_tta(out, augmentation)
+    if geometric:
+        out = invert_tta(out, geometric)
     return out.sorted().top(max_dets)
 
 

@@ -3,6 +3,7 @@
 * ``augment_image(image, name)`` - the image as the model sees it under a flip or a
   90-degree rotation (``TTA_OPS``); ``invert_tta(dets, name)`` maps the detections
   predicted on that view back onto the image (``transform_detections`` applies one).
+  ``ZOOMS`` are multi-scale views: ``zoom_of(name)`` enlarges the model's input.
 * ``tile_grid`` - overlapping windows covering a large image; ``place_in_image`` moves a
   tile's detections into image coordinates (``ensemble.merge_tiles`` joins them).
 
@@ -19,6 +20,15 @@ from helpers.coco_format import Detections, decode_crop, encode_crops
 
 TTA_OPS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 _INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot180", "rot270": "rot90"}
+# Multi-scale views: the model sees the image enlarged by this factor (on top of the stage's own
+# input scale) and its boxes and masks come back in image pixels, so there is no geometry to undo.
+# Training crops are enlarged by 1.0-1.25 (Profile.scale_jitter), so 1.25 stays in what it saw.
+ZOOMS = {"zoom1.25": 1.25, "zoom1.5": 1.5}
+
+
+def zoom_of(name: str | None) -> float:
+    """The enlargement of view ``name`` (1.0 for the original and the geometric ones)."""
+    return ZOOMS.get(name or "", 1.0)
 
 
 def _check_op(name: str) -> None:
