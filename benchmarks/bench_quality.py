@@ -47,7 +47,7 @@ PROFILE = "cpu"
 HEADS_STEPS = 300
 ALL_STEPS = 400
 TTA = ("hflip", "vflip")
-ZOOM = ("zoom1.25",)
+ZOOM = ("zoom125",)
 TABLE_COLUMNS = ("AP@100", "AP50@100", "AP75@100", "AP@1000", "AP50@1000", "AP75@1000")
 MASK_NMS_IOU = 0.5
 

@@ -119,7 +119,7 @@ def test_notebooks_04_and_05_with_a_model_that_finds_nothing_warn_and_still_subm
     nb04 = run_notebook(NOTEBOOK_DIR / "04_ensemble.ipynb", params, ws.root)
     assert "model 'heads' (stage 'heads') found no nucleus in any of the" in _outputs(nb04)
     assert "train stage 'heads' for more steps" in _outputs(nb04)
-    assert "scores AP@100 0 on validation" in _outputs(nb04)
+    assert "scores AP50@100 0 on validation" in _outputs(nb04)
     nb05 = run_notebook(NOTEBOOK_DIR / "05_submit.ipynb", {"profile": "demo", "tta": [],
                                                              "score_threshold": 0.9999}, ws.root)
     assert "found no nucleus in any test image" in _outputs(nb05)

@@ -31,7 +31,7 @@ def test_flipped_prediction_is_mapped_back(ws):
 
 
 def test_a_zoomed_view_is_the_image_enlarged_and_comes_back_in_its_frame(ws):
-    """Multi-scale TTA: "zoom1.25" predicts as a stage whose input scale is 1.25x its own would
+    """Multi-scale TTA: "zoom125" predicts as a stage whose input scale is 1.25x its own would
     (the model sees the image enlarged), with boxes and masks in the image's pixels."""
     import copy
 
@@ -39,7 +39,7 @@ def test_a_zoomed_view_is_the_image_enlarged_and_comes_back_in_its_frame(ws):
 
     model, params = load_model(ws, "all", min_score=0.0)
     image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
-    zoomed = predict.predict_detections(model, params, image, "zoom1.25", score_threshold=0.0)
+    zoomed = predict.predict_detections(model, params, image, "zoom125", score_threshold=0.0)
     bigger = copy.deepcopy(params)
     bigger.task.input_scale = 1.25 * (getattr(params.task, "input_scale", 1.0) or 1.0)
     direct = predict.predict_detections(model, bigger, image, score_threshold=0.0)
@@ -47,6 +47,11 @@ def test_a_zoomed_view_is_the_image_enlarged_and_comes_back_in_its_frame(ws):
     assert len(zoomed) == len(direct) > 0 and zoomed.size == plain.size == image.shape[:2]
     np.testing.assert_array_equal(zoomed.masks(), direct.masks())
     assert zoomed.rles != plain.rles  # another view, not the plain pass again
+    # a stage's prediction takes it as a test-time augmentation, cached like the others
+    image_id = predict.image_ids_of(ws, "val")[0]
+    _, parts = predict.predict_stage(ws, "all", [image_id], tta=("zoom125",), name="zoomtest",
+                                     score_threshold=0.0, progress=False, return_parts=True)
+    np.testing.assert_array_equal(parts["zoom125"][image_id].masks(), zoomed.masks())
 
 
 def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):

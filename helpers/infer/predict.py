@@ -29,7 +29,7 @@ from helpers.infer.prediction_cache import PredictionCache
 from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, place_in_image, tile_grid, zoom_of
 from helpers.workspace import Workspace, as_workspace
 
-AUGMENTATIONS = TTA_OPS + tuple(ZOOMS)  # hflip, vflip, rot90, rot180, rot270, zoom1.25, zoom1.5 (helpers.infer.tta)
+AUGMENTATIONS = TTA_OPS + tuple(ZOOMS)  # hflip, vflip, rot90, rot180, rot270, zoom125, zoom150 (helpers.infer.tta)
 
 
 class PredictionError(ValueError):

@@ -20,10 +20,10 @@ from helpers.coco_format import Detections, decode_crop, encode_crops
 
 TTA_OPS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 _INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot180", "rot270": "rot90"}
-# Multi-scale views: the model sees the image enlarged by this factor (on top of the stage's own
+# Multi-scale views (zoom125 = 125%): the model sees the image enlarged by this factor (on top of the stage's own
 # input scale) and its boxes and masks come back in image pixels, so there is no geometry to undo.
 # Training crops are enlarged by 1.0-1.25 (Profile.scale_jitter), so 1.25 stays in what it saw.
-ZOOMS = {"zoom1.25": 1.25, "zoom1.5": 1.5}
+ZOOMS = {"zoom125": 1.25, "zoom150": 1.5}
 
 
 def zoom_of(name: str | None) -> float:
