@@ -24,7 +24,7 @@ says so. :func:`save_choice` / :func:`load_choice` carry the choice from noteboo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -164,6 +164,8 @@ class RescoreComparison:
     ceiling: dict              # what perfect masks score on this split (helpers.infer.evaluate.ceiling)
     # the learned ranking's rows: ({image_id: features}, {image_id: match IoU}), or None
     learning_rows: tuple | None = None
+    # each learned recipe's leave-one-image-out scores, as the table scored them
+    loo_scores: dict = field(default_factory=dict)
 
     def ranker(self) -> ranking.Ranker | None:
         """The chosen learned ranking fit on every validation image (None for a hand recipe)."""
@@ -174,10 +176,9 @@ class RescoreComparison:
                       passes: Mapping[str, Sequence[Detections]] | None = None) -> dict[str, Detections]:
         """The validation predictions rescored by the chosen recipe as the table scored them (a
         learned one leave-one-image-out: no image is scored by a model that saw it)."""
-        target = RECIPES[self.chosen].learned
-        if not target:
+        if not RECIPES[self.chosen].learned:
             return apply_all(self.chosen, preds, passes)
-        new = ranking.leave_one_image_out(target, *self.learning_rows)
+        new = self.loo_scores[self.chosen]
         return {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
 
     def format(self) -> str:
@@ -216,13 +217,14 @@ def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
         names.insert(0, "none")
     sig = {i: signals(d, (passes or {}).get(i)) for i, d in preds.items()}
     rows_of_learning = None
+    loo_scores = {}
     rows = []
     for name in names:
         recipe = RECIPES[name]
         try:
             if recipe.learned:
                 rows_of_learning = rows_of_learning or learning_rows(preds, sig, ground_truth)
-                new = ranking.leave_one_image_out(recipe.learned, *rows_of_learning)
+                new = loo_scores[name] = ranking.leave_one_image_out(recipe.learned, *rows_of_learning)
                 rescored = {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
             else:
                 rescored = {i: apply(recipe, d, sig=sig[i]) for i, d in preds.items()}
@@ -240,7 +242,7 @@ def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
     if choice and choice not in {r["recipe"] for r in rows}:
         raise RescoreError(f"rescoring {choice!r} is not in the table; use one of "
                            f"{[r['recipe'] for r in rows]}")
-    return RescoreComparison(rows, best, metric, choice or best, top, rows_of_learning)
+    return RescoreComparison(rows, best, metric, choice or best, top, rows_of_learning, loo_scores)
 
 
 def learning_rows(preds: Mapping[str, Detections], sig: Mapping[str, Mapping],
