@@ -178,8 +178,7 @@ class RescoreComparison:
         learned one leave-one-image-out: no image is scored by a model that saw it)."""
         if not RECIPES[self.chosen].learned:
             return apply_all(self.chosen, preds, passes)
-        new = self.loo_scores[self.chosen]
-        return {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
+        return _with_scores(preds, self.loo_scores[self.chosen])
 
     def format(self) -> str:
         from helpers.infer.evaluate import format_table
@@ -225,7 +224,7 @@ def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
             if recipe.learned:
                 rows_of_learning = rows_of_learning or learning_rows(preds, sig, ground_truth)
                 new = loo_scores[name] = ranking.leave_one_image_out(recipe.learned, *rows_of_learning)
-                rescored = {i: d.with_scores(new[i]).sorted() if len(d) else d for i, d in preds.items()}
+                rescored = _with_scores(preds, new)
             else:
                 rescored = {i: apply(recipe, d, sig=sig[i]) for i, d in preds.items()}
         except (RescoreError, ranking.RankingError):
@@ -243,6 +242,10 @@ def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
         raise RescoreError(f"rescoring {choice!r} is not in the table; use one of "
                            f"{[r['recipe'] for r in rows]}")
     return RescoreComparison(rows, best, metric, choice or best, top, rows_of_learning, loo_scores)
+
+
+def _with_scores(preds: Mapping[str, Detections], scores: Mapping[str, np.ndarray]) -> dict[str, Detections]:
+    return {i: d.with_scores(scores[i]).sorted() if len(d) else d for i, d in preds.items()}
 
 
 def learning_rows(preds: Mapping[str, Detections], sig: Mapping[str, Mapping],
