@@ -61,9 +61,10 @@ HEAD_MODULES = ("rpn_head", "detection_head", "mask_head")  # their class-agnost
 COCO_ARCHITECTURE = {
     "backbone": "resnet50", "min_level": 2, "max_level": 6, "fpn_filters": 256,
     "rpn_convs": 2, "rpn_filters": 256, "head_convs": 4, "head_filters": 256, "head_fcs": 1,
-    "head_fc_dims": 1024, "mask_convs": 4, "mask_filters": 256, "norm_epsilon": 1e-5,
+    "head_fc_dims": 1024, "mask_convs": 4, "mask_filters": 256, "mask_upsample": 2, "norm_epsilon": 1e-5,
     "identity_norms": True,
 }
+MASK_ROI_SIZE = 14  # Model Garden's MaskROIAligner crop (and torchvision's): the mask head's input side
 STARTS = {
     # Model Garden's ImageNet ResNet (a TF checkpoint): the backbone only
     "imagenet": ("backbone",),
@@ -154,6 +155,9 @@ class Profile:
     roi_fg_fraction: float = 0.5        # dense objects: half positives (COCO uses 0.25)
     num_sampled_masks: int = 256        # mask-head samples per image (COCO 128)
     mask_crop_size: int = 56            # GT mask crop; model target is 28x28, 112 wastes memory
+    # The mask head's output side is 14 (its ROI crop) x this: 2 gives Model Garden's and
+    # torchvision's 28x28; 4 gives 56x56 (finer outlines, needs mask_crop_size >= 56).
+    mask_upsample: int = 2
     fpn_filters: int = 256
     rpn_convs: int = 1
     rpn_filters: int = 256
@@ -367,6 +371,14 @@ def check_profile(prof: Profile) -> None:
         if not rule.holds(prof):
             raise ConfigError(f"profile {prof.name}: {rule.left} ({getattr(prof, rule.left)}) must be {rule.op} "
                               f"{rule.right} ({getattr(prof, rule.right)}): {rule.why}")
+    if prof.mask_upsample not in (2, 4):
+        raise ConfigError(f"mask_upsample {prof.mask_upsample!r}: use 2 (28x28 masks) or 4 (56x56)")
+    if prof.mask_crop_size < MASK_ROI_SIZE * prof.mask_upsample:
+        raise ConfigError(f"mask_crop_size ({prof.mask_crop_size}) must be >= {MASK_ROI_SIZE * prof.mask_upsample}, "
+                          f"the mask head's output side with mask_upsample {prof.mask_upsample}")
+    if prof.pretrained == "coco" and prof.mask_upsample != COCO_ARCHITECTURE["mask_upsample"]:
+        raise ConfigError("pretrained='coco': torchvision's mask head upsamples x2 (28x28 masks); "
+                          "keep mask_upsample 2, or start from 'imagenet' or from scratch")
     stride = 2 ** prof.max_level
     if prof.crop_size % stride or prof.predict_size % stride:
         raise ConfigError(f"crop_size/predict_size must be multiples of {stride} (2^max_level)")

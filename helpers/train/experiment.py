@@ -23,7 +23,7 @@ from official.modeling import optimization
 from official.vision.configs import backbones, common, decoders
 from official.vision.configs import maskrcnn as mg
 
-from helpers.train.config import (CROSS_FIELD_RULES, STARTS, ConfigError, Profile, check_profile,
+from helpers.train.config import (CROSS_FIELD_RULES, MASK_ROI_SIZE, STARTS, ConfigError, Profile, check_profile,
                                   get_profile, stage_kind)
 
 EXPERIMENT = "nuclei_maskrcnn"
@@ -162,7 +162,9 @@ def _model(prof: Profile) -> mg.MaskRCNN:
         rpn_head=mg.RPNHead(num_convs=prof.rpn_convs, num_filters=prof.rpn_filters),
         detection_head=mg.DetectionHead(num_convs=prof.head_convs, num_filters=prof.head_filters,
                                         num_fcs=prof.head_fcs, fc_dims=prof.head_fc_dims),
-        mask_head=mg.MaskHead(num_convs=prof.mask_convs, num_filters=prof.mask_filters),
+        mask_head=mg.MaskHead(num_convs=prof.mask_convs, num_filters=prof.mask_filters,
+                              upsample_factor=prof.mask_upsample),
+        mask_roi_aligner=mg.MaskROIAligner(crop_size=MASK_ROI_SIZE),
         roi_generator=mg.ROIGenerator(
             pre_nms_top_k=max(2 * prof.num_proposals, 2000),
             num_proposals=prof.num_proposals,
