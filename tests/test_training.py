@@ -325,3 +325,24 @@ def test_a_seed_fixes_the_starting_weights_and_is_part_of_the_stage(base, heads)
     assert any(not np.array_equal(starts["seed7a"][k], unseeded[k]) for k in heads_only)
     assert prints["seed7a"] == prints["seed7b"]
     assert json.loads((unseeded_dir / "stage.json").read_text())["fingerprint"] != prints["seed7a"]
+
+
+def test_a_56_pixel_mask_head_learns_56_pixel_targets_and_predicts_56_pixel_masks(base):
+    """Profile.mask_upsample=4 (a bench_quality lever): the mask head upsamples its 14x14 ROI
+    features x4, trains on 56x56 targets, and prediction returns 56x56 masks per box; the
+    default stays torchvision's 28x28."""
+    from helpers.infer.model import load_model, predict_image
+
+    ws = new_workspace(base, "mask56")
+    res = training.train_stage("heads", "demo", ws, stop_at_step=5, progress=False,
+                               mask_upsample=4, mask_crop_size=56)
+    assert res.end_step == 5
+    deconv = {k: v.shape for k, v in model_vars(res.checkpoint).items()
+              if k.startswith("mask_head/") and len(v.shape) == 4}
+    assert any(s[:2] == (4, 4) for s in deconv.values()), deconv  # a 4x4 stride-4 transposed conv
+    image = np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    for stage_ws, side in ((ws, 56), (trained(base)[0], 28)):
+        model, params = load_model(stage_ws, "heads", min_score=0.0)
+        out = predict_image(model, params, image, score_threshold=0.0)
+        assert len(out["scores"]) > 0 and out["masks"].shape[1:] == (side, side)
+        assert tuple(out["image_shape"]) == (200, 240)
