@@ -188,6 +188,23 @@ def test_scale_and_stain_jitter_reach_the_task_config():
         config.get_profile("demo", stain_jitter=-0.1)
 
 
+def test_crop_sampling_and_mask_side_reach_the_config_and_the_default_stays_out_of_the_fingerprint():
+    c = cfg(config.get_profile("demo", crop_sampling="nuclei", mask_upsample=4, mask_crop_size=56))
+    assert c.task.crop_sampling == "nuclei" and c.task.model.mask_head.upsample_factor == 4
+    assert c.task.model.mask_roi_aligner.crop_size * 4 == 56 == c.task.train_data.parser.mask_crop_size
+    assert config.fingerprint(c) != config.fingerprint(cfg("demo"))
+    assert "crop_sampling" not in config.fingerprint_dict(cfg("demo"))["task"]  # older stages resume
+    assert "crops centred on nuclei, 56px masks" in config.describe(config.get_profile(
+        "demo", crop_sampling="nuclei", mask_upsample=4, mask_crop_size=56))
+    with pytest.raises(config.ConfigError, match="crop_sampling"):
+        config.get_profile("demo", crop_sampling="dense")
+    with pytest.raises(config.ConfigError, match="mask_crop_size"):
+        config.get_profile("demo", mask_upsample=4)  # its 28 px GT crop is smaller than the output
+    with pytest.raises(config.ConfigError, match="torchvision's mask head"):
+        config.get_profile("colab", mask_upsample=4)
+    assert config.get_profile("cpu", from_scratch=True, mask_upsample=4).mask_upsample == 4
+
+
 def test_cross_field_rules_are_checked():
     with pytest.raises(config.ConfigError, match="test_num_proposals"):
         config.get_profile("demo", test_num_proposals=200, max_num_detections=200)

@@ -218,3 +218,31 @@ def test_parser_call_copies_model_gardens_in_full():
     signature = set(inspect.signature(maskrcnn_input.Parser).parameters)
     assert ours == signature
     assert ours == _parser_keywords(mg_maskrcnn.MaskRCNNTask.build_inputs)
+
+
+def test_nuclei_crop_sampling_centres_windows_on_nuclei(records):
+    """Profile.crop_sampling="nuclei" (a bench_quality lever): every window holds the nucleus it
+    was centred on, so none is empty and they hold more nuclei than uniform ones; an image
+    without nuclei falls back to uniform windows."""
+    import tensorflow as tf
+
+    from helpers.train.train_input import WindowDecoder
+
+    window = (48, 48)
+    counts = {}
+    for sampling in ("uniform", "nuclei"):
+        tf.random.set_seed(3)
+        dec = WindowDecoder(window, crop_sampling=sampling)
+        counts[sampling] = [len(dec.decode(rec)["groundtruth_classes"]) for rec in records for _ in range(40)]
+    # 80 windows of 48 px: uniform ones fall on empty regions of the demo images (7 measured)
+    assert counts["uniform"].count(0) > 0 and counts["nuclei"].count(0) == 0
+    assert np.mean(counts["nuclei"]) > np.mean(counts["uniform"]), counts  # 2.45 vs 2.15 measured
+
+    ex = tf.train.Example.FromString(records[0].numpy())
+    for key in list(ex.features.feature):
+        if key.startswith("image/object/") or key.endswith("instance_map"):
+            del ex.features.feature[key]
+    empty = WindowDecoder(window, crop_sampling="nuclei").decode(tf.constant(ex.SerializeToString()))
+    assert empty["image"].shape == (48, 48, 3) and empty["groundtruth_instance_masks"].shape[0] == 0
+    with pytest.raises(ValueError, match="crop_sampling"):
+        WindowDecoder(window, crop_sampling="dense")

@@ -229,6 +229,25 @@ def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(ba
     assert cfg.task.stain_jitter == 0.2
 
 
+def test_the_all_stage_continues_its_parents_mask_head_and_crop_sampling(base):
+    """mask_upsample fixes the mask head's weights' shapes, so `all` must take its parent's;
+    crop_sampling follows like the other input knobs. A record older than both knobs means
+    28x28 masks and uniform windows."""
+    from helpers.atomic import atomic_write_json
+
+    ws = new_workspace(base, "inherit_mask56")
+    (ws.checkpoints / "heads").mkdir(parents=True)
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE,
+                      {"profile": "cpu", "from_scratch": True, "mask_upsample": 4, "crop_sampling": "nuclei"})
+    _, cfg, _ = training.plan_stage("all", "cpu", ws)
+    assert cfg.task.model.mask_head.upsample_factor == 4 and cfg.task.crop_sampling == "nuclei"
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws)  # begun: keeps its own
+    assert cfg.task.model.mask_head.upsample_factor == 4 and cfg.task.crop_sampling == "nuclei"
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "cpu", "from_scratch": True})
+    _, cfg, _ = training.plan_stage("heads", "cpu", ws, crop_sampling=None)
+    assert cfg.task.model.mask_head.upsample_factor == 2 and cfg.task.crop_sampling == "uniform"
+
+
 def test_a_stage_begun_before_the_coco_start_resumes_as_it_began(base):
     """The colab profile now starts from COCO weights (ResNet-50, P2-P6...) with a frozen
     backbone batch norm; a stage begun with Model Garden's ImageNet ResNet-101 (its stage.json

@@ -64,6 +64,7 @@ COCO_ARCHITECTURE = {
     "head_fc_dims": 1024, "mask_convs": 4, "mask_filters": 256, "mask_upsample": 2, "norm_epsilon": 1e-5,
     "identity_norms": True,
 }
+CROP_SAMPLINGS = ("uniform", "nuclei")  # Profile.crop_sampling
 MASK_ROI_SIZE = 14  # Model Garden's MaskROIAligner crop (and torchvision's): the mask head's input side
 STARTS = {
     # Model Garden's ImageNet ResNet (a TF checkpoint): the backbone only
@@ -187,6 +188,9 @@ class Profile:
     # haematoxylin-eosin-DAB decomposition becomes a*s + b, a ~ U(1-x, 1+x), b ~ U(-x, x),
     # on the image only. 0 = off; 0.05 is Tellez's "HED-light".
     stain_jitter: float = 0.0
+    # Where a training window falls: "uniform" anywhere in the image; "nuclei" centred on a
+    # random nucleus, so regions are drawn in proportion to the nuclei they hold.
+    crop_sampling: str = "uniform"
     # Training from random weights (no pretrained backbone; train_stage(from_scratch=True)):
     # nothing is frozen (a frozen random backbone learns nothing), and the knobs in `scratch`
     # replace the profile's: learning rates a random network needs rather than matterport's
@@ -371,6 +375,8 @@ def check_profile(prof: Profile) -> None:
         if not rule.holds(prof):
             raise ConfigError(f"profile {prof.name}: {rule.left} ({getattr(prof, rule.left)}) must be {rule.op} "
                               f"{rule.right} ({getattr(prof, rule.right)}): {rule.why}")
+    if prof.crop_sampling not in CROP_SAMPLINGS:
+        raise ConfigError(f"crop_sampling {prof.crop_sampling!r}: use one of {CROP_SAMPLINGS}")
     if prof.mask_upsample not in (2, 4):
         raise ConfigError(f"mask_upsample {prof.mask_upsample!r}: use 2 (28x28 masks) or 4 (56x56)")
     if prof.mask_crop_size < MASK_ROI_SIZE * prof.mask_upsample:
@@ -413,7 +419,8 @@ def parent_stage(stage: str) -> str | None:
 
 # Fields that may change between runs of the same stage without mixing anything:
 # where the data lives, where weights started from, how often to save/log.
-_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False}  # NucleiTask's own fields
+_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False,
+                        "crop_sampling": "uniform"}  # NucleiTask's own fields
 _NOT_FINGERPRINTED = {
     ("task", "init_checkpoint"),
     ("task", "train_data", "input_path"),
@@ -487,5 +494,7 @@ def describe(profile: str | Profile) -> str:
             f"crop {p.crop_size}px " + (f"of {p.window()} native px (scale {p.scale})"
                                         if p.scale != 1.0 else "at native resolution")
             + (f", stain jitter {p.stain_jitter}" if p.stain_jitter else "")
+            + (", crops centred on nuclei" if p.crop_sampling == "nuclei" else "")
+            + (f", {MASK_ROI_SIZE * p.mask_upsample}px masks" if p.mask_upsample != 2 else "")
             + (", from scratch" if p.from_scratch else "") + ", anchors "
             f"{[round(p.anchor_size * 2 ** l * 2 ** (s / p.num_scales)) for l in range(p.min_level, p.max_level + 1) for s in range(p.num_scales)]} px")

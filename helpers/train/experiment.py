@@ -45,6 +45,7 @@ class NucleiTask(mg.MaskRCNNTask):
     input_scale: float = 1.0   # Profile.scale: training windows and prediction input
     stain_jitter: float = 0.0  # Profile.stain_jitter: H&E optical-density jitter (training)
     identity_norms: bool = False  # Profile.identity_norms: norms torchvision lacks, held frozen
+    crop_sampling: str = "uniform"  # Profile.crop_sampling: where training windows fall
 
 
 def start_modules(prof: Profile):
@@ -115,6 +116,7 @@ def experiment_config(
             input_scale=prof.scale,
             stain_jitter=prof.stain_jitter,
             identity_norms=prof.identity_norms,
+            crop_sampling=prof.crop_sampling,
             annotation_file="",
             use_coco_metrics=False,  # we evaluate with pycocotools ourselves
             model=_model(prof),

@@ -369,9 +369,11 @@ def build_task(cfg, logging_dir):
 # What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
 # (a newer release's defaults must not break its resume): the input it sees, its start and
 # whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
-KEPT_KNOBS = ("scale", "stain_jitter", "pretrained", "freeze_backbone_norm")
-INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "pretrained")  # a stage continues its parent's model
-LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "freeze_backbone_norm": False}
+KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample")
+# a stage continues its parent's model
+INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample")
+LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
+                "mask_upsample": 2}
 
 
 def recorded_knob(info: dict, knob: str):
@@ -386,7 +388,7 @@ def recorded_knob(info: dict, knob: str):
 
 def inherited_knobs(workspace, stage: str) -> dict:
     """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
-    continues its parent's model (random or pretrained start, input scale, stain jitter)."""
+    continues its parent's model (random or pretrained start, mask head, input knobs)."""
     parent = cfglib.parent_stage(stage)
     info = read_stage_info(workspace, parent) if parent else None
     return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
@@ -411,8 +413,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
                init_modules=None, **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
 
-    ``from_scratch``, ``scale``, ``stain_jitter`` and ``pretrained`` (which fixes the
-    architecture) default to the parent stage's (recorded in its ``stage.json``);
+    :data:`INHERITED_KNOBS` (``from_scratch``, the input knobs, and ``pretrained`` and
+    ``mask_upsample``, which fix the architecture) default to the parent stage's (recorded in its ``stage.json``);
     ``from_scratch`` defaults to False for heads. A stage already begun keeps the
     :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`).
     """
@@ -675,6 +677,7 @@ def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None
         "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
         "from_scratch": prof.from_scratch, "scale": prof.scale, "stain_jitter": prof.stain_jitter,
         "pretrained": prof.pretrained, "freeze_backbone_norm": prof.freeze_backbone_norm,
+        "crop_sampling": prof.crop_sampling, "mask_upsample": prof.mask_upsample,
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
