@@ -38,15 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from helpers.infer.evaluate import LEADERBOARD_METRIC as METRIC  # noqa: E402 - AP50@100
+from helpers.train.config import get_profile  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "vrdl_hw3"
 RESULTS = REPO / "benchmarks" / "results" / "quality"
 ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / "nuclei-bench-quality"
 PROFILE = "cpu"
-# About one CPU-hour of training on this 2-core machine at ~1.9 s/step (see the README); 300 + 400
-# were an hour on the slower machine of the first runs (4.9-5.9 s/step).
-HEADS_STEPS = 500
-ALL_STEPS = 1300
+# The cpu profile's from-scratch plan: about one CPU-hour on this 2-core machine at ~1.9 s/step
+# (see the README); 300 + 400 were an hour on the slower machine of the first runs (4.9-5.9 s/step).
+_PLAN = get_profile(PROFILE, from_scratch=True).steps
+HEADS_STEPS, ALL_STEPS = _PLAN["heads"], _PLAN["all"]
 TTA = ("hflip", "vflip")
 ZOOM = ("zoom125",)
 TABLE_COLUMNS = ("AP@100", "AP50@100", "AP75@100", "AP@1000", "AP50@1000", "AP75@1000")

@@ -227,6 +227,15 @@ def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(ba
     assert cfg.task.stain_jitter == 0.05
     _, cfg, _ = training.plan_stage("heads", "cpu", ws, stain_jitter=0.2)  # said outright: taken
     assert cfg.task.stain_jitter == 0.2
+    # and its plan: the from-scratch plan is now 500 + 1,300; a stage begun at 1,500 keeps 1,500
+    assert config.get_profile("cpu", from_scratch=True).steps["all"] == 1300
+    atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "cpu", "from_scratch": True})
+    assert training.plan_stage("all", "cpu", ws)[1].trainer.train_steps == 1300  # not begun
+    (ws.checkpoints / "all").mkdir(parents=True)
+    atomic_write_json(ws.checkpoints / "all" / training.STAGE_FILE,
+                      {"profile": "cpu", "from_scratch": True, "planned_steps": 1500})
+    assert training.plan_stage("all", "cpu", ws)[1].trainer.train_steps == 1500
+    assert training.plan_stage("all", "cpu", ws, steps=1800)[1].trainer.train_steps == 1800
 
 
 def test_the_all_stage_continues_its_parents_mask_head_and_crop_sampling(base):

@@ -416,7 +416,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     :data:`INHERITED_KNOBS` (``from_scratch``, the input knobs, and ``pretrained`` and
     ``mask_upsample``, which fix the architecture) default to the parent stage's (recorded in its ``stage.json``);
     ``from_scratch`` defaults to False for heads. A stage already begun keeps the
-    :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`).
+    :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`), and its planned
+    steps unless ``steps`` is given.
     """
     from helpers.train.experiment import experiment_config
 
@@ -428,6 +429,8 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     own = read_stage_info(ws, stage)
     if own is not None:
         parent.update({k: recorded_knob(own, k) for k in KEPT_KNOBS})
+        if steps is None and own.get("planned_steps"):
+            steps = int(own["planned_steps"])  # and its plan: the profile's may have changed since
     if profile_overrides.get("from_scratch") is None:
         profile_overrides["from_scratch"] = parent.get("from_scratch", False)
     elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
