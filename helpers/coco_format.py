@@ -386,6 +386,22 @@ class Detections:
         keep = (self.scores >= min_score) & (self.areas >= min_area)
         return self.subset(np.flatnonzero(keep))
 
+    def label_image(self, min_score: float = 0.0) -> np.ndarray:
+        """(H, W) label image of the detections scoring at least ``min_score``: 0 background,
+        1 the highest-scoring one, 2 the next...; where masks overlap the higher score owns the
+        pixel (a detection wholly covered by better ones keeps no pixel). uint16, or uint32
+        past 65,535 detections."""
+        order = np.flatnonzero(self.scores >= min_score)
+        order = order[np.argsort(-self.scores[order], kind="stable")]
+        labels = np.zeros(self.size, np.uint16 if len(order) <= np.iinfo(np.uint16).max else np.uint32)
+        boxes = self.boxes
+        for rank in range(len(order) - 1, -1, -1):  # the lowest score first: better ones paint over
+            x, y, w, h = boxes[order[rank]]
+            window = (int(y), int(x), int(np.ceil(y + h)), int(np.ceil(x + w)))
+            crop = decode_crop(self.rles[order[rank]], window)
+            labels[window[0]:window[0] + crop.shape[0], window[1]:window[1] + crop.shape[1]][crop] = rank + 1
+        return labels
+
     def to_json(self) -> dict:
         out = {"size": list(self.size), "scores": [float(s) for s in self.scores],
                "counts": [r["counts"] for r in self.rles]}

@@ -185,6 +185,16 @@ def test_compare_picks_best_and_allows_override():
     assert set(names) == {"A", "B", "bad", "route", "merge-nms", "merge-wmf"}
     assert cmp.best.startswith("merge") and cmp.chosen == cmp.best  # only merge finds all 5
     assert cmp.rows[-1]["strategy"] == "bad"
+    # the field's metrics score the segmentation of detections scoring >= 0.5: A finds 4 of 5
+    # (F1 8/9); "bad" 1 of 5 and a false one (2/7); a merge's score is the mean over its 2
+    # sources, so nuclei 4 and 5, found by one model each (0.6, 0.5), fall below 0.5 (6/8)
+    f1 = {r["strategy"]: r["F1@0.5"] for r in cmp.rows}
+    assert f1["A"] == pytest.approx(8 / 9) and f1["bad"] == pytest.approx(2 / 7)
+    assert f1["merge-wmf"] == pytest.approx(6 / 8) and "AJI" in cmp.format()
+    by_pq = compare(per_model, gt, router=Router(default="A"), metric="PQ", progress=False)
+    assert by_pq.metric == "PQ" and by_pq.rows[0]["PQ"] == max(r["PQ"] for r in by_pq.rows)
+    with pytest.raises(ValueError, match="metric 'kind' unknown"):
+        compare(per_model, gt, metric="kind", progress=False)
     assert cmp.choose("A").kind == "single" and cmp.strategy.name == "A"
     assert "<- chosen" in cmp.format()
     with pytest.raises(EnsembleError, match="choose one of"):

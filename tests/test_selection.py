@@ -71,3 +71,6 @@ def test_a_learned_ranking_chosen_in_04_is_stored_and_applied_in_05(demo_workflo
         np.testing.assert_array_equal(answer[i].scores, expected.scores)
         assert answer[i].rles == expected.rles
         assert not np.array_equal(answer[i].scores, raw[i].scores)  # it rescored
+    # notebook 04 choosing strategies by a segmentation metric still ranks by the leaderboard's
+    by_pq, _ = selection.rescoring(ws, strategy, val_preds, gt, tta, "PQ", overwrite=True)
+    assert by_pq.metric == "AP50@100"

@@ -470,11 +470,13 @@ class Comparison:
 def compare(per_model: PerModel, ground_truth: Mapping, router: Router | None = None,
             strategies: Sequence[Strategy] | None = None, metric: str = LEADERBOARD_METRIC,
             max_dets: Sequence[int] = (100, 1000), progress: bool = True) -> Comparison:
-    """Evaluate single models, route and merge on the validation ground truth; the best by
-    ``metric`` (a key of ``EvalResult.summary``) is ``best`` and ``chosen``."""
+    """Evaluate single models, route and merge on the validation ground truth: COCO AP and the
+    field's AJI, PQ and F1@0.5 (``helpers.infer.instance_metrics``); the best by ``metric`` (a
+    column of the table) is ``best`` and ``chosen``."""
     from helpers.progress import tqdm
 
     from helpers.infer.evaluate import evaluate
+    from helpers.infer.instance_metrics import TABLE_COLUMNS, score_images
 
     if strategies is None:
         strategies = default_strategies(list(per_model), router)
@@ -483,10 +485,12 @@ def compare(per_model: PerModel, ground_truth: Mapping, router: Router | None = 
     for s in tqdm(strategies, desc="ensembles", disable=not progress):
         preds = s.apply(per_model, image_ids)
         res = evaluate(preds, ground_truth, max_dets=max_dets, per_image=False)
-        if metric not in res.summary:
-            raise ValueError(f"metric {metric!r} unknown; use one of {list(res.summary)}")
+        field_scores = score_images(preds, ground_truth).summary
         results[s.name] = res
-        rows.append({"strategy": s.name, "kind": s.kind, "models": "+".join(s.models), **res.summary})
+        rows.append({"strategy": s.name, "kind": s.kind, "models": "+".join(s.models), **res.summary,
+                     **{k: field_scores[k] for k in TABLE_COLUMNS}})
+        if metric not in rows[-1] or metric in ("strategy", "kind", "models"):
+            raise ValueError(f"metric {metric!r} unknown; use one of {[*res.summary, *TABLE_COLUMNS]}")
     ranked = sorted(rows, key=lambda r: -np.nan_to_num(r[metric], nan=-1.0))
     best = ranked[0]["strategy"]
     return Comparison(ranked, {s.name: s for s in strategies}, results, metric, best, best)

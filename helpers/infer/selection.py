@@ -13,6 +13,7 @@ from helpers.coco_format import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import ensemble, rescore
 from helpers.infer.evaluate import LEADERBOARD_METRIC
+from helpers.infer.instance_metrics import TABLE_COLUMNS
 from helpers.infer.predict import image_ids_of, predict_stage
 from helpers.workspace import Workspace, as_workspace
 
@@ -118,8 +119,13 @@ def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_t
               tta: Sequence[str] = (), metric: str = LEADERBOARD_METRIC, choice: str = "",
               overwrite: bool = False, **kw):
     """Notebook 04: every rescoring recipe on validation, the best kept (only if it wins on
-    ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``."""
+    ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``.
+    Rescoring decides a ranking, so a segmentation metric (AJI, PQ, F1@0.5) chooses it by the
+    leaderboard's AP50@100 instead."""
     ws = as_workspace(workspace)
+    if metric in TABLE_COLUMNS:
+        print(f"rescoring ranks detections: chosen by {LEADERBOARD_METRIC}, not {metric}")
+        metric = LEADERBOARD_METRIC
     passes = prediction_passes(ws, strategy, list(val_preds), tta, **kw)
     cmp = rescore.compare(val_preds, ground_truth, passes, metric=metric, choice=choice)
     print(cmp.format())
