@@ -16,7 +16,8 @@ What it runs, on this machine's CPU (profile ``cpu``), with notebooks 01-04's he
   by the leaderboard's AP50@100.
 
 It prints, for the validation split: AP, AP50 and AP75 at maxDets 100 and 1000; the split's
-ceiling (perfect masks) and AP50@100 as a percentage of it; the losses at the start and the
+ceiling (perfect masks) and AP50@100 as a percentage of it; the nuclei field's AJI, AJI+, PQ,
+F1@0.5 and Dice of each prediction (detections scoring >= 0.5, ``helpers.infer.instance_metrics``); the losses at the start and the
 end of each stage (against chance: ln 2 = 0.69 for the RPN's objectness); s/step, s/image and
 wall time. Everything goes to ``benchmarks/results/quality/<name>.json`` with the commit, so
 runs with different levers sit side by side (``--table``). The workspace lives outside the
@@ -51,6 +52,8 @@ HEADS_STEPS, ALL_STEPS = _PLAN["heads"], _PLAN["all"]
 TTA = ("hflip", "vflip")
 ZOOM = ("zoom125",)
 TABLE_COLUMNS = ("AP@100", "AP50@100", "AP75@100", "AP@1000", "AP50@1000", "AP75@1000")
+# the nuclei field's metrics (helpers.infer.instance_metrics), of each prediction without rescoring
+FIELD_COLUMNS = ("AJI", "AJI+", "PQ", "F1@0.5", "Dice")
 MASK_NMS_IOU = 0.5
 
 
@@ -190,7 +193,7 @@ def _rescoring_of(previous: Path, trained: dict) -> dict | None:
 # --------------------------------------------------------------------------- notebook 04
 def evaluate(ws, args) -> dict:
     from helpers.infer import evaluate as ev
-    from helpers.infer import predict, rescore
+    from helpers.infer import instance_metrics, predict, rescore
     from helpers.infer.ensemble import merge_detections
 
     val_ids = predict.image_ids_of(ws, "val")
@@ -214,7 +217,8 @@ def evaluate(ws, args) -> dict:
             variants[name + suffix] = {i: (source["plain"][i] if len(augs) == 1 else
                                            merge_detections([source[a][i] for a in augs], "wmf", 0.5))
                                        for i in val_ids}
-    scores = {k: ev.evaluate(v, gt, per_image=False).summary for k, v in variants.items()}
+    scores = {k: {**ev.evaluate(v, gt, per_image=False).summary, **instance_metrics.score_images(v, gt).summary}
+              for k, v in variants.items()}
     best = max(scores, key=lambda k: scores[k][METRIC])
     source = nms if best.endswith("+masknms") else parts
     augs = views[best.removesuffix("+masknms")]
@@ -243,7 +247,7 @@ def report(res: dict) -> str:
     lines.append(f"  validation: {len(ev['val_ids'])} images, {sum(ev['n_gt'].values())} nuclei; "
                  f"ceiling (perfect masks) AP50@100 {ceil50:.4f}, AP@100 {ceil:.4f}")
     for k, s in ev["variants"].items():
-        lines.append(f"  {k:14s} " + "  ".join(f"{c} {s[c]:.4f}" for c in TABLE_COLUMNS)
+        lines.append(f"  {k:14s} " + "  ".join(f"{c} {s[c]:.4f}" for c in TABLE_COLUMNS + FIELD_COLUMNS if c in s)
                      + f"  AP50@100 = {100 * s['AP50@100'] / ceil50:.1f}% of the ceiling")
     lines.append(f"  rescoring of {ev['best_variant']} by {ev.get('metric', 'AP@100')}: "
                  f"chosen {ev['rescoring_chosen']}")
@@ -260,7 +264,7 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
     without rescoring (the lever alone), its better one with the recipe it chose, and every
     recipe for the ``all_recipes_of`` run (rescoring alone)."""
     head = ("| run | levers | prediction | rescoring | AP50@100 | AP50@100 / ceiling | AP@100 | AP75@100 "
-            "| AP@1000 | AP50@1000 | s/step | s/image/pass | commit |\n|" + "---|" * 13)
+            "| AP@1000 | AP50@1000 | AJI | PQ | F1@0.5 | s/step | s/image/pass | commit |\n|" + "---|" * 16)
     rows = []
     for p in sorted(results_dir.glob("*.json")):
         r = json.loads(p.read_text())
@@ -274,13 +278,16 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
         wanted = ({x["recipe"] for x in ev["rescoring"]} if r["name"] == all_recipes_of
                   else {"none", ev["rescoring_chosen"]})
         others = [(v, {"recipe": "none", **sc}) for v, sc in ev["variants"].items() if v != ev["best_variant"]]
-        best = [(ev["best_variant"], x) for x in ev["rescoring"] if x["recipe"] in wanted]
+        plain = ev["variants"][ev["best_variant"]]  # the field's metrics of the unrescored prediction
+        best = [(ev["best_variant"], {**plain, **x} if x["recipe"] == "none" else x)
+                for x in ev["rescoring"] if x["recipe"] in wanted]
         for variant, x in others + best:
             mark = " (chosen)" if (variant == ev["best_variant"] and x["recipe"] == ev["rescoring_chosen"]) else ""
             rows.append(f"| {r['name']} | {lev} | {variant} | {x['recipe']}{mark} "
                         f"| {x['AP50@100']:.4f} | {100 * x['AP50@100'] / ceil:.1f}% of {ceil:.3f} "
                         f"| {x['AP@100']:.4f} | {x['AP75@100']:.4f} | {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
-                        f"| {sps:.1f} "
+                        + "".join(f"| {x[c]:.4f} " if c in x else "| - " for c in ("AJI", "PQ", "F1@0.5"))
+                        + f"| {sps:.1f} "
                         f"| {ev['predict_s_per_image']:.1f} | {commit} |")
     return "\n".join([head, *rows])
 
