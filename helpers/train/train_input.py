@@ -29,26 +29,20 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
 from helpers.data.shards import INSTANCE_MAP_KEY  # written by helpers.data.shards (pixel = object number)
+from helpers.stain import HED_FROM_RGB, RGB_FROM_HED  # Ruifrok & Johnston's stain matrix
 from helpers.train import torch_convert
 from helpers.train.config import CROP_SAMPLINGS
-
-
-# Ruifrok & Johnston's haematoxylin, eosin and DAB stain vectors, the matrix scikit-image's
-# rgb2hed inverts. Optical density is -ln(RGB), the units of skimage < 0.19 that Tellez et
-# al.'s sigma (0.05 for "HED-light") refers to.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
 
 def rgb_to_hed(rgb):
     """Stain optical densities (..., 3: haematoxylin, eosin, DAB) of float RGB in [0, 1]."""
     od = -tf.math.log(tf.maximum(rgb, 1e-6))
-    return tf.tensordot(od, tf.constant(_HED_FROM_RGB, tf.float32), 1)
+    return tf.tensordot(od, tf.constant(HED_FROM_RGB, tf.float32), 1)
 
 
 def hed_to_rgb(hed):
     """Inverse of :func:`rgb_to_hed`, clipped to [0, 1]."""
-    return tf.clip_by_value(tf.exp(-tf.tensordot(hed, tf.constant(_RGB_FROM_HED, tf.float32), 1)),
+    return tf.clip_by_value(tf.exp(-tf.tensordot(hed, tf.constant(RGB_FROM_HED, tf.float32), 1)),
                             0.0, 1.0)
 
 

@@ -1,0 +1,191 @@
+"""Per-image exports of a prediction, for the tools pathologists and analysts open.
+
+One image's :class:`~helpers.coco_format.Detections` become, in ``<out_dir>/``:
+
+* ``<stem>.geojson``: a QuPath-ready FeatureCollection, one feature per nucleus: its outline as a
+  Polygon (or MultiPolygon) in pixel coordinates, origin at the image's top-left corner, and as
+  properties ``objectType: "detection"``, a ``classification`` and its ``measurements`` (QuPath
+  0.4+'s *File > Import objects from file* reads it; ``id`` is the nucleus's label);
+* ``<stem>.labels.tif``: the label image, uint16 (uint32 past 65,535 nuclei), 0 = background;
+* ``<stem>.csv``: per-nucleus measurements (skimage's ``regionprops_table``): id, centroid,
+  area, perimeter, eccentricity, solidity, mean haematoxylin optical density, score;
+* ``<stem>.coco.json``: COCO results entries (RLE masks), as notebook 05's answer holds them;
+* ``<stem>.overlay.png``: the image with the masks coloured by score.
+
+Everything derives from one label image (detections scoring at least ``min_score``; where masks
+overlap the higher score owns the pixel), so the GeoJSON, the label image and the CSV hold the
+same nuclei under the same ids: id k is the k-th best-scoring nucleus that kept pixels.
+Each file is written to a temporary name and renamed: a killed run leaves no half-written file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from helpers.coco_format import Detections, result_entries
+from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
+from helpers.stain import hed_optical_density
+
+# Outlines are simplified (Douglas-Peucker, topology kept) within this many pixels: QuPath
+# draws and measures them without the staircase of every pixel edge.
+POLYGON_TOLERANCE = 0.5
+CLASS_NAME = "Nucleus"
+CLASS_COLOR = [255, 0, 0]
+MEASUREMENTS = ("area", "perimeter", "eccentricity", "solidity", "haematoxylin_od_mean", "score")
+CSV_COLUMNS = ("id", "centroid_x", "centroid_y", *MEASUREMENTS)
+SUFFIXES = {"geojson": ".geojson", "labels": ".labels.tif", "csv": ".csv", "coco": ".coco.json",
+            "overlay": ".overlay.png"}
+
+
+@dataclass
+class ExportedImage:
+    """The files written for one image and how many nuclei they hold."""
+
+    image: str
+    nuclei: int
+    files: dict[str, Path]
+
+
+def label_image(dets: Detections, min_score: float = SEGMENTATION_MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores): the label image of the detections scoring at least ``min_score``,
+    its ids made consecutive (a detection covered by better ones is dropped), and each id's
+    score (``scores[k - 1]`` for id k)."""
+    raw = dets.label_image(min_score)
+    kept = np.unique(raw[raw > 0])
+    order = np.argsort(-dets.scores, kind="stable")
+    order = order[dets.scores[order] >= min_score]
+    lut = np.zeros(len(order) + 1, raw.dtype)
+    lut[kept] = np.arange(1, len(kept) + 1)
+    return lut[raw], dets.scores[order][kept - 1]
+
+
+def measurements(labels: np.ndarray, image: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`CSV_COLUMNS` of every nucleus of ``labels`` (skimage's ``regionprops_table``; the
+    haematoxylin optical density by the stain matrix of ``helpers.stain``)."""
+    from skimage.measure import regionprops_table
+
+    if not labels.any():
+        return {c: np.zeros(0) for c in CSV_COLUMNS}
+    haematoxylin = hed_optical_density(image[..., :3])[..., 0]
+    t = regionprops_table(labels, intensity_image=haematoxylin,
+                          properties=("label", "centroid", "area", "perimeter", "eccentricity",
+                                      "solidity", "intensity_mean"))
+    # centroids in QuPath's pixel coordinates: pixel (r, c) spans [c, c + 1] x [r, r + 1]
+    return {"id": t["label"], "centroid_x": t["centroid-1"] + 0.5, "centroid_y": t["centroid-0"] + 0.5,
+            "area": t["area"], "perimeter": t["perimeter"], "eccentricity": t["eccentricity"],
+            "solidity": t["solidity"], "haematoxylin_od_mean": t["intensity_mean"],
+            "score": scores[t["label"] - 1]}
+
+
+def outline(mask: np.ndarray, offset=(0, 0), tolerance: float = POLYGON_TOLERANCE):
+    """A valid shapely Polygon or MultiPolygon around a bool mask's pixels (outer contours only,
+    holes filled), in pixel coordinates shifted by ``offset`` (y, x), simplified within
+    ``tolerance`` px. The contour through the boundary pixels' centres (OpenCV) is widened by
+    half a pixel with mitred corners, so it follows the pixels' outer edges."""
+    import cv2
+    import shapely
+    from shapely.geometry import LineString, Point, Polygon
+
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    parts = []
+    for c in contours:
+        pts = c.reshape(-1, 2).astype(np.float64) + 0.5 + np.array([offset[1], offset[0]])
+        shape = Point(pts[0]) if len(pts) == 1 else LineString(pts) if len(pts) < 4 else Polygon(pts)
+        if not shape.is_valid:
+            shape = shapely.make_valid(shape)
+        body = shape.buffer(0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
+        parts.append(body.union(LineString(np.vstack([pts, pts[:1]])).buffer(
+            0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)) if len(pts) > 1 else body)
+    geom = shapely.union_all(parts) if parts else Polygon()
+    geom = geom.simplify(tolerance, preserve_topology=True)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if geom.geom_type == "GeometryCollection":  # keep the areas of a repaired geometry
+        geom = shapely.union_all([g for g in geom.geoms if g.area > 0])
+    if geom.geom_type == "Polygon":
+        return Polygon(geom.exterior)  # outer contour only
+    return shapely.MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
+
+
+def geojson(labels: np.ndarray, table: dict[str, np.ndarray], tolerance: float = POLYGON_TOLERANCE) -> dict:
+    """The FeatureCollection of the nuclei of ``labels`` with their ``table`` rows
+    (:func:`measurements`) as QuPath measurements."""
+    from scipy import ndimage
+    from shapely.geometry import mapping
+
+    features = []
+    boxes = ndimage.find_objects(labels)
+    for row, k in enumerate(table["id"]):
+        sl = boxes[int(k) - 1]
+        geom = outline(labels[sl] == k, (sl[0].start, sl[1].start), tolerance)
+        features.append({
+            "type": "Feature",
+            "id": f"nucleus-{int(k)}",
+            "geometry": mapping(geom),
+            "properties": {
+                "objectType": "detection",
+                "name": f"nucleus {int(k)}",
+                "classification": {"name": CLASS_NAME, "color": CLASS_COLOR},
+                "measurements": {m: float(table[m][row]) for m in MEASUREMENTS},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _csv_text(table: dict[str, np.ndarray]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for row in range(len(table["id"])):
+        w.writerow([int(table["id"][row])] + [f"{float(table[c][row]):.6g}" for c in CSV_COLUMNS[1:]])
+    return buf.getvalue()
+
+
+def _write_tiff(path: Path, labels: np.ndarray) -> None:
+    import tifffile
+
+    with atomic_path(path, need=labels.nbytes) as tmp:
+        tifffile.imwrite(tmp, labels, compression="zlib")
+
+
+def _write_overlay(path: Path, image: np.ndarray, dets: Detections, title: str) -> None:
+    from helpers.infer.overlays import figure_png, prediction_overlay
+
+    atomic_write_bytes(path, figure_png(prediction_overlay(image, dets, title=title)))
+
+
+def export_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Where :func:`export_image` writes each file of image ``stem``."""
+    return {k: Path(out_dir) / f"{stem}{s}" for k, s in SUFFIXES.items()}
+
+
+def export_image(out_dir: str | os.PathLike, stem: str, image: np.ndarray, dets: Detections,
+                 min_score: float = SEGMENTATION_MIN_SCORE, image_id=None,
+                 tolerance: float = POLYGON_TOLERANCE, overlay: bool = True) -> ExportedImage:
+    """Write every export of one image (module doc) to ``out_dir``; ``image_id`` is the COCO
+    results' image id (default ``stem``). The COCO entries keep every detection as the answer
+    does; the other files the nuclei scoring at least ``min_score``."""
+    image = np.asarray(image)
+    if tuple(image.shape[:2]) != tuple(dets.size):
+        raise ValueError(f"{stem}: the image is {image.shape[:2]} but its predictions are for {dets.size}")
+    paths = export_paths(out_dir, stem)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    labels, scores = label_image(dets, min_score)
+    table = measurements(labels, image, scores)
+    atomic_write_text(paths["geojson"], json.dumps(geojson(labels, table, tolerance)))
+    _write_tiff(paths["labels"], labels)
+    atomic_write_text(paths["csv"], _csv_text(table))
+    atomic_write_text(paths["coco"], json.dumps(result_entries(stem if image_id is None else image_id, dets)))
+    if overlay:
+        _write_overlay(paths["overlay"], image, dets.filter(min_score), f"{stem}: {len(table['id'])} nuclei")
+    else:
+        paths.pop("overlay")
+    return ExportedImage(stem, int(len(table["id"])), paths)
+
