@@ -174,6 +174,25 @@ def test_merge_tiles_unites_nuclei_cut_by_borders():
         merge_tiles([a, b], [left])
 
 
+def test_merge_tiles_keeps_the_whole_view_not_the_cut_piece():
+    """The field's convention: a piece touching a tile's inner edge gives way to the nucleus
+    seen whole by the other tile (not united with it: a cut view is often misshapen), and a
+    nucleus seen whole by both tiles is kept once, as the better-scored tile saw it."""
+    left, right = (0, 0, H, 70), (0, 50, H, W)
+    nucleus = disk(30, 64, 9)                  # whole in the right tile, cut by x = 70 in the left
+    misshapen = disk(30, 62, 9)[:, :70]        # the left tile's guess from the part it saw
+    inside = disk(90, 60, 6)                   # wholly inside the zone: whole in both tiles
+    a = Detections(encode_crops([misshapen[:, :70], np.roll(inside, 1, 1)[:, :70]], [(0, 0)] * 2, (H, W)),
+                   [0.95, 0.6], (H, W))
+    b = tile_dets([nucleus, inside], right, [0.7, 0.8])
+    merged = merge_tiles([a, b], [left, right])
+    assert len(merged) == 2
+    got = decode_rles(merged.sorted().rles)
+    np.testing.assert_array_equal(got[0], inside)   # 0.8 (right) beats 0.6 (left)
+    np.testing.assert_array_equal(got[1], nucleus)  # the whole view, not the union with the piece
+    assert sorted(merged.scores) == [0.7, 0.8]
+
+
 # ----------------------------------------------------------------------------- compare
 def test_compare_picks_best_and_allows_override():
     a, b, truth = two_models()

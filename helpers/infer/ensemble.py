@@ -266,16 +266,31 @@ def _window_rle(window, size) -> dict:
     return encode_crops([np.ones((y1 - y0, x1 - x0), bool)], [(y0, x0)], size)[0]
 
 
+def _touches_inner_edge(boxes: np.ndarray, windows: np.ndarray, size) -> np.ndarray:
+    """Whether each box (x, y, w, h) touches a border of its window (y0, x0, y1, x1) that is
+    not the image's own border: the tile may have cut the nucleus there."""
+    x, y, w, h = boxes.T
+    y0, x0, y1, x1 = windows.T
+    return (((x <= x0) & (x0 > 0)) | ((x + w >= x1) & (x1 < size[1]))
+            | ((y <= y0) & (y0 > 0)) | ((y + h >= y1) & (y1 < size[0])))
+
+
 def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], iou_threshold: float = 0.5,
                 max_dets: int | None = None) -> Detections:
     """Join per-tile detections (masks already pasted into image coordinates; ``windows[k]``
-    = ``(y0, x0, y1, x1)`` of tile k) into one set for the image.
+    = ``(y0, x0, y1, x1)`` of tile k) into one set for the image, by the field's convention
+    (StarDist's and HoVer-Net's tiled prediction): tiles overlap by more than the largest
+    nucleus, so each nucleus lies whole inside some tile; a detection touching an inner edge
+    of its tile (a border that is not the image's) is a cut piece and gives way to the whole
+    one, and a nucleus seen whole by two tiles is kept once.
 
     For every two overlapping tiles, masks are compared *inside the shared zone only*:
     there both tiles saw the same pixels, so a nucleus cut by one tile's border and
     whole (or cut elsewhere) in the other has nearly the same mask there. Pairs with
-    zone IoU >= ``iou_threshold`` are matched one-to-one (best IoU first); matched
-    pieces are united (pixel union, max score), so a nucleus is never doubled.
+    zone IoU >= ``iou_threshold`` are matched one-to-one (best IoU first). Of each matched
+    group the best-scoring whole detection is kept as it is; a group of cut pieces only (a
+    nucleus wider than the overlap) is united (pixel union, max score). A nucleus is never
+    doubled, nor cut at a seam.
     """
     if len(tiles) != len(windows):
         raise ValueError(f"{len(tiles)} tile predictions but {len(windows)} windows")
@@ -324,12 +339,13 @@ def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], i
     groups: dict[int, list[int]] = {}
     for i in range(len(pooled)):
         groups.setdefault(find(i), []).append(i)
+    cut = _touches_inner_edge(boxes, np.asarray(windows)[tile_of], size)
     rles, scores, mask_scores = [], [], []
     for members in groups.values():
-        if len(members) == 1:
-            rles.append(pooled.rles[members[0]])
-        else:
-            rles.append(rle_union([pooled.rles[i] for i in members]))
+        whole = [i for i in members if not cut[i]]
+        if whole:  # the best whole view of the nucleus, as that tile saw it
+            members = [max(whole, key=lambda i: pooled.scores[i])]
+        rles.append(pooled.rles[members[0]] if len(members) == 1 else rle_union([pooled.rles[i] for i in members]))
         scores.append(float(pooled.scores[members].max()))
         if pooled.mask_scores is not None:
             mask_scores.append(float(pooled.mask_scores[members].mean()))
