@@ -1,6 +1,6 @@
 """Run the workflow's notebooks headless, in order, with papermill.
 
-``python -m helpers.notebooks --profile demo`` runs notebooks 01→05 on the
+``python -m helpers.notebooks --profile demo`` runs notebooks 01→06 on the
 generated demo data and keeps each executed notebook (with its outputs) in
 ``<workspace>/runs/``. The same parameters a user sets in a notebook's
 ``parameters`` cell can be passed with ``-p name value``; each notebook gets only
@@ -27,7 +27,9 @@ NOTEBOOK_DIR = REPO / "notebooks"
 # finds the synthetic nuclei), a route table so that notebook 04 compares a routed ensemble
 # too, and leave to replace the demo's own answer.
 PROFILE_PARAMETERS = {
-    "demo": {"steps": 150, "route_by_organ": {"breast": "all"}, "overwrite": True},
+    "demo": {"steps": 150, "route_by_organ": {"breast": "all"}, "overwrite": True,
+             # notebook 06 tiles the 256 px demo images (nuclei <= 28 px) in 4 overlapping tiles
+             "tile": 160, "overlap": 48},
 }
 
 
@@ -131,7 +133,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
 
 def run_workflow(profile: str = "demo", upto: str | None = None, parameters: dict | None = None,
                  workspace_root: str | os.PathLike | None = None, log_output: bool = False) -> list[Path]:
-    """Run notebooks 01→05 (or up to ``upto``) in order with one profile.
+    """Run notebooks 01→06 (or up to ``upto``) in order with one profile.
 
     Each notebook gets the parameters its ``parameters`` cell declares. ``parameters`` (the
     ``-p`` ones) are checked first against all the workflow's notebooks: a name that none of

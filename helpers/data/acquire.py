@@ -216,7 +216,7 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
             if drive:
                 shown[tmp / "download.zip"] = (f"the zip downloaded from Google Drive ({source})", "")
                 shown[tmp / "unzipped"] = (f"the Drive zip {source}", f"the Drive zip {source}:")
-                src = _download(str(source), tmp, quiet)
+                src = download_zip(str(source), tmp, quiet)
                 fp = {"kind": "drive", "id": drive_file_id(str(source)) or str(source)}
             if src.is_dir():
                 root = find_dataset_root(src)
@@ -226,7 +226,7 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
             elif zipfile.is_zipfile(src):
                 if not drive:
                     shown[tmp / "unzipped"] = (str(src), f"{src}:")
-                _extract(src, tmp / "unzipped")
+                extract_zip(src, tmp / "unzipped")
                 staged = find_dataset_root(tmp / "unzipped")
             else:
                 raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
@@ -308,13 +308,14 @@ def _existing(dest: Path, src: Path | None, rows, drive: bool) -> Path:
     return dest  # Drive source and a readable dataset already there: do not download again
 
 
-def _extract(zip_path: Path, out: Path) -> None:
+def extract_zip(zip_path: Path, out: Path,
+                what: str = "the dataset (the folder with train/, test/ and test_img_ids.json)") -> None:
+    """Unpack ``zip_path`` into ``out``, refusing empty or corrupt zips and unsafe paths."""
     out.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(zip_path) as zf:
             if not any(not i.is_dir() for i in zf.infolist()):
-                raise DatasetError(f"{zip_path} is empty (it holds no files): zip the dataset again (the folder "
-                                   "with train/, test/ and test_img_ids.json), or download it again")
+                raise DatasetError(f"{zip_path} is empty (it holds no files): zip {what} again, or download it again")
             bad = zf.testzip()
             if bad is not None:
                 raise DatasetError(f"{zip_path} is corrupt (bad CRC in {bad}); download it again")
@@ -400,7 +401,7 @@ def _no_local(source: str) -> str:
     return f". (Taken as a Drive file id, since there is no file or folder {source!r} in {Path.cwd()} either.)"
 
 
-def _download(source: str, folder: Path, quiet: bool) -> Path:
+def download_zip(source: str, folder: Path, quiet: bool) -> Path:
     """Download a Drive file into ``folder`` with gdown; DatasetError with advice on failure."""
     import gdown
 

@@ -288,9 +288,10 @@ def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], i
     there both tiles saw the same pixels, so a nucleus cut by one tile's border and
     whole (or cut elsewhere) in the other has nearly the same mask there. Pairs with
     zone IoU >= ``iou_threshold`` are matched one-to-one (best IoU first). Of each matched
-    group the best-scoring whole detection is kept as it is; a group of cut pieces only (a
-    nucleus wider than the overlap) is united (pixel union, max score). A nucleus is never
-    doubled, nor cut at a seam.
+    group the best-scoring whole detection is kept as it is; two or more cut pieces only (a
+    nucleus wider than the overlap) are united (pixel union, max score); a lone cut piece is
+    dropped. Two tiles' whole views with mask IoU > ``iou_threshold`` are one nucleus, kept
+    once. A nucleus is never doubled, nor cut at a seam.
     """
     if len(tiles) != len(windows):
         raise ValueError(f"{len(tiles)} tile predictions but {len(windows)} windows")
@@ -340,18 +341,56 @@ def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], i
     for i in range(len(pooled)):
         groups.setdefault(find(i), []).append(i)
     cut = _touches_inner_edge(boxes, np.asarray(windows)[tile_of], size)
-    rles, scores, mask_scores = [], [], []
+    rles, scores, mask_scores, tile_ids = [], [], [], []
     for members in groups.values():
         whole = [i for i in members if not cut[i]]
         if whole:  # the best whole view of the nucleus, as that tile saw it
             members = [max(whole, key=lambda i: pooled.scores[i])]
+        elif len(members) == 1:  # a cut piece no other tile saw whole: the convention drops it
+            continue
         rles.append(pooled.rles[members[0]] if len(members) == 1 else rle_union([pooled.rles[i] for i in members]))
         scores.append(float(pooled.scores[members].max()))
+        tile_ids.append(tile_of[members[0]] if len(members) == 1 else -1)
         if pooled.mask_scores is not None:
             mask_scores.append(float(pooled.mask_scores[members].mean()))
     out = Detections(rles, scores, size,
                      mask_scores=mask_scores if pooled.mask_scores is not None else None)
-    return out.subset(np.flatnonzero(rle_area(out.rles) > 0)).top(max_dets)
+    keep = (rle_area(out.rles) > 0) & ~_seen_twice(out, np.asarray(tile_ids), windows, iou_threshold)
+    return out.subset(np.flatnonzero(keep)).top(max_dets)
+
+
+def _seen_twice(dets: Detections, tile_ids: np.ndarray, windows, iou_threshold: float) -> np.ndarray:
+    """The lower-scored of every two detections from different tiles whose whole masks overlap
+    by IoU > ``iou_threshold``: one nucleus that both tiles saw (the zone matching pairs pieces
+    one to one, so a model's own duplicates in two tiles would pass it). Duplicates within one
+    tile are the model's own and are left as they are, as in a whole-image prediction. Only
+    detections inside a zone two tiles share are compared, zone by zone (bounded memory)."""
+    drop = np.zeros(len(dets), bool)
+    boxes = dets.boxes
+    for zy0, zx0, zy1, zx1 in _shared_zones(windows):
+        idx = np.flatnonzero((boxes[:, 0] < zx1) & (boxes[:, 0] + boxes[:, 2] > zx0)
+                             & (boxes[:, 1] < zy1) & (boxes[:, 1] + boxes[:, 3] > zy0))
+        if len(idx) < 2:
+            continue
+        iou = rle_iou([dets.rles[i] for i in idx], [dets.rles[i] for i in idx])
+        for a, b in np.argwhere(np.triu(iou > iou_threshold, k=1)):
+            i, j = idx[a], idx[b]
+            if tile_ids[i] != tile_ids[j] or tile_ids[i] < 0:
+                drop[j if dets.scores[j] <= dets.scores[i] else i] = True
+    return drop
+
+
+def _shared_zones(windows) -> list[tuple[int, int, int, int]]:
+    """The zone (y0, x0, y1, x1) each two overlapping windows share."""
+    zones = []
+    for a in range(len(windows)):
+        for b in range(a + 1, len(windows)):
+            ya0, xa0, ya1, xa1 = windows[a]
+            yb0, xb0, yb1, xb1 = windows[b]
+            zone = (max(ya0, yb0), max(xa0, xb0), min(ya1, yb1), min(xa1, xb1))
+            if zone[0] < zone[2] and zone[1] < zone[3]:
+                zones.append(zone)
+    return zones
 
 
 # =========================================================================== strategies

@@ -91,13 +91,13 @@ def shard_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[di
 # --------------------------------------------------------------------------- one image
 def predict_detections(model, params, image: np.ndarray, augmentation: str | None = None,
                        tile: int = 1024, overlap: int = 128, score_threshold: float = 0.05,
-                       max_dets: int | None = None):
+                       max_dets: int | None = None, bar=None):
     """Detections of one image (optionally augmented, mapped back to the original frame).
 
     Images up to ``tile`` pixels a side go through the model whole; larger ones in
     overlapping tiles whose border-cut nuclei are joined (``ensemble.merge_tiles``).
     Masks are pasted as Model Garden's COCO evaluation does it
-    (``coco_format.detections_from_model_garden``).
+    (``coco_format.detections_from_model_garden``). ``bar``: a tqdm bar advanced per tile.
     """
     from helpers.infer.model import input_scale, predict_image
 
@@ -116,6 +116,8 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
         dets = detections_from_model_garden(det["masks"], det["boxes"], det["scores"], det["image_shape"])
         dets = dets.filter(min_area=1)  # masks below 0.5 everywhere hold nothing
         parts.append(dets if len(windows) == 1 else place_in_image(dets, (y0, x0), size))
+        if bar is not None:
+            bar.update(1)
     out = parts[0] if len(windows) == 1 else merge_tiles(parts, windows)
     if geometric:
         out = invert_tta(out, geometric)

@@ -1,0 +1,245 @@
+"""Notebook 06: a trained stage on your own images, of any size, with the exports of each.
+
+    report = predict_own_images(ws, "my_tiles/", run="my_tiles")   # a folder, a zip or a Drive id
+
+* **Input**: PNG, JPEG or TIFF files in a folder (and its subfolders), a zip of them, or a Drive
+  file id / share link of such a zip. RGBA and grayscale images are converted to RGB, 16-bit ones
+  scaled to 8 bits, each with a note; an unreadable file, or one too large to hold in memory, is
+  skipped and named in the summary at the end. None of these stops the run.
+* **Any size**: images larger than the model's tile are predicted in overlapping tiles and
+  stitched by the field's convention (``ensemble.merge_tiles``): no nucleus counted twice or cut
+  at a seam. One progress bar counts the tiles of every pass.
+* **As notebook 05 predicts**: the stage's input scale, the test-time augmentations and the
+  rescoring notebook 04 chose (when it chose one) apply.
+* **Exports** per image in ``exports/<run>/`` (``helpers.infer.exports``): GeoJSON for QuPath,
+  label image, measurements CSV, COCO results, overlay. An image whose exports are all there is
+  skipped, so a re-run after a disconnect goes on where it stopped; every file is written to a
+  temporary name and renamed, so a killed run leaves no half-written export.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from helpers.atomic import remove_stale_partials
+from helpers.infer import exports, rescore
+from helpers.infer.ensemble import merge_detections
+from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
+from helpers.workspace import as_workspace
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Past this many pixels an image (uint8 RGB, its tiles' predictions and its label image) would
+# not fit the few GB a free Colab runtime has to spare: 64 Mpx is an 8,000 x 8,000 region.
+MAX_PIXELS = 64_000_000
+DEFAULT_TTA = ("hflip", "vflip")
+
+
+class OwnImagesError(ValueError):
+    """The source holds nothing to predict."""
+
+
+@dataclass
+class OwnImagesReport:
+    """What a run did: images exported, skipped as done, skipped with a reason; notes."""
+
+    out_dir: Path
+    exported: list[exports.ExportedImage] = field(default_factory=list)
+    done_before: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"exports in {self.out_dir}: {len(self.exported)} image(s) exported, "
+                 f"{sum(e.nuclei for e in self.exported)} nuclei; {len(self.done_before)} already done; "
+                 f"{len(self.skipped)} skipped"]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- finding and reading
+def default_source(workspace) -> Path:
+    """The test images of the dataset notebook 01 put in the workspace (to try notebook 06 on)."""
+    from helpers.data.prepare import DEMO_FOLDER, REAL_FOLDER
+
+    ws = as_workspace(workspace)
+    for folder in (REAL_FOLDER, DEMO_FOLDER):
+        for test in sorted((ws.data / folder).glob("**/test")):
+            if test.is_dir():
+                return test
+    raise OwnImagesError(f"no dataset in {ws.data}: set source to a folder of your images, a zip of them "
+                         "or a Drive file id (or run notebook 01 first to try the test images)")
+
+
+def find_images(source: str | os.PathLike, workspace=None) -> list[Path]:
+    """The image files of a folder (recursively), a zip (unpacked into the workspace's
+    ``data/own/<zip name>``) or a Drive file id / link of a zip (downloaded there first);
+    empty: :func:`default_source`."""
+    from helpers.data import acquire
+
+    if not str(source):
+        source = default_source(workspace)
+    src = Path(source).expanduser()
+    if not src.exists() and acquire.is_drive_source(str(source)):
+        ws = as_workspace(workspace)
+        folder = ws.data / "own" / (acquire.drive_file_id(str(source)) or "drive")
+        folder.mkdir(parents=True, exist_ok=True)
+        src = acquire.download_zip(str(source), folder, quiet=True)
+    if src.is_file() and src.suffix.lower() == ".zip":
+        ws = as_workspace(workspace)
+        out = ws.data / "own" / src.stem
+        if not out.is_dir():
+            tmp = out.with_name(f".{out.name}.partial")
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed unpacking's leftovers
+            acquire.extract_zip(src, tmp, what="your images")
+            tmp.rename(out)
+        src = out
+    if src.is_file():
+        files = [src]
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        raise OwnImagesError(f"{source}: no such folder, zip or file; give a folder of images, a zip of "
+                             "them or a Drive file id")
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise OwnImagesError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
+                             f"{len(files)} other file(s)")
+    return images
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # we judge the size ourselves (MAX_PIXELS), with a clear message
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def read_image(path: Path) -> tuple[np.ndarray, list[str]]:
+    """uint8 RGB (H, W, 3) and notes on what was converted. ValueError when it cannot be read
+    or is too large to hold (:data:`MAX_PIXELS`)."""
+    import cv2
+
+    try:
+        h, w = image_size(path)
+    except Exception as e:  # noqa: BLE001 - any decoder error means the same to the user
+        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
+    if h * w > MAX_PIXELS:
+        raise ValueError(f"{w} x {h} px ({h * w / 1e6:.0f} Mpx) is more than the {MAX_PIXELS / 1e6:.0f} Mpx "
+                         "one image may hold here: crop it into regions (e.g. in QuPath) and predict those")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError("unreadable (OpenCV could not decode it)")
+    notes = []
+    if raw.dtype != np.uint8:
+        top = float(raw.max()) or 1.0
+        notes.append(f"{raw.dtype} scaled to 8 bits (its maximum {top:g} -> 255)")
+        raw = np.clip(raw.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if raw.ndim == 2:
+        notes.append("grayscale: repeated into RGB")
+        return np.repeat(raw[..., None], 3, axis=2), notes
+    if raw.shape[2] == 4:
+        notes.append("RGBA: the alpha channel is dropped")
+    return np.ascontiguousarray(cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)), notes
+
+
+# --------------------------------------------------------------------------- predicting
+def predict_image_tiled(model, params, image: np.ndarray, tta: Sequence[str] = DEFAULT_TTA,
+                        recipe: rescore.Recipe | None = None, ranker=None, tile: int = 1024,
+                        overlap: int = 128, score_threshold: float = 0.05, bar=None):
+    """Detections of one image of any size: each pass (plain and every ``tta``) tiled and
+    stitched, the passes merged as notebook 04 merges them, then ``recipe``'s rescoring."""
+    from helpers.infer.predict import predict_detections
+
+    passes = [predict_detections(model, params, image, aug, tile=tile, overlap=overlap,
+                                 score_threshold=score_threshold, bar=bar)
+              for aug in (None, *tta)]
+    merged = merge_detections(passes, "wmf", 0.5) if tta else passes[0]
+    if recipe is None or recipe.name == "none":
+        return merged
+    return rescore.apply(recipe, merged, passes, ranker=ranker)
+
+
+def tiles_of(image_hw, params, tile: int, overlap: int, tta: Sequence[str]) -> int:
+    """How many model passes an image takes, over its plain pass and every ``tta`` (a zoomed
+    view's tiles show fewer pixels each): the progress bar's total."""
+    from helpers.infer.model import input_scale
+    from helpers.infer.tta import tile_grid, zoom_of
+
+    return sum(len(tile_grid(image_hw[0], image_hw[1], int(tile / (input_scale(params) * zoom_of(a))), overlap))
+               for a in (None, *tta))
+
+
+def predict_own_images(workspace, source, stage: str = "all", run: str | None = None,
+                       tta: Sequence[str] | None = None, min_score: float = SEGMENTATION_MIN_SCORE,
+                       tile: int = 1024, overlap: int = 128, progress: bool = True) -> OwnImagesReport:
+    """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
+    04's choice (or hflip + vflip). Returns the report (also printed)."""
+    from helpers.infer.model import load_model
+    from helpers.progress import tqdm
+
+    ws = as_workspace(workspace)
+    paths = find_images(source, ws)
+    run = run or (Path(str(source).rstrip("/")).stem if str(source) else "test") or "own"
+    report = OwnImagesReport(ws.root / "exports" / run)
+    report.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(report.out_dir, quiet=True)
+    recipe, chosen_tta = rescore.load_choice(ws.predictions)
+    tta = list(chosen_tta or DEFAULT_TTA) if tta is None else list(tta)
+    if recipe.needs_passes and tta != chosen_tta:
+        report.notes.append(f"rescoring {recipe.name!r} was chosen with tta {chosen_tta}; with {tta} it is not applied")
+        recipe = rescore.RECIPES["none"]
+    stems = _stems(paths)
+    todo = [(p, s) for p, s in zip(paths, stems)
+            if not all(f.is_file() for f in exports.export_paths(report.out_dir, s).values())]
+    report.done_before = [s for p, s in zip(paths, stems) if (p, s) not in todo]
+    if not todo:
+        print(report.format())
+        return report
+    model, params = load_model(ws, stage, min_score=0.0)
+    ranker = rescore.load_ranker(ws.predictions, recipe)
+    sizes = {}
+    for p, s in todo:
+        try:
+            sizes[s] = image_size(p)
+        except Exception:  # noqa: BLE001 - read_image names it below
+            sizes[s] = (0, 0)
+    total = sum(tiles_of(hw, params, tile, overlap, tta) for hw in sizes.values() if hw[0])
+    with tqdm(total=total, desc="tiles", unit="tile", disable=not progress) as bar:
+        for path, stem in todo:
+            _one_image(path, stem, model, params, tta, recipe, ranker, tile, overlap, min_score, bar, report)
+    print(report.format())
+    return report
+
+
+def _one_image(path, stem, model, params, tta, recipe, ranker, tile, overlap, min_score, bar, report) -> None:
+    try:
+        image, notes = read_image(path)
+    except ValueError as e:
+        report.skipped[str(path)] = str(e)
+        return
+    report.notes += [f"{path.name}: {n}" for n in notes]
+    from helpers.infer.model import input_scale
+
+    side = int(tile / input_scale(params))
+    if max(image.shape[:2]) <= side:
+        report.notes.append(f"{path.name}: {image.shape[1]} x {image.shape[0]} px, within one {side} px tile: "
+                            "predicted whole")
+    dets = predict_image_tiled(model, params, image, tta, recipe, ranker, tile, overlap, bar=bar)
+    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, min_score))
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    """Export names: the file stem, with its folder path when two files share a stem."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return ["__".join(p.relative_to(root).with_suffix("").parts) for p in paths]
