@@ -15,14 +15,14 @@ import pytest
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 LAYERS = {
-    "": ("atomic", "progress", "colab", "workspace", "coco_format", "drawing", "notebooks"),
+    "": ("atomic", "progress", "colab", "workspace", "coco_format", "stain", "drawing", "notebooks"),
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
     "train": ("config", "experiment", "checkpoints", "background_save", "drive_copy", "torch_export",
               "torch_convert", "train_input", "stages", "mirror", "curves", "training"),
-    "infer": ("tta", "model", "prediction_cache", "evaluate", "ensemble", "predict", "ranking", "rescore",
-              "submission", "overlays", "selection"),
+    "infer": ("tta", "model", "prediction_cache", "evaluate", "instance_metrics", "ensemble", "predict",
+              "ranking", "rescore", "submission", "overlays", "exports", "selection", "own_images"),
 }
-GLUE = {"prepare", "training", "selection", "notebooks"}
+GLUE = {"prepare", "training", "selection", "own_images", "notebooks"}
 ORDER = [m for modules in LAYERS.values() for m in modules]
 ROOM = {m: room for room, modules in LAYERS.items() for m in modules}
 

@@ -1,4 +1,4 @@
-"""The whole workflow, as the README's demo command runs it: notebooks 01→05 headless."""
+"""The whole workflow, as the README's demo command runs it: notebooks 01→06 headless."""
 import json
 import re
 import zipfile
@@ -19,7 +19,7 @@ def _outputs(nb_path):
 
 def test_every_notebook_ran_and_was_saved_with_outputs(demo_workflow):
     names = [nb.name for nb in workflow_notebooks()]
-    assert names[0].startswith("01") and names[-1].startswith("05") and len(names) == 5
+    assert names[0].startswith("01") and names[-1].startswith("06") and len(names) == 6
     for name in names:
         text, images, errors = _outputs(demo_workflow.runs / name)
         assert not errors, f"{name} has an error output"
@@ -94,3 +94,17 @@ def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
     ids = predict.image_ids_of(demo_workflow, "val", "test")
     predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False)
     assert f"(0 computed, {3 * len(ids)} from cache)" in capsys.readouterr().out
+
+
+def test_notebook_06_exports_the_test_images_in_tiles(demo_workflow):
+    """The demo runs notebook 06 on the dataset's test images, in 160 px tiles (notebooks.py)."""
+    import tifffile
+
+    text, images, _ = _outputs(demo_workflow.runs / "06_your_images.ipynb")
+    tests = submission.load_test_images(demo_workflow.data / "demo")
+    assert f"{len(tests)} image(s) exported" in text and "tiles" in text and images == len(tests)
+    out = demo_workflow.root / "exports" / "test"
+    for t in tests:
+        geo = json.loads((out / f"{t.image_id}.geojson").read_text())
+        labels = tifffile.imread(out / f"{t.image_id}.labels.tif")
+        assert len(geo["features"]) == labels.max() > 5 and labels.shape == (t.height, t.width)

@@ -65,13 +65,12 @@ class OwnImagesReport:
 # --------------------------------------------------------------------------- finding and reading
 def default_source(workspace) -> Path:
     """The test images of the dataset notebook 01 put in the workspace (to try notebook 06 on)."""
-    from helpers.data.prepare import DEMO_FOLDER, REAL_FOLDER
+    from helpers.data.dataset import TEST_IDS_FILE
 
     ws = as_workspace(workspace)
-    for folder in (REAL_FOLDER, DEMO_FOLDER):
-        for test in sorted((ws.data / folder).glob("**/test")):
-            if test.is_dir():
-                return test
+    for ids in sorted(ws.data.rglob(TEST_IDS_FILE)):  # the course layout's root holds it beside test/
+        if (ids.parent / "test").is_dir():
+            return ids.parent / "test"
     raise OwnImagesError(f"no dataset in {ws.data}: set source to a folder of your images, a zip of them "
                          "or a Drive file id (or run notebook 01 first to try the test images)")
 
