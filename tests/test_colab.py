@@ -343,7 +343,7 @@ def _parameters_cell(path: Path) -> dict:
 
 def test_setup_cells_are_identical_without_outputs_and_check_the_url_first():
     books = _notebooks()
-    assert len(books) == 5
+    assert len(books) == 6
     sources = {"".join(_setup_cell(b)["source"]) for b in books}
     assert len(sources) == 1
     src = sources.pop()
@@ -507,7 +507,7 @@ def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
     shutil.copy2(REPO / "README.md", tmp_path / "README.md")
     url = "https://github.com/alice/nuclei-maskrcnn"
     changed = notebooks.set_repo_url(url, tmp_path)
-    assert len(changed) == 6 and tmp_path / "README.md" in changed
+    assert len(changed) == 7 and tmp_path / "README.md" in changed
     for nb in sorted((tmp_path / "notebooks").glob("0*.ipynb")):
         params = notebooks.declared_parameters(nb)
         assert "REPO_URL" in params
@@ -516,7 +516,7 @@ def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
         assert json.loads(nb.read_text())["cells"][2] == json.loads(
             (REPO / "notebooks" / nb.name).read_text())["cells"][2]  # the setup cell is untouched
     readme = (tmp_path / "README.md").read_text()
-    assert readme.count("colab.research.google.com/github/alice/nuclei-maskrcnn/blob/main/notebooks/") == 5
+    assert readme.count("colab.research.google.com/github/alice/nuclei-maskrcnn/blob/main/notebooks/") == 6
     assert "github/OWNER" not in readme
     assert notebooks.set_repo_url(url, tmp_path) == []  # already set: nothing rewritten
     with pytest.raises(ValueError, match="not a git URL"):

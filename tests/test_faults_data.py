@@ -290,7 +290,7 @@ def test_07_an_empty_zip_says_so(workspace, tmp_path):
     z = tmp_path / "hw3.zip"
     with zipfile.ZipFile(z, "w"):
         pass
-    with pytest.raises(DatasetError, match=rf"{z} is empty \(it holds no files\): zip the dataset again"):
+    with pytest.raises(DatasetError, match=rf"{z} is empty \(it holds no files\): zip the dataset \(the folder with train/"):
         get(workspace, z, REPO / MANIFEST_NAME)
     assert not (workspace.data / prepare.REAL_FOLDER).exists() and partials(workspace.data) == []
 
