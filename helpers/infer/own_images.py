@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Past this many pixels an image (uint8 RGB, its tiles' predictions and its label image) would
 # not fit the few GB a free Colab runtime has to spare: 64 Mpx is an 8,000 x 8,000 region.
 MAX_PIXELS = 64_000_000
-DEFAULT_TTA = ("hflip", "vflip")
+DEFAULT_TTA = ("hflip", "vflip", "zoom125")  # notebooks 04/05's default
 
 
 class OwnImagesError(ValueError):
@@ -180,7 +180,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
                        tta: Sequence[str] | None = None, min_score: float = SEGMENTATION_MIN_SCORE,
                        tile: int = 1024, overlap: int = 128, progress: bool = True) -> OwnImagesReport:
     """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
-    04's choice (or hflip + vflip). Returns the report (also printed)."""
+    04's choice (or :data:`DEFAULT_TTA`). Returns the report (also printed)."""
     from helpers.infer.model import load_model
     from helpers.progress import tqdm
 
