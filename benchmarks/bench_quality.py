@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from helpers.infer.evaluate import LEADERBOARD_METRIC as METRIC  # noqa: E402 - AP50@100
+from helpers.infer.instance_metrics import TABLE_COLUMNS as FIELD_TABLE  # noqa: E402 - AJI, PQ, F1@0.5
 from helpers.train.config import get_profile  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "vrdl_hw3"
@@ -286,7 +287,7 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
             rows.append(f"| {r['name']} | {lev} | {variant} | {x['recipe']}{mark} "
                         f"| {x['AP50@100']:.4f} | {100 * x['AP50@100'] / ceil:.1f}% of {ceil:.3f} "
                         f"| {x['AP@100']:.4f} | {x['AP75@100']:.4f} | {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
-                        + "".join(f"| {x[c]:.4f} " if c in x else "| - " for c in ("AJI", "PQ", "F1@0.5"))
+                        + "".join(f"| {x[c]:.4f} " if c in x else "| - " for c in FIELD_TABLE)
                         + f"| {sps:.1f} "
                         f"| {ev['predict_s_per_image']:.1f} | {commit} |")
     return "\n".join([head, *rows])
