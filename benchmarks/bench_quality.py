@@ -120,6 +120,25 @@ def run_workspace(root: Path, name: str):
     return ws
 
 
+def trained_run(root: Path, name: str):
+    """The workspace of a run whose ``all`` stage exists, for the benchmarks that build on one
+    (bench_specialists, bench_tiling); SystemExit with what to run first otherwise."""
+    ws = run_workspace(root, name)
+    if not (ws.checkpoints / "all").is_dir():
+        raise SystemExit(f"run {name!r} has no 'all' stage under {ws.root}: "
+                         f"run benchmarks/bench_quality.py --name {name} first")
+    return ws
+
+
+def save_result(results: Path, name: str, res: dict) -> Path:
+    from helpers.atomic import atomic_write_json
+
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{name}.json"
+    atomic_write_json(out, res)
+    return out
+
+
 # --------------------------------------------------------------------------- notebooks 02-03
 def loss_summary(ws, stage: str, n: int = 20) -> dict:
     """Mean of each loss over the stage's first and last ``n`` logged steps."""
@@ -347,11 +366,7 @@ def main(argv=None) -> int:
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
     if prev:  # cached predictions time nothing: keep the measured model pass
         res["eval"]["predict_s_per_image"] = prev["eval"]["predict_s_per_image"]
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{args.name}.json"
-    from helpers.atomic import atomic_write_json
-
-    atomic_write_json(out, res)
+    out = save_result(args.results, args.name, res)
     print(report(res))
     print(f"saved {out}")
     return 0

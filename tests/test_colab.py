@@ -440,6 +440,19 @@ def test_profile_parameters_are_declared_by_some_notebook():
         assert set(params) <= known
 
 
+def test_papermill_reads_every_parameters_cell_without_a_warning(caplog):
+    """A parameter line with a second '=' (say, in its comment) is skipped by papermill, which
+    logs 'Unable to parse line' to the user's console."""
+    import papermill
+
+    for nb in _notebooks():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            names = papermill.inspect_notebook(str(nb))
+        assert not caplog.records, f"{nb.name}: {caplog.records[0].getMessage()}"
+        assert {"profile", "workspace_root"} <= set(names), nb.name
+
+
 def test_unknown_parameter_is_a_clear_error_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="no notebook declares the parameter.* stepz") as e:
         notebooks.run_workflow("demo", parameters={"stepz": 3}, workspace_root=tmp_path / "ws")

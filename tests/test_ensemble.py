@@ -3,8 +3,9 @@ import pytest
 
 from helpers.coco_format import Detections, decode_rles, encode_crops, rle_iou
 from helpers.infer.ensemble import (EnsembleError, RouteError, Router, Strategy, compare, default_strategies,
-                              load_strategy, merge_detections, merge_tiles, route, save_strategy)
-from helpers.infer.tta import TTA_OPS, augment_image, invert_tta, place_in_image, tile_grid, transform_detections
+                              load_strategy, merge_detections, route, save_strategy)
+from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid
+from helpers.infer.tta import TTA_OPS, augment_image, invert_tta, transform_detections
 
 H = W = 120
 BREAST, PROSTATE, COLON = "TCGA-A7-D000-01Z-00-DX1", "TCGA-G9-D002-01Z-00-DX1", "TCGA-AY-D100-01Z-00-DX1"

@@ -19,7 +19,7 @@ LAYERS = {
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
     "train": ("config", "experiment", "checkpoints", "background_save", "drive_copy", "torch_export",
               "torch_convert", "train_input", "stages", "mirror", "curves", "training"),
-    "infer": ("tta", "model", "prediction_cache", "evaluate", "instance_metrics", "ensemble", "predict",
+    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "instance_metrics", "ensemble", "predict",
               "ranking", "rescore", "submission", "overlays", "exports", "selection", "own_images"),
 }
 GLUE = {"prepare", "training", "selection", "own_images", "notebooks"}

@@ -56,6 +56,27 @@ def test_answer_zip_is_valid_and_loads_in_pycocotools(demo_workflow):
     assert len(res.anns) == len(entries)
 
 
+def test_notebook_05_exports_the_answer_beside_answer_zip(demo_workflow):
+    import csv
+
+    with zipfile.ZipFile(demo_workflow.submission / "answer.zip") as zf:
+        entries = json.loads(zf.read("answer.json"))
+    tests = submission.load_test_images(demo_workflow.data / "demo")
+    out = demo_workflow.submission / "exports"
+    for t in tests:
+        stem = t.image_id
+        coco = json.loads((out / f"{stem}.coco.json").read_text())
+        answered = [e for e in entries if e["image_id"] == t.coco_id]
+        # the same detections as the answer, under the submission's image id
+        assert sorted(e["score"] for e in coco) == sorted(e["score"] for e in answered) and answered
+        with open(out / f"{stem}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        features = json.loads((out / f"{stem}.geojson").read_text())["features"]
+        strong = sum(e["score"] >= 0.5 for e in answered)
+        assert 0 < len(rows) == len(features) <= strong
+        assert (out / f"{stem}.labels.tif").is_file() and (out / f"{stem}.overlay.png").is_file()
+
+
 def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
     for strategy in ("heads", "all", "all+tta", "route", "merge-nms", "merge-wmf"):

@@ -233,32 +233,53 @@ def _read_test_index(root: Path, notes: list[str]) -> list[TestItem]:
 
 
 # --------------------------------------------------------------------------- pixels
-def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
-    """Decode an image file to uint8 HxWx3 RGB.
+def decode_rgb(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Any PNG, JPEG or TIFF as uint8 HxWx3 RGB, and what was converted on the way: an alpha
+    channel dropped, greyscale repeated into RGB, more than 8 bits scaled by the image's maximum.
+    Raises FileNotFoundError, or ValueError when the file cannot be decoded; each caller words
+    it for its user (:func:`read_image` for the dataset, notebook 06 for your own images)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    if cv2 is None:  # pragma: no cover - cv2 is a requirement; PIL reads 8-bit images only
+        with Image.open(path) as im:
+            notes = [] if im.mode == "RGB" else [f"{im.mode}: converted to RGB"]
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)), notes
+    with Image.open(path) as im:  # the header only: its mode (a palette says nothing in the pixels)
+        mode = im.mode
+    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError("cannot decode it as an image")
+    notes = [] if mode in ("RGB", "RGBA", "L", "I;16", "I;16B", "I;16L", "I", "F") else [f"{mode}: converted to RGB"]
+    if raw.dtype != np.uint8:
+        top = float(raw.max()) or 1.0
+        notes.append(f"{raw.dtype} scaled to 8 bits (its maximum {top:g} -> 255)")
+        raw = np.clip(raw.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if raw.ndim == 2 or raw.shape[2] == 1:
+        notes.append("greyscale: repeated into RGB")
+        return np.ascontiguousarray(np.repeat(raw.reshape(raw.shape[:2])[..., None], 3, axis=2)), notes
+    if raw.shape[2] == 4:
+        notes.append("RGBA: the alpha channel is dropped")
+    return np.ascontiguousarray(cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)), notes
 
-    RGBA (alpha dropped), greyscale and palette images are converted, with a
-    ``DatasetNote`` warning. A corrupt or truncated file raises ``DatasetError``.
+
+def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
+    """Decode a dataset image to uint8 HxWx3 RGB (:func:`decode_rgb`).
+
+    What was converted (RGBA, greyscale, 16-bit) is a ``DatasetNote`` warning naming the file.
+    A missing, corrupt or truncated file raises ``DatasetError``.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode != "RGB":
-                _note(notes, f"{path} is {mode}, not RGB: converted to RGB"
-                      + (" (alpha channel dropped)" if "A" in mode else ""))
-                if mode in ("I;16", "I;16B", "I", "F"):  # 16-bit/float greyscale -> 8 bit
-                    a = np.asarray(im).astype(np.float64)
-                    a = (255 * (a - a.min()) / max(a.max() - a.min(), 1)).astype(np.uint8)
-                    return np.repeat(a[..., None], 3, axis=2)
-                im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+        arr, conversions = decode_rgb(path)
     except FileNotFoundError:
         raise DatasetError(f"{path} not found; re-extract the dataset") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path} is corrupt or truncated ({e}); replace it with a good copy "
                            "(re-download or re-extract the dataset)") from e
-    return np.ascontiguousarray(arr)
+    for c in conversions:
+        _note(notes, f"{path} is not 8-bit RGB: {c}")
+    return arr
 
 
 def _decode_gray(path: Path) -> np.ndarray:

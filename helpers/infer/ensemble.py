@@ -1,4 +1,6 @@
-"""Ensembles of predictions: route, merge, tile merge, and their comparison on validation mAP.
+"""Ensembles of predictions: route, merge, and their comparison on validation mAP.
+
+Joining a large image's tiles is :mod:`helpers.infer.tiling`'s work.
 
 * **route** - a table maps each image to one model, either by organ (through the
   manifest, or ``helpers.data.organs.organ_of``) or by listing images: ``Router``.
@@ -7,9 +9,6 @@
   ``nms`` keeps the best-scoring mask of each cluster; ``wmf`` (weighted mask
   fusion) votes pixels with the members' scores as weights and rescales the score
   by how many sources found the nucleus (like weighted box fusion).
-* **tiles** - ``merge_tiles`` joins detections of overlapping tiles, already pasted
-  into image coordinates (``helpers.infer.tta.place_in_image``); pieces of one nucleus cut by a
-  tile border are united. The geometry (windows, flips, rotations) is in :mod:`helpers.infer.tta`.
 * **compare** - single models vs route vs merge on validation mAP; picks the best,
   ``Comparison.choose(name)`` overrides. ``Strategy.apply`` replays the chosen
   strategy on the test predictions.
@@ -28,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from helpers.coco_format import Detections, decode_crop, encode_crops, rle_area, rle_iou, rle_union
+from helpers.coco_format import Detections, decode_crop, encode_crops, rle_iou
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 
 PerModel = Mapping[str, Mapping[str, Detections]]  # {model: {image_id: Detections}}
@@ -259,138 +258,6 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
                          mask_scores=None if ms is None else [float(ms[c].mean()) for c in clusters])
         out = out.subset(np.flatnonzero(out.areas > 0))
     return out.top(max_dets)
-
-
-def _window_rle(window, size) -> dict:
-    y0, x0, y1, x1 = window
-    return encode_crops([np.ones((y1 - y0, x1 - x0), bool)], [(y0, x0)], size)[0]
-
-
-def _touches_inner_edge(boxes: np.ndarray, windows: np.ndarray, size) -> np.ndarray:
-    """Whether each box (x, y, w, h) touches a border of its window (y0, x0, y1, x1) that is
-    not the image's own border: the tile may have cut the nucleus there."""
-    x, y, w, h = boxes.T
-    y0, x0, y1, x1 = windows.T
-    return (((x <= x0) & (x0 > 0)) | ((x + w >= x1) & (x1 < size[1]))
-            | ((y <= y0) & (y0 > 0)) | ((y + h >= y1) & (y1 < size[0])))
-
-
-def merge_tiles(tiles: Sequence[Detections], windows: Sequence[Sequence[int]], iou_threshold: float = 0.5,
-                max_dets: int | None = None) -> Detections:
-    """Join per-tile detections (masks already pasted into image coordinates; ``windows[k]``
-    = ``(y0, x0, y1, x1)`` of tile k) into one set for the image, by the field's convention
-    (StarDist's and HoVer-Net's tiled prediction): tiles overlap by more than the largest
-    nucleus, so each nucleus lies whole inside some tile; a detection touching an inner edge
-    of its tile (a border that is not the image's) is a cut piece and gives way to the whole
-    one, and a nucleus seen whole by two tiles is kept once.
-
-    For every two overlapping tiles, masks are compared *inside the shared zone only*:
-    there both tiles saw the same pixels, so a nucleus cut by one tile's border and
-    whole (or cut elsewhere) in the other has nearly the same mask there. Pairs with
-    zone IoU >= ``iou_threshold`` are matched one-to-one (best IoU first). Of each matched
-    group the best-scoring whole detection is kept as it is; two or more cut pieces only (a
-    nucleus wider than the overlap) are united (pixel union, max score); a lone cut piece is
-    dropped. Two tiles' whole views with mask IoU > ``iou_threshold`` are one nucleus, kept
-    once. A nucleus is never doubled, nor cut at a seam.
-    """
-    if len(tiles) != len(windows):
-        raise ValueError(f"{len(tiles)} tile predictions but {len(windows)} windows")
-    if not tiles:
-        raise EnsembleError("merge_tiles needs at least one tile")
-    pooled = Detections.concat(list(tiles))
-    size = pooled.size
-    tile_of = np.concatenate([np.full(len(t), k) for k, t in enumerate(tiles)]).astype(int)
-    boxes = pooled.boxes  # x, y, w, h
-    parent = np.arange(len(pooled))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a in range(len(windows)):
-        for b in range(a + 1, len(windows)):
-            ya0, xa0, ya1, xa1 = windows[a]
-            yb0, xb0, yb1, xb1 = windows[b]
-            zone = (max(ya0, yb0), max(xa0, xb0), min(ya1, yb1), min(xa1, xb1))
-            if zone[0] >= zone[2] or zone[1] >= zone[3]:
-                continue
-            zy0, zx0, zy1, zx1 = zone
-            in_zone = ((boxes[:, 0] < zx1) & (boxes[:, 0] + boxes[:, 2] > zx0)
-                       & (boxes[:, 1] < zy1) & (boxes[:, 1] + boxes[:, 3] > zy0))
-            ia = np.flatnonzero(in_zone & (tile_of == a))
-            ib = np.flatnonzero(in_zone & (tile_of == b))
-            if not len(ia) or not len(ib):
-                continue
-            zr = _window_rle(zone, size)
-            clip = lambda idx: [mask_utils.merge([dict(pooled.rles[i]), zr], intersect=1) for i in idx]  # noqa: E731
-            iou = np.asarray(mask_utils.iou(clip(ia), clip(ib), [0] * len(ib))).reshape(len(ia), len(ib))
-            pairs = np.argwhere(iou >= iou_threshold)
-            used_a, used_b = set(), set()
-            for pa, pb in sorted(pairs.tolist(), key=lambda p: -iou[p[0], p[1]]):
-                if pa in used_a or pb in used_b:
-                    continue
-                used_a.add(pa)
-                used_b.add(pb)
-                ra, rb = find(ia[pa]), find(ib[pb])
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-
-    groups: dict[int, list[int]] = {}
-    for i in range(len(pooled)):
-        groups.setdefault(find(i), []).append(i)
-    cut = _touches_inner_edge(boxes, np.asarray(windows)[tile_of], size)
-    rles, scores, mask_scores, tile_ids = [], [], [], []
-    for members in groups.values():
-        whole = [i for i in members if not cut[i]]
-        if whole:  # the best whole view of the nucleus, as that tile saw it
-            members = [max(whole, key=lambda i: pooled.scores[i])]
-        elif len(members) == 1:  # a cut piece no other tile saw whole: the convention drops it
-            continue
-        rles.append(pooled.rles[members[0]] if len(members) == 1 else rle_union([pooled.rles[i] for i in members]))
-        scores.append(float(pooled.scores[members].max()))
-        tile_ids.append(tile_of[members[0]] if len(members) == 1 else -1)
-        if pooled.mask_scores is not None:
-            mask_scores.append(float(pooled.mask_scores[members].mean()))
-    out = Detections(rles, scores, size,
-                     mask_scores=mask_scores if pooled.mask_scores is not None else None)
-    keep = (rle_area(out.rles) > 0) & ~_seen_twice(out, np.asarray(tile_ids), windows, iou_threshold)
-    return out.subset(np.flatnonzero(keep)).top(max_dets)
-
-
-def _seen_twice(dets: Detections, tile_ids: np.ndarray, windows, iou_threshold: float) -> np.ndarray:
-    """The lower-scored of every two detections from different tiles whose whole masks overlap
-    by IoU > ``iou_threshold``: one nucleus that both tiles saw (the zone matching pairs pieces
-    one to one, so a model's own duplicates in two tiles would pass it). Duplicates within one
-    tile are the model's own and are left as they are, as in a whole-image prediction. Only
-    detections inside a zone two tiles share are compared, zone by zone (bounded memory)."""
-    drop = np.zeros(len(dets), bool)
-    boxes = dets.boxes
-    for zy0, zx0, zy1, zx1 in _shared_zones(windows):
-        idx = np.flatnonzero((boxes[:, 0] < zx1) & (boxes[:, 0] + boxes[:, 2] > zx0)
-                             & (boxes[:, 1] < zy1) & (boxes[:, 1] + boxes[:, 3] > zy0))
-        if len(idx) < 2:
-            continue
-        iou = rle_iou([dets.rles[i] for i in idx], [dets.rles[i] for i in idx])
-        for a, b in np.argwhere(np.triu(iou > iou_threshold, k=1)):
-            i, j = idx[a], idx[b]
-            if tile_ids[i] != tile_ids[j] or tile_ids[i] < 0:
-                drop[j if dets.scores[j] <= dets.scores[i] else i] = True
-    return drop
-
-
-def _shared_zones(windows) -> list[tuple[int, int, int, int]]:
-    """The zone (y0, x0, y1, x1) each two overlapping windows share."""
-    zones = []
-    for a in range(len(windows)):
-        for b in range(a + 1, len(windows)):
-            ya0, xa0, ya1, xa1 = windows[a]
-            yb0, xb0, yb1, xb1 = windows[b]
-            zone = (max(ya0, yb0), max(xa0, xb0), min(ya1, yb1), min(xa1, xb1))
-            if zone[0] < zone[2] and zone[1] < zone[3]:
-                zones.append(zone)
-    return zones
 
 
 # =========================================================================== strategies

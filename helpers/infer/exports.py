@@ -16,6 +16,8 @@ Everything derives from one label image (detections scoring at least ``min_score
 overlap the higher score owns the pixel), so the GeoJSON, the label image and the CSV hold the
 same nuclei under the same ids: id k is the k-th best-scoring nucleus that kept pixels.
 Each file is written to a temporary name and renamed: a killed run leaves no half-written file.
+Notebook 06 writes them for your own images (``exports/<run>/``), notebook 05 for the test images
+beside ``answer.zip`` (``submission/exports/``, :func:`export_answer`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_partials
 from helpers.coco_format import Detections, result_entries
 from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
 from helpers.stain import hed_optical_density
@@ -189,3 +191,29 @@ def export_image(out_dir: str | os.PathLike, stem: str, image: np.ndarray, dets:
         paths.pop("overlay")
     return ExportedImage(stem, int(len(table["id"])), paths)
 
+
+
+ANSWER_EXPORTS = "exports"  # notebook 05: <workspace>/submission/exports/, beside answer.zip
+
+
+def export_answer(workspace, predictions, test_images, min_score: float = SEGMENTATION_MIN_SCORE,
+                  progress: bool = True) -> list[ExportedImage]:
+    """Notebook 05: :func:`export_image` for every test image of the answer, into the workspace's
+    ``submission/exports/``; each COCO file uses the image's submission id, as ``answer.json`` does."""
+    from helpers.infer.predict import load_image
+    from helpers.progress import tqdm
+    from helpers.workspace import as_workspace
+
+    ws = as_workspace(workspace)
+    out_dir = ws.submission / ANSWER_EXPORTS
+    if out_dir.is_dir():
+        remove_stale_partials(out_dir, quiet=True)  # a killed run's temp files
+    exported = []
+    for t in tqdm(test_images, desc="exports", unit="image", disable=not progress):
+        if t.image_id not in predictions:
+            raise KeyError(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
+        exported.append(export_image(out_dir, t.image_id, load_image(ws, t.image_id), predictions[t.image_id],
+                                     min_score, image_id=t.coco_id))
+    print(f"{len(exported)} images, {sum(e.nuclei for e in exported)} nuclei with score >= {min_score} "
+          f"exported to {out_dir} (GeoJSON for QuPath, label TIFF, CSV, COCO JSON, overlay)")
+    return exported

@@ -3,11 +3,11 @@
     report = predict_own_images(ws, "my_tiles/", run="my_tiles")   # a folder, a zip or a Drive id
 
 * **Input**: PNG, JPEG or TIFF files in a folder (and its subfolders), a zip of them, or a Drive
-  file id / share link of such a zip. RGBA and grayscale images are converted to RGB, 16-bit ones
+  file id / share link of such a zip. RGBA and greyscale images are converted to RGB, 16-bit ones
   scaled to 8 bits, each with a note; an unreadable file, or one too large to hold in memory, is
   skipped and named in the summary at the end. None of these stops the run.
 * **Any size**: images larger than the model's tile are predicted in overlapping tiles and
-  stitched by the field's convention (``ensemble.merge_tiles``): no nucleus counted twice or cut
+  stitched by the field's convention (``tiling.merge_tiles``): no nucleus counted twice or cut
   at a seam. One progress bar counts the tiles of every pass.
 * **As notebook 05 predicts**: the stage's input scale, the test-time augmentations and the
   rescoring notebook 04 chose (when it chose one) apply.
@@ -113,67 +113,77 @@ def find_images(source: str | os.PathLike, workspace=None) -> list[Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
+    """(height, width) from the file's header, without decoding the pixels; ValueError if unreadable."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # we judge the size ourselves (MAX_PIXELS), with a clear message
-    with Image.open(path) as im:
-        return im.height, im.width
-
-
-def read_image(path: Path) -> tuple[np.ndarray, list[str]]:
-    """uint8 RGB (H, W, 3) and notes on what was converted. ValueError when it cannot be read
-    or is too large to hold (:data:`MAX_PIXELS`)."""
-    import cv2
-
     try:
-        h, w = image_size(path)
+        with Image.open(path) as im:
+            return im.height, im.width
     except Exception as e:  # noqa: BLE001 - any decoder error means the same to the user
         raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
+
+
+def _check_size(h: int, w: int) -> None:
     if h * w > MAX_PIXELS:
         raise ValueError(f"{w} x {h} px ({h * w / 1e6:.0f} Mpx) is more than the {MAX_PIXELS / 1e6:.0f} Mpx "
                          "one image may hold here: crop it into regions (e.g. in QuPath) and predict those")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError("unreadable (OpenCV could not decode it)")
-    notes = []
-    if raw.dtype != np.uint8:
-        top = float(raw.max()) or 1.0
-        notes.append(f"{raw.dtype} scaled to 8 bits (its maximum {top:g} -> 255)")
-        raw = np.clip(raw.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
-    if raw.ndim == 2:
-        notes.append("grayscale: repeated into RGB")
-        return np.repeat(raw[..., None], 3, axis=2), notes
-    if raw.shape[2] == 4:
-        notes.append("RGBA: the alpha channel is dropped")
-    return np.ascontiguousarray(cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)), notes
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
+    """uint8 RGB (H, W, 3) and notes on what was converted (``dataset.decode_rgb``). ValueError
+    when it cannot be read or is too large to hold (:data:`MAX_PIXELS`); ``size`` is the header's
+    (height, width) when the caller has read it already."""
+    from helpers.data.dataset import decode_rgb
+
+    _check_size(*(size or image_size(path)))
+    try:
+        return decode_rgb(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable ({e})") from e
 
 
 # --------------------------------------------------------------------------- predicting
-def predict_image_tiled(model, params, image: np.ndarray, tta: Sequence[str] = DEFAULT_TTA,
-                        recipe: rescore.Recipe | None = None, ranker=None, tile: int = 1024,
-                        overlap: int = 128, score_threshold: float = 0.05, bar=None):
-    """Detections of one image of any size: each pass (plain and every ``tta``) tiled and
-    stitched, the passes merged as notebook 04 merges them, then ``recipe``'s rescoring."""
-    from helpers.infer.predict import predict_detections
+@dataclass
+class TiledPredictor:
+    """A loaded stage predicting images of any size as notebook 05 predicts: each pass (plain and
+    every ``tta``) in overlapping tiles, stitched (``tiling.merge_tiles``), the passes merged as
+    notebook 04 merges them, then ``recipe``'s rescoring."""
 
-    passes = [predict_detections(model, params, image, aug, tile=tile, overlap=overlap,
-                                 score_threshold=score_threshold, bar=bar)
-              for aug in (None, *tta)]
-    merged = merge_detections(passes, "wmf", 0.5) if tta else passes[0]
-    if recipe is None or recipe.name == "none":
-        return merged
-    return rescore.apply(recipe, merged, passes, ranker=ranker)
+    model: object
+    params: object
+    tta: Sequence[str] = DEFAULT_TTA
+    recipe: rescore.Recipe | None = None
+    ranker: object = None
+    tile: int = 1024
+    overlap: int = 128
+    score_threshold: float = 0.05
 
+    def predict(self, image: np.ndarray, bar=None):
+        from helpers.infer.predict import predict_detections
 
-def tiles_of(image_hw, params, tile: int, overlap: int, tta: Sequence[str]) -> int:
-    """How many model passes an image takes, over its plain pass and every ``tta`` (a zoomed
-    view's tiles show fewer pixels each): the progress bar's total."""
-    from helpers.infer.model import input_scale
-    from helpers.infer.tta import tile_grid, zoom_of
+        passes = [predict_detections(self.model, self.params, image, aug, tile=self.tile, overlap=self.overlap,
+                                     score_threshold=self.score_threshold, bar=bar)
+                  for aug in (None, *self.tta)]
+        merged = merge_detections(passes, "wmf", 0.5) if self.tta else passes[0]
+        if self.recipe is None or self.recipe.name == "none":
+            return merged
+        return rescore.apply(self.recipe, merged, passes, ranker=self.ranker)
 
-    return sum(len(tile_grid(image_hw[0], image_hw[1], int(tile / (input_scale(params) * zoom_of(a))), overlap))
-               for a in (None, *tta))
+    def tile_side(self, augmentation: str | None = None) -> int:
+        """Image pixels a tile covers: the model's tile shrunk by the stage's input scale and the view's zoom."""
+        from helpers.infer.model import input_scale
+        from helpers.infer.tta import zoom_of
+
+        return int(self.tile / (input_scale(self.params) * zoom_of(augmentation)))
+
+    def tiles(self, image_hw) -> int:
+        """How many model passes an image takes, over its plain pass and every ``tta`` (a zoomed
+        view's tiles show fewer pixels each): the progress bar's total."""
+        from helpers.infer.tiling import tile_grid
+
+        return sum(len(tile_grid(image_hw[0], image_hw[1], self.tile_side(a), self.overlap))
+                   for a in (None, *self.tta))
 
 
 def predict_own_images(workspace, source, stage: str = "all", run: str | None = None,
@@ -190,48 +200,69 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     report = OwnImagesReport(ws.root / "exports" / run)
     report.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(report.out_dir, quiet=True)
+    recipe, tta = _recipe_and_tta(ws, tta, report)
+    todo = _not_exported(paths, report)
+    if todo:
+        model, params = load_model(ws, stage, min_score=0.0)
+        predictor = TiledPredictor(model, params, tta, recipe, rescore.load_ranker(ws.predictions, recipe),
+                                   tile, overlap)
+        sizes = _sizes(todo, report)
+        with tqdm(total=sum(map(predictor.tiles, sizes.values())), desc="tiles", unit="tile",
+                  disable=not progress) as bar:
+            for path, stem in todo:
+                if stem in sizes:
+                    _one_image(path, stem, sizes[stem], predictor, min_score, bar, report)
+    print(report.format())
+    return report
+
+
+def _recipe_and_tta(ws, tta, report: OwnImagesReport):
+    """Notebook 04's rescoring and TTA, unless ``tta`` is given: then a rescoring that needs the
+    passes it was chosen with is not applied (a note says so)."""
     recipe, chosen_tta = rescore.load_choice(ws.predictions)
     tta = list(chosen_tta or DEFAULT_TTA) if tta is None else list(tta)
     if recipe.needs_passes and tta != chosen_tta:
         report.notes.append(f"rescoring {recipe.name!r} was chosen with tta {chosen_tta}; with {tta} it is not applied")
         recipe = rescore.RECIPES["none"]
-    stems = _stems(paths)
-    todo = [(p, s) for p, s in zip(paths, stems)
-            if not all(f.is_file() for f in exports.export_paths(report.out_dir, s).values())]
-    report.done_before = [s for p, s in zip(paths, stems) if (p, s) not in todo]
-    if not todo:
-        print(report.format())
-        return report
-    model, params = load_model(ws, stage, min_score=0.0)
-    ranker = rescore.load_ranker(ws.predictions, recipe)
+    return recipe, tta
+
+
+def _not_exported(paths: Sequence[Path], report: OwnImagesReport) -> list[tuple[Path, str]]:
+    """(path, export stem) of the images whose exports are not all there yet."""
+    todo = []
+    for path, stem in zip(paths, _stems(paths)):
+        if all(f.is_file() for f in exports.export_paths(report.out_dir, stem).values()):
+            report.done_before.append(stem)
+        else:
+            todo.append((path, stem))
+    return todo
+
+
+def _sizes(todo, report: OwnImagesReport) -> dict[str, tuple[int, int]]:
+    """{stem: (height, width)} from each header; an unreadable or too large file is skipped with its reason."""
     sizes = {}
-    for p, s in todo:
+    for path, stem in todo:
         try:
-            sizes[s] = image_size(p)
-        except Exception:  # noqa: BLE001 - read_image names it below
-            sizes[s] = (0, 0)
-    total = sum(tiles_of(hw, params, tile, overlap, tta) for hw in sizes.values() if hw[0])
-    with tqdm(total=total, desc="tiles", unit="tile", disable=not progress) as bar:
-        for path, stem in todo:
-            _one_image(path, stem, model, params, tta, recipe, ranker, tile, overlap, min_score, bar, report)
-    print(report.format())
-    return report
+            sizes[stem] = image_size(path)
+            _check_size(*sizes[stem])
+        except ValueError as e:
+            sizes.pop(stem, None)
+            report.skipped[str(path)] = str(e)
+    return sizes
 
 
-def _one_image(path, stem, model, params, tta, recipe, ranker, tile, overlap, min_score, bar, report) -> None:
+def _one_image(path, stem, size, predictor: TiledPredictor, min_score, bar, report) -> None:
     try:
-        image, notes = read_image(path)
+        image, notes = read_image(path, size)
     except ValueError as e:
         report.skipped[str(path)] = str(e)
         return
     report.notes += [f"{path.name}: {n}" for n in notes]
-    from helpers.infer.model import input_scale
-
-    side = int(tile / input_scale(params))
+    side = predictor.tile_side()
     if max(image.shape[:2]) <= side:
         report.notes.append(f"{path.name}: {image.shape[1]} x {image.shape[0]} px, within one {side} px tile: "
                             "predicted whole")
-    dets = predict_image_tiled(model, params, image, tta, recipe, ranker, tile, overlap, bar=bar)
+    dets = predictor.predict(image, bar=bar)
     report.exported.append(exports.export_image(report.out_dir, stem, image, dets, min_score))
 
 

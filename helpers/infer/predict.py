@@ -5,7 +5,7 @@
 * Images come from the shards (notebook 01), so Drive's many small PNGs are never read.
 * The whole image goes through the model, padded to the model's stride, never resized.
   Images larger than ``tile`` are cut into overlapping tiles and nuclei cut by a tile
-  border are joined (``ensemble.merge_tiles``), not doubled.
+  border are joined (``tiling.merge_tiles``), not doubled.
 * Model Garden's box-relative masks are pasted as its COCO evaluation does it
   (``coco_format.detections_from_model_garden``) and stored as RLE.
 * Test-time augmentation: each of ``AUGMENTATIONS`` is predicted on the transformed
@@ -24,9 +24,10 @@ import numpy as np
 
 from helpers.coco_format import Detections, detections_from_model_garden, encode_masks
 from helpers.data import shards as shardlib
-from helpers.infer.ensemble import merge_detections, merge_tiles
+from helpers.infer.ensemble import merge_detections
 from helpers.infer.prediction_cache import PredictionCache
-from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, place_in_image, tile_grid, zoom_of
+from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid
+from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, zoom_of
 from helpers.workspace import Workspace, as_workspace
 
 AUGMENTATIONS = TTA_OPS + tuple(ZOOMS)  # hflip, vflip, rot90, rot180, rot270, zoom125, zoom150 (helpers.infer.tta)
@@ -95,7 +96,7 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
     """Detections of one image (optionally augmented, mapped back to the original frame).
 
     Images up to ``tile`` pixels a side go through the model whole; larger ones in
-    overlapping tiles whose border-cut nuclei are joined (``ensemble.merge_tiles``).
+    overlapping tiles whose border-cut nuclei are joined (``tiling.merge_tiles``).
     Masks are pasted as Model Garden's COCO evaluation does it
     (``coco_format.detections_from_model_garden``). ``bar``: a tqdm bar advanced per tile.
     """

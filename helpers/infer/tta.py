@@ -1,18 +1,14 @@
-"""Test-time augmentation and tiling geometry: where an image's views and tiles lie.
+"""Test-time augmentation geometry: where an image's views lie.
 
 * ``augment_image(image, name)`` - the image as the model sees it under a flip or a
   90-degree rotation (``TTA_OPS``); ``invert_tta(dets, name)`` maps the detections
   predicted on that view back onto the image (``transform_detections`` applies one).
   ``ZOOMS`` are multi-scale views: ``zoom_of(name)`` enlarges the model's input.
-* ``tile_grid`` - overlapping windows covering a large image; ``place_in_image`` moves a
-  tile's detections into image coordinates (``ensemble.merge_tiles`` joins them).
 
-Fusing the views or tiles is :mod:`helpers.infer.ensemble`'s work (``merge_detections``,
-``merge_tiles``).
+Fusing the views is :mod:`helpers.infer.ensemble`'s work (``merge_detections``); a large image's
+tiles are :mod:`helpers.infer.tiling`'s.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 
@@ -75,28 +71,3 @@ def invert_tta(dets: Detections, name: str) -> Detections:
     return transform_detections(dets, _INVERSE[name])
 
 
-def place_in_image(dets: Detections, offset: Sequence[int], size: Sequence[int]) -> Detections:
-    """Detections of a tile (its own size) moved to image coordinates: the tile's top-left
-    corner is ``offset = (y0, x0)`` in an image of ``size = (H, W)`` (clipped)."""
-    y0, x0 = int(offset[0]), int(offset[1])
-    crops, offsets = [], []
-    for rle, (bx, by, bw, bh) in zip(dets.rles, dets.boxes.astype(int)):
-        crops.append(decode_crop(rle, (by, bx, by + bh, bx + bw)))
-        offsets.append((by + y0, bx + x0))
-    return Detections(encode_crops(crops, offsets, size), dets.scores, tuple(size),
-                      mask_scores=dets.mask_scores)
-
-
-def tile_grid(height: int, width: int, tile: int = 1024, overlap: int = 128) -> list[tuple[int, int, int, int]]:
-    """Windows ``(y0, x0, y1, x1)`` of size <= ``tile`` covering the image, neighbours
-    overlapping by at least ``overlap`` pixels. One window if the image fits."""
-    if overlap >= tile:
-        raise ValueError(f"overlap {overlap} must be smaller than the tile size {tile}")
-
-    def starts(n):
-        if n <= tile:
-            return [0]
-        k = int(np.ceil((n - overlap) / (tile - overlap)))
-        return [int(round(i * (n - tile) / (k - 1))) for i in range(k)]
-
-    return [(y, x, min(height, y + tile), min(width, x + tile)) for y in starts(height) for x in starts(width)]
