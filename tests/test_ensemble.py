@@ -253,7 +253,7 @@ def test_tta_geometry_round_trip(name):
     masks = np.zeros((6, 30, 44), bool)  # non-square, masks touching borders
     for k in range(6):
         y, x = rng.integers(0, 25, 1)[0], rng.integers(0, 38, 1)[0]
-        masks[k, y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = rng.random() > -1
+        masks[k, y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = True
     masks[0, 0, :] = True
     masks[1, :, -1] = True
     d = Detections.from_masks(masks, np.linspace(0.9, 0.4, 6))

@@ -150,6 +150,9 @@ def test_damaged_stage_record_is_a_clear_error_and_touches_nothing(base, heads):
     assert str(sdir / training.STAGE_FILE) in msg and "Manage versions" in msg and "move" in msg
     status = training.stage_status(ws, "heads")
     assert status.startswith("heads: record damaged") and str(sdir / training.STAGE_FILE) in status
+    from helpers.train.stages import StageState, stage_progress
+
+    assert stage_progress(ws, "heads").state is StageState.DAMAGED
     assert file_snapshot(sdir) == before
 
 

@@ -126,6 +126,10 @@ def test_torn_latest_checkpoint_falls_back_with_a_warning(base, heads):
     assert tf.train.latest_checkpoint(str(sdir)).endswith("ckpt-5")  # what CheckpointManager restores
     # the stage is no longer finished: train_stage would resume from 5
     assert "step 5/10" in training.stage_status(ws, "heads")
+    from helpers.train.stages import StageState, stage_progress
+
+    progress = stage_progress(ws, "heads")
+    assert (progress.state, progress.step, progress.planned_steps) == (StageState.IN_PROGRESS, 5, 10)
 
 
 def test_changed_config_on_a_half_trained_stage_is_a_clear_error(base, heads):

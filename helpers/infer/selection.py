@@ -221,11 +221,11 @@ def _cache_name(name: str, stage: str) -> str:
 
 def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
     from helpers.train.config import FINAL_STAGE
-    from helpers.train.stages import stage_status
+    from helpers.train.stages import StageState, stage_progress
 
-    status = stage_status(ws, FINAL_STAGE)
-    if "finished" not in status or "in progress" in status:
-        raise ValueError(f"use_final needs a finished stage {FINAL_STAGE!r} ({status}): train it in "
+    progress = stage_progress(ws, FINAL_STAGE)
+    if progress.state is not StageState.FINISHED:
+        raise ValueError(f"use_final needs a finished stage {FINAL_STAGE!r} ({progress}): train it in "
                          f"notebook 03 with stage = {FINAL_STAGE!r}")
     if "all" not in stages.values():
         raise ValueError(f"the chosen strategy uses {sorted(set(stages.values()))}, not 'all': "

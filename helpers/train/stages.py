@@ -2,15 +2,17 @@
 
 ``stage.json`` holds the profile, the planned steps and the config fingerprint the stage's
 checkpoints were trained with (written once, by :mod:`helpers.train.training`); prediction rebuilds
-the model from it (:mod:`helpers.infer.model`). :func:`stage_status` says how far a stage got.
+the model from it (:mod:`helpers.infer.model`). :func:`stage_progress` says how far a stage got (:func:`stage_status`, as one line).
 """
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.train import checkpoints as ckpts
@@ -51,19 +53,50 @@ def read_record(path: Path) -> dict | None:
             f"Manage versions), or move {path.parent} away to train the stage again.") from e
 
 
-def stage_status(workspace, stage: str) -> str:
-    """One line: how far a stage got (for notebooks)."""
+class StageState(enum.Enum):
+    NOT_STARTED = "not started"
+    IN_PROGRESS = "in progress"
+    FINISHED = "finished"
+    DAMAGED = "record damaged"
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """How far a stage got: its state, newest complete step, planned steps and profile."""
+
+    stage: str
+    state: StageState
+    step: int = 0
+    planned_steps: int | None = None
+    profile: str | None = None
+    problem: str = ""
+
+    def __str__(self) -> str:
+        if self.state is StageState.DAMAGED:
+            return f"{self.stage}: record damaged: {self.problem}"
+        if self.state is StageState.NOT_STARTED:
+            return f"{self.stage}: not started"
+        return f"{self.stage} [{self.profile}]: {self.state.value}, step {self.step}/{self.planned_steps}"
+
+
+def stage_progress(workspace, stage: str) -> StageProgress:
+    """How far ``stage`` got, from its record and its newest complete checkpoint."""
     sdir = stage_dir(workspace, stage)
     try:
         info = read_stage_info(workspace, stage)
     except StageRecordError as e:
-        return f"{stage}: record damaged: {e}"
-    latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
+        return StageProgress(stage, StageState.DAMAGED, problem=str(e))
     if not info:
-        return f"{stage}: not started"
+        return StageProgress(stage, StageState.NOT_STARTED)
+    latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
     step = latest[0] if latest else 0
-    state = "finished" if step >= info["planned_steps"] else "in progress"
-    return f"{stage} [{info['profile']}]: {state}, step {step}/{info['planned_steps']}"
+    state = StageState.FINISHED if step >= info["planned_steps"] else StageState.IN_PROGRESS
+    return StageProgress(stage, state, step, info["planned_steps"], info["profile"])
+
+
+def stage_status(workspace, stage: str) -> str:
+    """One line: how far a stage got (for notebooks)."""
+    return str(stage_progress(workspace, stage))
 
 
 # ----------------------------------------------------------------------------- one run per stage
