@@ -2,21 +2,27 @@
 
     python benchmarks/bench_tiling.py --run long-s2        # a finished bench_quality run's 'all' stage
 
-Three measurements, each printed and written to ``benchmarks/results/tiling/<run>.json``:
+Four measurements, printed and written to ``benchmarks/results/tiling/<run>.json``:
 
 * **Seams.** A 2 x 2 mosaic (2000 x 2000) of the 4 validation images is predicted in tiles of
-  ``--tile`` px overlapping by ``--overlap`` (their seams cross nuclei), stitched by
-  ``tiling.merge_tiles``, and compared with the 4 images each predicted whole (one tile each).
-  Nuclei scoring >= 0.5 are matched one to one by mask IoU >= 0.5. Counted: matched, missing
-  (whole only), extra (stitched only), all of them and those along a seam (a box reaching into
-  a zone two tiles share), and duplicates (two stitched nuclei with mask IoU > 0.5 from
-  different tiles). Target (issue 16): no duplicates, and the same count within 1%.
+  ``--tile`` px overlapping by ``--overlap``, stitched by ``tiling.merge_tiles``, and compared
+  with the 4 images each predicted whole. The default tile is the images' own size (1000 px): the
+  mosaic's 9 tiles start at 0, 500 and 1000, so seams cross the middle of every image and the
+  model sees as much context per tile as on a whole image; only the seams differ. Nuclei scoring
+  >= 0.5 are matched one to one by mask IoU >= 0.5. Counted: matched, missing (whole only),
+  extra (stitched only), all of them and those along a seam (a box reaching into a zone two
+  tiles share), and pairs with mask IoU > 0.5 on each side (the model's own repeats are in the
+  whole images too; more of them stitched would be nuclei two tiles both kept). Target (issue
+  16): no duplicates, and the same count within 1%.
+* **The tile the model sees** (``--quality-tiles``): validation AP, F1, AJI and PQ of the images
+  predicted whole and in smaller tiles; a model that finds more in small tiles shows it here,
+  apart from the stitching.
 * **Speed.** The mosaic's tiled prediction time against its number of tiles times one tile's
   prediction time (the median of 3 tiles of the same size): target <= 1.15.
 * **Memory.** Peak RSS of a fresh process predicting and exporting (notebook 06's
   ``TiledPredictor`` and ``exports.export_image``) a 4000 x 4000 mosaic of 16 labelled images,
   against the same process on one 1000 x 1000 image: the growth is the image and its outputs,
-  not its tiles.
+  not its tiles. ``--no-memory`` keeps the previous run's figures.
 
 The plain pass only (no test-time augmentation): each augmentation repeats the same tiling.
 """
@@ -74,7 +80,18 @@ def along_seams(dets, windows) -> np.ndarray:
     return near
 
 
-def seams(model, params, images: list[np.ndarray], tile: int, overlap: int) -> dict:
+def against_truth(dets, truth_rles: list) -> dict:
+    """The mosaic's prediction scored on its ground truth: COCO AP and F1@0.5."""
+    from helpers.infer import evaluate as ev
+    from helpers.infer import instance_metrics
+
+    s = ev.evaluate({"mosaic": dets}, {"mosaic": truth_rles}, per_image=False).summary
+    f = instance_metrics.score_images({"mosaic": dets}, {"mosaic": truth_rles}).summary
+    return {**{k: s[k] for k in ("AP50@100", "AP50@1000", "AP@1000")},
+            **{k: f[k] for k in ("F1@0.5", "precision@0.5", "recall@0.5", "AJI", "PQ")}}
+
+
+def seams(model, params, images: list[np.ndarray], tile: int, overlap: int, truth: list | None = None) -> dict:
     from helpers.coco_format import Detections, rle_iou
     from helpers.infer.model import predict_image
     from helpers.infer.predict import predict_detections
@@ -84,8 +101,9 @@ def seams(model, params, images: list[np.ndarray], tile: int, overlap: int) -> d
     side = images[0].shape[0]
     corners = [(0, 0), (0, side), (side, 0), (side, side)]
     t0 = time.perf_counter()
-    whole = Detections.concat([place_in_image(predict_detections(model, params, im, tile=max(im.shape)), c, big.shape[:2])
-                               for im, c in zip(images, corners)]).filter(MIN_SCORE)
+    whole_all = Detections.concat([place_in_image(predict_detections(model, params, im, tile=max(im.shape)), c,
+                                                  big.shape[:2]) for im, c in zip(images, corners)])
+    whole = whole_all.filter(MIN_SCORE)
     whole_s = time.perf_counter() - t0
     windows = tile_grid(*big.shape[:2], tile, overlap)
     predict_image(model, params, np.ascontiguousarray(big[:tile, :tile]))  # a new input size: traced once
@@ -104,19 +122,68 @@ def seams(model, params, images: list[np.ndarray], tile: int, overlap: int) -> d
     got_w = np.zeros(len(whole), bool)
     for i, j in pairs:
         got_s[i], got_w[j] = True, True
-    twins = np.argwhere(np.triu(rle_iou(stitched.rles, stitched.rles) > 0.5, k=1)) if len(stitched) else []
+    twins = {k: int(np.triu(rle_iou(d.rles, d.rles) > 0.5, k=1).sum()) if len(d) else 0
+             for k, d in (("stitched", stitched), ("whole", whole))}
     one = statistics.median(one_tile)
+    if truth is not None:  # each image's ground-truth RLEs, placed like its predictions
+        truth = Detections.concat([place_in_image(Detections(list(t), np.ones(len(t)), im.shape[:2]), c, big.shape[:2])
+                                   for t, im, c in zip(truth, images, corners)]).rles
+        scored = {"whole": against_truth(whole_all, truth),
+                  "stitched": against_truth(stitched_all, truth)}
     return {
+        **({"against_truth": scored} if truth is not None else {}),
         "mosaic": list(big.shape[:2]), "tile": tile, "overlap": overlap, "tiles": len(windows),
         "whole": int(len(whole)), "stitched": int(len(stitched)), "matched": len(pairs),
         "count_diff_pct": 100.0 * (len(stitched) - len(whole)) / max(len(whole), 1),
         "missing": int((~got_w).sum()), "extra": int((~got_s).sum()),
         "seam_whole": int(seam_w.sum()), "seam_missing": int((~got_w & seam_w).sum()),
         "seam_extra": int((~got_s & seam_s).sum()),
-        "duplicate_pairs": int(len(twins)),
+        # pairs of nuclei with mask IoU > 0.5: the model's own repeats (in the whole images too)
+        # and any nucleus two tiles both kept
+        "twin_pairs_stitched": twins["stitched"], "twin_pairs_whole": twins["whole"],
         "whole_s": whole_s, "tiled_s": tiled_s, "one_tile_s": one,
         "speed_ratio": tiled_s / (len(windows) * one),
     }
+
+
+def tile_quality(ws, model, params, sizes, overlap: int) -> dict:
+    """COCO AP and F1@0.5 of the validation images predicted whole and in tiles of each size
+    (plain pass): whether the tile the model sees changes what it finds (not the stitching)."""
+    from helpers.infer import evaluate as ev
+    from helpers.infer import instance_metrics, predict
+
+    val = predict.image_ids_of(ws, "val")
+    gt = predict.shard_ground_truth(ws, val)
+    images = {i: predict.load_image(ws, i) for i in val}
+    out = {}
+    for t in [None, *sizes]:
+        t0 = time.perf_counter()
+        preds = {i: predict_detections_at(model, params, im, t, overlap) for i, im in images.items()}
+        summary = ev.evaluate(preds, gt, per_image=False).summary
+        field = instance_metrics.score_images(preds, gt).summary
+        out["whole" if t is None else str(t)] = {
+            **{k: summary[k] for k in ("AP50@100", "AP@100", "AP@1000", "AP50@1000")},
+            **{k: field[k] for k in ("F1@0.5", "AJI", "PQ")},
+            "nuclei>=0.5": int(sum((p.scores >= MIN_SCORE).sum() for p in preds.values())),
+            "seconds": time.perf_counter() - t0}
+    out["gt_nuclei"] = int(sum(len(g) for g in gt.values()))
+    return out
+
+
+def predict_detections_at(model, params, image, tile, overlap):
+    from helpers.infer.predict import predict_detections
+
+    return predict_detections(model, params, image, tile=tile or max(image.shape[:2]), overlap=overlap)
+
+
+def _crop_rle(rle: dict, side: int) -> dict:
+    """An RLE of an image cut to its top-left ``side`` x ``side`` (the mosaic's quarter)."""
+    from pycocotools import mask as mask_utils
+
+    m = mask_utils.decode(rle)
+    if m.shape[:2] == (side, side):
+        return rle
+    return mask_utils.encode(np.asfortranarray(m[:side, :side]))
 
 
 def _rss_mb() -> float:
@@ -166,9 +233,22 @@ def report(res: dict) -> str:
              f"    whole {s['whole']}, stitched {s['stitched']} ({s['count_diff_pct']:+.2f}%; target within 1%), "
              f"matched {s['matched']}, missing {s['missing']}, extra {s['extra']}",
              f"    along the seams: {s['seam_whole']} nuclei, {s['seam_missing']} missing, {s['seam_extra']} extra; "
-             f"duplicate pairs {s['duplicate_pairs']} (target 0)",
+             f"pairs with mask IoU > 0.5: stitched {s['twin_pairs_stitched']}, whole {s['twin_pairs_whole']} "
+             "(the model's own; more when stitched = duplicates across seams)",
              f"  speed: {s['tiled_s']:.1f} s for {s['tiles']} tiles, one tile {s['one_tile_s']:.2f} s: "
              f"ratio {s['speed_ratio']:.3f} (target <= 1.15); the 4 images whole {s['whole_s']:.1f} s"]
+    t = s.get("against_truth")
+    if t:
+        for k, v in t.items():
+            lines.append(f"    against the ground truth, {k:8s}: " + "  ".join(f"{c} {v[c]:.4f}" for c in v))
+    q = res.get("tile_quality")
+    if q:
+        lines.append(f"  the tile the model sees, on the 4 validation images ({q['gt_nuclei']} nuclei), plain pass:")
+        for k, v in q.items():
+            if k != "gt_nuclei":
+                lines.append(f"    {k:6s} " + "  ".join(f"{c} {v[c]:.4f}" for c in
+                                                     ("AP50@100", "AP@100", "AP@1000", "F1@0.5", "AJI", "PQ"))
+                             + f"  nuclei>=0.5 {v['nuclei>=0.5']}  {v['seconds']:.0f} s")
     m = res.get("memory")
     if m:
         for side, v in m.items():
@@ -185,7 +265,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
     ap.add_argument("--root", type=Path, default=ROOT)
-    ap.add_argument("--tile", type=int, default=700)
+    ap.add_argument("--tile", type=int, default=1000, help="the seam test's tile: the images' own size, so "
+                    "only the seams differ from predicting them whole")
+    ap.add_argument("--quality-tiles", default="512,700", help="tile sizes whose validation AP is compared "
+                    "with whole images (empty: skip)")
     ap.add_argument("--overlap", type=int, default=128)
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--no-memory", action="store_true")
@@ -204,9 +287,20 @@ def main(argv=None) -> int:
 
     val = predict.image_ids_of(ws, "val")
     images = [predict.load_image(ws, i)[:1000, :1000] for i in val[:4]]
+    gt = predict.shard_ground_truth(ws, val[:4])
+    truth = [[_crop_rle(r, 1000) for r in gt[i]] for i in val[:4]]
     model, params = load_model(ws, "all", min_score=0.0)
-    res = {"run": args.run, "commit": _commit(), "seams": seams(model, params, images, args.tile, args.overlap)}
-    if not args.no_memory:
+    res = {"run": args.run, "commit": _commit(),
+           "seams": seams(model, params, images, args.tile, args.overlap, truth)}
+    sizes = [int(t) for t in args.quality_tiles.split(",") if t]
+    previous = args.results / f"{args.run}.json"
+    if sizes:
+        res["tile_quality"] = tile_quality(ws, model, params, sizes, args.overlap)
+    elif previous.is_file() and "tile_quality" in json.loads(previous.read_text()):
+        res["tile_quality"] = json.loads(previous.read_text())["tile_quality"]  # measured before, kept
+    if args.no_memory and previous.is_file() and "memory" in json.loads(previous.read_text()):
+        res["memory"] = json.loads(previous.read_text())["memory"]  # measured before, kept
+    elif not args.no_memory:
         tmp = ws.root / "bench_tiling"
         tmp.mkdir(exist_ok=True)
         res["memory"] = memory(args.run, args.root, tmp)
