@@ -35,13 +35,13 @@ def test_a_zoomed_view_is_the_image_enlarged_and_comes_back_in_its_frame(ws):
     (the model sees the image enlarged), with boxes and masks in the image's pixels."""
     import copy
 
-    from helpers.infer.model import load_model
+    from helpers.infer.model import input_scale, load_model
 
     model, params = load_model(ws, "all", min_score=0.0)
     image = predict.load_image(ws, predict.image_ids_of(ws, "val")[0])
     zoomed = predict.predict_detections(model, params, image, "zoom125", score_threshold=0.0)
     bigger = copy.deepcopy(params)
-    bigger.task.input_scale = 1.25 * (getattr(params.task, "input_scale", 1.0) or 1.0)
+    bigger.task.input_scale = 1.25 * input_scale(params)
     direct = predict.predict_detections(model, bigger, image, score_threshold=0.0)
     plain = predict.predict_detections(model, params, image, score_threshold=0.0)
     assert len(zoomed) == len(direct) > 0 and zoomed.size == plain.size == image.shape[:2]

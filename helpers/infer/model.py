@@ -121,7 +121,7 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
 
 def input_scale(params) -> float:
     """How much a stage enlarges its input (``Profile.scale``; 1.0 for older stages)."""
-    return float(getattr(params.task, "input_scale", 1.0) or 1.0)
+    return float(cfglib.task_field(params.task, "input_scale"))
 
 
 def _infer_fn(model):

@@ -422,8 +422,19 @@ def parent_stage(stage: str) -> str | None:
 
 # Fields that may change between runs of the same stage without mixing anything:
 # where the data lives, where weights started from, how often to save/log.
-_TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False,
-                        "crop_sampling": "uniform"}  # NucleiTask's own fields
+# NucleiTask's own fields (helpers.train.experiment) and their defaults: a config written before a
+# field existed lacks it, and reads as this (task_field)
+TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False,
+                       "crop_sampling": "uniform"}
+
+
+def task_field(task_config, name: str):
+    """A NucleiTask field of ``task_config``, or its default where the config lacks it."""
+    value = getattr(task_config, name, None)
+    return TASK_FIELD_DEFAULTS[name] if value is None else value
+
+
+
 _NOT_FINGERPRINTED = {
     ("task", "init_checkpoint"),
     ("task", "train_data", "input_path"),
@@ -457,7 +468,7 @@ def without_default_fields(d: dict) -> dict:
     """A fingerprint dict without our task fields at their defaults, so stages recorded
     before those fields existed (or while they were fingerprinted) compare equal."""
     task = {k: v for k, v in d.get("task", {}).items()
-            if not (k in _TASK_FIELD_DEFAULTS and v == _TASK_FIELD_DEFAULTS[k])}
+            if not (k in TASK_FIELD_DEFAULTS and v == TASK_FIELD_DEFAULTS[k])}
     return {**d, "task": task} if "task" in d else d
 
 

@@ -23,8 +23,8 @@ from official.modeling import optimization
 from official.vision.configs import backbones, common, decoders
 from official.vision.configs import maskrcnn as mg
 
-from helpers.train.config import (CROSS_FIELD_RULES, MASK_ROI_SIZE, STARTS, ConfigError, Profile, check_profile,
-                                  get_profile, stage_kind)
+from helpers.train.config import (CROSS_FIELD_RULES, MASK_ROI_SIZE, STARTS, TASK_FIELD_DEFAULTS, ConfigError, Profile,
+                                  check_profile, get_profile, stage_kind)
 
 EXPERIMENT = "nuclei_maskrcnn"
 # RandAugment ops that move pixels (boxes/masks would not follow) or erase/invert
@@ -42,10 +42,10 @@ _MG_RESTRICTIONS = ["task.train_data.is_training != None", "task.validation_data
 class NucleiTask(mg.MaskRCNNTask):
     """Model Garden's Mask R-CNN task config and two fields of ours."""
 
-    input_scale: float = 1.0   # Profile.scale: training windows and prediction input
-    stain_jitter: float = 0.0  # Profile.stain_jitter: H&E optical-density jitter (training)
-    identity_norms: bool = False  # Profile.identity_norms: norms torchvision lacks, held frozen
-    crop_sampling: str = "uniform"  # Profile.crop_sampling: where training windows fall
+    input_scale: float = TASK_FIELD_DEFAULTS["input_scale"]  # Profile.scale: training windows, prediction input
+    stain_jitter: float = TASK_FIELD_DEFAULTS["stain_jitter"]  # Profile.stain_jitter: H&E OD jitter (training)
+    identity_norms: bool = TASK_FIELD_DEFAULTS["identity_norms"]  # Profile.identity_norms: held frozen
+    crop_sampling: str = TASK_FIELD_DEFAULTS["crop_sampling"]  # Profile.crop_sampling: where windows fall
 
 
 def start_modules(prof: Profile):

@@ -31,7 +31,7 @@ from official.vision.tasks import maskrcnn as mg_maskrcnn
 from helpers.data.shards import INSTANCE_MAP_KEY  # written by helpers.data.shards (pixel = object number)
 from helpers.stain import HED_FROM_RGB, RGB_FROM_HED  # Ruifrok & Johnston's stain matrix
 from helpers.train import torch_convert
-from helpers.train.config import CROP_SAMPLINGS
+from helpers.train.config import CROP_SAMPLINGS, task_field
 
 
 def rgb_to_hed(rgb):
@@ -189,7 +189,7 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
 
     def build_model(self):
         model = super().build_model()
-        if getattr(self.task_config, "identity_norms", False):
+        if task_field(self.task_config, "identity_norms"):
             for norm in torch_convert.added_norms(model):
                 norm.trainable = False  # inference mode: stays the identity torchvision has there
         return model
@@ -209,10 +209,10 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
             return super().build_inputs(params, input_context, dataset_fn)
         model = self.task_config.model
         # A crop of input_size shows input_size / input_scale native px (Profile.scale).
-        scale = float(getattr(self.task_config, "input_scale", 1.0) or 1.0)
+        scale = float(task_field(self.task_config, "input_scale"))
         decoder = WindowDecoder(window=[round(v / scale) for v in model.input_size[:2]],
-                                stain_jitter=getattr(self.task_config, "stain_jitter", 0.0),
-                                crop_sampling=getattr(self.task_config, "crop_sampling", "uniform"))
+                                stain_jitter=task_field(self.task_config, "stain_jitter"),
+                                crop_sampling=task_field(self.task_config, "crop_sampling"))
         # The same Parser, with the same arguments, as MaskRCNNTask.build_inputs.
         parser = maskrcnn_input.Parser(
             output_size=model.input_size[:2],
