@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.train.stages import stage_dir
+from helpers.train.stages import events_dir
 
 # The losses Model Garden's Mask R-CNN task reports each step (the training progress bar shows them too).
 LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
@@ -18,7 +18,7 @@ LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss",
 
 
 def event_files(workspace, stage: str) -> list[Path]:
-    return sorted((stage_dir(workspace, stage) / "train").glob("events.out.tfevents.*"))
+    return sorted(events_dir(workspace, stage).glob("events.out.tfevents.*"))
 
 
 def _read_file(path: Path):

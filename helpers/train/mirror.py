@@ -52,7 +52,7 @@ from helpers import colab
 from helpers.atomic import atomic_path, discard, is_partial
 from helpers.train import checkpoints as ckpts
 from helpers.train import drive_copy
-from helpers.train.stages import STAGE_FILE
+from helpers.train.stages import EVENTS_DIR, STAGE_FILE
 
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
@@ -354,7 +354,7 @@ class CheckpointMirror:
             _, nbytes = copy_checkpoint(snap, self.remote_dir, abandon=self._superseded(step))
             ckpts.write_state(self.remote_dir)
             prune(self.remote_dir, self.keep)
-            mirror_tree(self.local_dir / "train", self.remote_dir / "train")
+            mirror_tree(self.local_dir / EVENTS_DIR, self.remote_dir / EVENTS_DIR)
             self.error = None
         except CopyAbandoned:
             return None  # the run is ending and a newer checkpoint waits: copy that one instead
@@ -420,7 +420,7 @@ class CheckpointMirror:
             self._thread.join()
             self._thread = None
         self.mirror_newest()
-        mirror_tree(self.local_dir / "train", self.remote_dir / "train")
+        mirror_tree(self.local_dir / EVENTS_DIR, self.remote_dir / EVENTS_DIR)
         newest = newest_saved(self.local_dir)
         if raise_error and newest and (self.mirrored_step is None or self.mirrored_step < newest[0]):
             raise MirrorError(

@@ -20,6 +20,8 @@ from helpers.train import config as cfglib
 from helpers.workspace import as_workspace
 
 STAGE_FILE = "stage.json"
+# Model Garden's train_lib writes the training summaries (TensorBoard events) to <model_dir>/train
+EVENTS_DIR = "train"
 
 
 class StageRecordError(RuntimeError):
@@ -29,6 +31,11 @@ class StageRecordError(RuntimeError):
 def stage_dir(workspace, stage: str) -> Path:
     cfglib.stage_kind(stage)
     return as_workspace(workspace).checkpoints / stage
+
+
+def events_dir(workspace, stage: str) -> Path:
+    """The stage's TensorBoard event files (losses, learning rate, s/step)."""
+    return stage_dir(workspace, stage) / EVENTS_DIR
 
 
 def read_stage_info(workspace, stage: str) -> dict | None:

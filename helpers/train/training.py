@@ -42,7 +42,7 @@ from helpers.train import drive_copy, mirror
 from helpers.train.torch_convert import PretrainedWeightsUnavailable
 from helpers.train.curves import LOSS_KEYS
 from helpers.train.stages import STAGE_FILE, StageLock, read_record, read_stage_info, stage_dir
-from helpers.train.stages import StageBusy, StageRecordError, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.train.stages import StageBusy, StageRecordError, events_dir, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
 from helpers.workspace import Workspace, as_workspace
 
 
