@@ -196,10 +196,11 @@ def export_image(out_dir: str | os.PathLike, stem: str, image: np.ndarray, dets:
 ANSWER_EXPORTS = "exports"  # notebook 05: <workspace>/submission/exports/, beside answer.zip
 
 
-def export_answer(workspace, predictions, test_images, min_score: float = SEGMENTATION_MIN_SCORE,
+def export_answer(workspace, predictions, test_images, images=None, min_score: float = SEGMENTATION_MIN_SCORE,
                   progress: bool = True) -> list[ExportedImage]:
     """Notebook 05: :func:`export_image` for every test image of the answer, into the workspace's
-    ``submission/exports/``; each COCO file uses the image's submission id, as ``answer.json`` does."""
+    ``submission/exports/``; each COCO file uses the image's submission id, as ``answer.json`` does.
+    ``images``: ``{image_id: uint8 RGB}`` already loaded (else read from the shards)."""
     from helpers.infer.predict import load_image
     from helpers.progress import tqdm
     from helpers.workspace import as_workspace
@@ -211,8 +212,9 @@ def export_answer(workspace, predictions, test_images, min_score: float = SEGMEN
     exported = []
     for t in tqdm(test_images, desc="exports", unit="image", disable=not progress):
         if t.image_id not in predictions:
-            raise KeyError(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
-        exported.append(export_image(out_dir, t.image_id, load_image(ws, t.image_id), predictions[t.image_id],
+            raise ValueError(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
+        image = images[t.image_id] if images is not None else load_image(ws, t.image_id)
+        exported.append(export_image(out_dir, t.image_id, image, predictions[t.image_id],
                                      min_score, image_id=t.coco_id))
     print(f"{len(exported)} images, {sum(e.nuclei for e in exported)} nuclei with score >= {min_score} "
           f"exported to {out_dir} (GeoJSON for QuPath, label TIFF, CSV, COCO JSON, overlay)")
