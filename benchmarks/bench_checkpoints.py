@@ -26,7 +26,7 @@ Targets: b/a <= 1.10. For b, each background copy is printed with its bytes, sec
 checkpoint in the slow folder is read back in full (helpers.train.checkpoints.check_checkpoint).
 
 Then the checkpoint size of each profile (demo, cpu, colab) and stage (heads, all): the model
-built from the real config (helpers.train.experiment.experiment_config, the task's build_model, the
+built from the real config (helpers.train.configs.nuclei_maskrcnn.experiment_config, the task's build_model, the
 optimizer from the config with its slot variables created) saved as one checkpoint with the
 items Model Garden's trainer saves (global_step, model, optimizer).
 
@@ -241,7 +241,7 @@ def trainer_items(profile: str, stage: str, tmp: Path):
     import tensorflow as tf
     from official.modeling import performance
 
-    from helpers.train import experiment
+    from helpers.train.configs import nuclei_maskrcnn as experiment
     from helpers.train.training import build_task
 
     cfg = experiment.experiment_config(profile, stage, ["unused.tfrecord"], accelerator="cpu")

@@ -56,7 +56,7 @@ def shards_of(root: Path) -> tuple[list[str], str]:
 
 
 def input_pipeline(cfg, batches: int) -> float:
-    from helpers.train.train_input import NucleiMaskRCNNTask
+    from helpers.train.tasks.nuclei_maskrcnn import NucleiMaskRCNNTask
 
     ds = iter(NucleiMaskRCNNTask(cfg.task).build_inputs(cfg.task.train_data))
     next(ds)  # the first batch fills the shuffle buffer and traces the parser
@@ -80,7 +80,7 @@ def step_flops(cfg, prof) -> dict:
     """Forward FLOPs of one training step's parts, and the heads/all training totals."""
     import tensorflow as tf
 
-    from helpers.train.train_input import NucleiMaskRCNNTask
+    from helpers.train.tasks.nuclei_maskrcnn import NucleiMaskRCNNTask
 
     model = NucleiMaskRCNNTask(cfg.task).build_model()
     b, side = prof.images_per_batch, prof.crop_size
@@ -146,7 +146,7 @@ def main(argv=None):
     ap.add_argument("--no-sizes", action="store_true", help="skip the nucleus size figures (real data)")
     a = ap.parse_args(argv)
     from helpers.train.config import get_profile
-    from helpers.train.experiment import experiment_config
+    from helpers.train.configs.nuclei_maskrcnn import experiment_config
 
     prof = get_profile("colab")
     root = Path(tempfile.mkdtemp(prefix="bench_coco_"))

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pycocotools import mask as mask_utils  # noqa: E402
 
-from helpers.coco_format import Detections, encode_crops, encode_masks, rle_bbox  # noqa: E402
+from helpers.detections import Detections  # noqa: E402
+from helpers.rle import encode_crops, encode_masks, rle_bbox  # noqa: E402
 from helpers.infer.ensemble import merge_detections  # noqa: E402
 from helpers.infer.evaluate import evaluate  # noqa: E402
 from helpers.infer.submission import resolve_overlaps  # noqa: E402

@@ -57,7 +57,7 @@ def mosaic(images: list[np.ndarray], per_side: int) -> np.ndarray:
 
 def _match(a, b, iou_min: float = 0.5) -> list[tuple[int, int]]:
     """One-to-one pairs (i in a, j in b) by mask IoU >= iou_min, best first."""
-    from helpers.coco_format import rle_iou
+    from helpers.rle import rle_iou
 
     if not len(a) or not len(b):
         return []
@@ -92,7 +92,8 @@ def against_truth(dets, truth_rles: list) -> dict:
 
 
 def seams(model, params, images: list[np.ndarray], tile: int, overlap: int, truth: list | None = None) -> dict:
-    from helpers.coco_format import Detections, rle_iou
+    from helpers.detections import Detections
+    from helpers.rle import rle_iou
     from helpers.infer.model import predict_image
     from helpers.infer.predict import predict_detections
     from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid

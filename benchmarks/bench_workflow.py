@@ -37,7 +37,7 @@ def colab_model_s_per_image(size: int = 1000) -> float:
     import tf_keras
     from official.vision.modeling import factory
 
-    from helpers.train import experiment
+    from helpers.train.configs import nuclei_maskrcnn as experiment
     from helpers.infer import predict
 
     params = experiment.experiment_config("colab", "all", accelerator="cpu")

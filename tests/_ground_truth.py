@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from helpers.coco_format import encode_masks
+from helpers.rle import encode_masks
 from helpers.infer.evaluate import EvaluationError
 
 

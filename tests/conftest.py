@@ -1,4 +1,6 @@
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,34 @@ def workspace(tmp_path, monkeypatch):
     return get_workspace()
 
 
+@pytest.fixture()
+def fake_colab(tmp_path, monkeypatch):
+    """Stand-in for the google.colab package (the only thing mocked): its drive.mount creates
+    MyDrive like Colab does, or raises ``fake_colab.error`` (a declined or timed-out consent).
+
+    ``fake_colab.mounts`` lists the mount calls; Drive's mountpoint is under tmp_path.
+    """
+    state = types.SimpleNamespace(mounts=[], error=None)
+
+    def mount(path):
+        state.mounts.append(path)
+        if state.error is not None:
+            raise state.error
+        (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    pkg = types.ModuleType("google.colab")
+    pkg.drive = types.SimpleNamespace(mount=mount)
+    google = types.ModuleType("google")
+    google.colab = pkg
+    monkeypatch.setitem(sys.modules, "google.colab", pkg)
+    monkeypatch.setitem(sys.modules, "google", google)
+    from helpers import colab
+
+    monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", tmp_path / "content" / "drive")
+    monkeypatch.delenv("NUCLEI_WORKSPACE", raising=False)
+    return state
+
+
 @pytest.fixture(scope="session")
 def demo_workflow(tmp_path_factory):
     """The README's demo (notebooks 01→05, headless, demo profile) run once per session.
@@ -39,6 +69,19 @@ def demo_workflow(tmp_path_factory):
 
     root = tmp_path_factory.getbasetemp() / "demo_workflow"
     run_workflow("demo", workspace_root=root)
+    return get_workspace(root)
+
+
+@pytest.fixture(scope="module")
+def demo_copy(demo_workflow, tmp_path_factory):
+    """This test module's own copy of :func:`demo_workflow`'s workspace: what its tests write
+    (predictions, exports, runs of notebook 06) stays out of the session's workspace."""
+    import shutil
+
+    from helpers.workspace import get_workspace
+
+    root = tmp_path_factory.mktemp("demo_copy") / "ws"
+    shutil.copytree(demo_workflow.root, root, symlinks=True)
     return get_workspace(root)
 
 
@@ -107,6 +150,16 @@ def heads(base):
 
     ws, res = trained(base, ("heads",))
     return ws, res["heads"]
+
+
+@pytest.fixture(scope="session")
+def heads_and_all(base, heads):
+    """The demo `all` stage trained to the end from :func:`heads`, once per session:
+    (workspace, StageResult of `all`)."""
+    from _training_support import trained
+
+    ws, res = trained(base, ("heads", "all"))
+    return ws, res["all"]
 
 
 # Under pytest-xdist (`bash bin/test` runs 2 workers), a worker takes whole test files, so each

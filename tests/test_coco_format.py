@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from helpers.coco_format import (Detections, RLEError, check_rle, coco_from_dataset, decode_crop, decode_rles,
-                                 encode_crops, encode_masks, gt_dataset, load_results, result_entries, rle_area,
-                                 rle_bbox, rle_runs)
+from helpers.coco_format import coco_from_dataset, gt_dataset, load_results, result_entries
+from helpers.detections import Detections
+from helpers.rle import RLEError, check_rle, decode_crop, decode_rles, encode_crops, encode_masks, rle_area, rle_bbox, rle_runs
 
 
 def random_masks(n=12, h=41, w=29, seed=0):
@@ -127,7 +127,7 @@ def test_encode_equals_pycocotools_on_edge_cases():
 
 def test_detections_from_model_garden_outputs():
     """Box-relative masks pasted with Model Garden's own mask_ops, padding dropped."""
-    from helpers.coco_format import detections_from_model_garden
+    from helpers.infer.model import detections_from_model_garden
 
     masks = np.zeros((4, 28, 28), np.float32)
     masks[0] = 1.0  # fills its box

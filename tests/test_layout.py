@@ -15,20 +15,32 @@ import pytest
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 LAYERS = {
-    "": ("atomic", "progress", "colab", "workspace", "coco_format", "stain", "drawing", "notebooks"),
+    "": ("atomic", "progress", "colab", "workspace", "rle", "detections", "coco_format", "stain", "drawing", "notebooks"),
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
-    "train": ("config", "experiment", "checkpoints", "background_save", "drive_copy", "torch_export",
-              "torch_convert", "train_input", "stages", "mirror", "curves", "training"),
+    "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
+              "torch_export", "torch_convert", "pretrained", "train_input", "tasks/nuclei_maskrcnn", "stages",
+              "mirror", "runner", "curves", "training"),
     "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "instance_metrics", "ensemble", "predict",
               "ranking", "rescore", "submission", "overlays", "exports", "selection", "own_images"),
 }
-GLUE = {"prepare", "training", "selection", "own_images", "notebooks"}
-ORDER = [m for modules in LAYERS.values() for m in modules]
-ROOM = {m: room for room, modules in LAYERS.items() for m in modules}
+GLUE = {"data/prepare", "train/training", "infer/selection", "infer/own_images", "notebooks"}
+ORDER = [f"{room}/{m}" if room else m for room, modules in LAYERS.items() for m in modules]
+ROOM = {key: key.split("/")[0] if "/" in key else "" for key in ORDER}
+
+
+def key_of(path: Path) -> str:
+    """``train/config`` for helpers/train/config.py: a module's place in :data:`LAYERS`."""
+    return path.relative_to(HELPERS).with_suffix("").as_posix()
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``helpers.a.b`` is a module or package (not a name defined in one)."""
+    rel = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
+    return (HELPERS / rel).with_suffix(".py").is_file() or (HELPERS / rel).is_dir()
 
 
 def helper_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    """``(line, dotted name)`` of every ``helpers`` module imported anywhere in ``tree``."""
+    """``(line, key)`` of every ``helpers`` module imported anywhere in ``tree`` (packages aside)."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -36,25 +48,24 @@ def helper_imports(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.split(".")[0] == "helpers":
             # `from helpers.train import config` imports a module; `from helpers.x import name` a name of x
+            found.append((node.lineno, node.module))
             found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                      if f"{node.module}.{a.name}".split(".")[-1] in ROOM]
-            if node.module.split(".")[-1] in ROOM:
-                found.append((node.lineno, node.module))
-    return found
+                      if _is_module(f"{node.module}.{a.name}")]
+    keys = [(line, "/".join(name.split(".")[1:])) for line, name in found]
+    return [(line, key) for line, key in keys if key and not (HELPERS / key).is_dir()]
 
 
 def upward_imports(path: Path, source: str | None = None) -> list[str]:
     """What module ``path`` (a helpers module) imports against the layering, as messages."""
-    me = path.stem
+    me = key_of(path)
     tree = ast.parse(path.read_text() if source is None else source)
     problems = []
-    for line, name in helper_imports(tree):
-        target = name.split(".")[-1]
-        where = f"{path.relative_to(HELPERS.parent)}:{line} imports {name}"
+    for line, target in helper_imports(tree):
+        where = f"{path.relative_to(HELPERS.parent)}:{line} imports helpers/{target}"
         if target not in ROOM:
             problems.append(f"{where}: not a module listed in tests/test_layout.py")
         elif target != me and ORDER.index(target) > ORDER.index(me):
-            problems.append(f"{where}: it lies above ({ROOM[target] or 'top'}/{target})")
+            problems.append(f"{where}: it lies above it")
         elif target in GLUE and target != me:
             problems.append(f"{where}: notebook glue, only notebooks import it")
     return problems
@@ -66,20 +77,21 @@ def modules() -> list[Path]:
 
 def test_every_module_has_its_place_in_its_room():
     for path in modules():
-        assert path.stem in ROOM, f"{path}: add it to LAYERS in tests/test_layout.py"
-        room = path.parent.relative_to(HELPERS).as_posix()
-        assert ROOM[path.stem] == ("" if room == "." else room), f"{path} belongs in helpers/{ROOM[path.stem]}"
+        assert key_of(path) in ROOM, f"{path}: add it to LAYERS in tests/test_layout.py"
+    assert {key_of(p) for p in modules()} == set(ORDER), "LAYERS lists a module that does not exist"
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", modules(), ids=key_of)
 def test_imports_point_downward(path):
     assert upward_imports(path) == []
 
 
 def test_the_check_sees_an_upward_import_inside_a_function():
-    path = next(p for p in modules() if p.stem == "config")
+    path = HELPERS / "train" / "config.py"
     source = path.read_text() + "\n\ndef _late():\n    from helpers.train.training import train_stage\n"
     assert any("training" in msg and "lies above" in msg for msg in upward_imports(path, source))
+    late = path.read_text() + "\n\ndef _late():\n    from helpers.train.tasks import nuclei_maskrcnn\n"
+    assert any("tasks/nuclei_maskrcnn" in msg and "lies above" in msg for msg in upward_imports(path, late))
 
 
 def test_readme_layout_lists_every_module():
@@ -88,11 +100,15 @@ def test_readme_layout_lists_every_module():
 
     text = (HELPERS.parent / "README.md").read_text()
     block = text[text.index("\nhelpers/ "):text.index("\nconstraints/ ")].splitlines()[2:]
-    listed, room = set(), ""
+    listed, rooms = set(), {}  # rooms: indent -> the folder opened at that indent
     for line in block:
-        m = re.match(r"^  (  )?(\S+)", line)
-        if m and m.group(2).endswith("/"):
-            room = m.group(2)
-        elif m:
-            listed.add(f"{room if m.group(1) else ''}{m.group(2)}")
+        m = re.match(r"^((?:  ){1,3})(\S+)", line)
+        if not m:
+            continue
+        depth = len(m.group(1)) // 2
+        parents = "".join(rooms[d] for d in range(1, depth) if d in rooms)
+        if m.group(2).endswith("/"):
+            rooms = {d: r for d, r in rooms.items() if d < depth} | {depth: m.group(2)}
+        else:
+            listed.add(parents + m.group(2))
     assert listed == {p.relative_to(HELPERS).as_posix() for p in modules()}

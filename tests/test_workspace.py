@@ -1,6 +1,3 @@
-import sys
-import types
-from pathlib import Path
 
 import pytest
 
@@ -23,32 +20,6 @@ def test_local_workspace_default_is_cwd_workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ws = workspace.get_workspace()
     assert ws.root == (tmp_path / "workspace").resolve()
-
-
-@pytest.fixture()
-def fake_colab(tmp_path, monkeypatch):
-    """Stand-in for the google.colab package (the only thing mocked): its drive.mount creates
-    MyDrive like Colab does, or raises ``fake_colab.error`` (a declined or timed-out consent).
-
-    ``fake_colab.mounts`` lists the mount calls; Drive's mountpoint is under tmp_path.
-    """
-    state = types.SimpleNamespace(mounts=[], error=None)
-
-    def mount(path):
-        state.mounts.append(path)
-        if state.error is not None:
-            raise state.error
-        (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
-
-    pkg = types.ModuleType("google.colab")
-    pkg.drive = types.SimpleNamespace(mount=mount)
-    google = types.ModuleType("google")
-    google.colab = pkg
-    monkeypatch.setitem(sys.modules, "google.colab", pkg)
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", tmp_path / "content" / "drive")
-    monkeypatch.delenv("NUCLEI_WORKSPACE", raising=False)
-    return state
 
 
 def test_colab_workspace_is_on_drive(fake_colab, tmp_path):

@@ -27,7 +27,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from helpers.coco_format import Detections, decode_crop, encode_crops, rle_iou
+from helpers.detections import Detections
+from helpers.rle import decode_crop, encode_crops, rle_iou
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 
 PerModel = Mapping[str, Mapping[str, Detections]]  # {model: {image_id: Detections}}

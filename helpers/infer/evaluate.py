@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from helpers.coco_format import (CATEGORY_ID, Detections, coco_from_dataset, encode_masks, gt_dataset,
-                                 load_results, result_entries)
+from helpers.coco_format import CATEGORY_ID, coco_from_dataset, gt_dataset, load_results, result_entries
+from helpers.detections import Detections
+from helpers.rle import encode_masks
 
 DEFAULT_MAX_DETS = (100, 1000)
 MATCH_IOU = 0.5

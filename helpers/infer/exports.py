@@ -1,6 +1,6 @@
 """Per-image exports of a prediction, for the tools pathologists and analysts open.
 
-One image's :class:`~helpers.coco_format.Detections` become, in ``<out_dir>/``:
+One image's :class:`~helpers.detections.Detections` become, in ``<out_dir>/``:
 
 * ``<stem>.geojson``: a QuPath-ready FeatureCollection, one feature per nucleus: its outline as a
   Polygon (or MultiPolygon) in pixel coordinates, origin at the image's top-left corner, and as
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_partials
-from helpers.coco_format import Detections, result_entries
+from helpers.coco_format import result_entries
+from helpers.detections import Detections
 from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
 from helpers.stain import hed_optical_density
 

@@ -3,7 +3,7 @@ precision / recall at IoU 0.5, and pixel Dice.
 
 Each takes two label images of one image, ``gt`` and ``pred`` (H, W) ints: 0 background, every
 other value one nucleus. A model's overlapping masks become a label image first
-(:meth:`helpers.coco_format.Detections.label_image`, the higher score owning a shared pixel),
+(:meth:`helpers.detections.Detections.label_image`, the higher score owning a shared pixel),
 because these metrics, unlike COCO AP, score one segmentation: every detection kept by the score
 threshold counts, not the top 100.
 
@@ -13,7 +13,7 @@ the field's papers (HoVer-Net, CellViT, the PanNuke and MoNuSAC benchmarks) repo
 them to 1e-6 on random label images, checked against vqdang/hover_net's code). No maintained
 package on PyPI computes AJI (StarDist's ``matching`` has F1 and PQ, not AJI; torchmetrics' PQ
 is for semantic classes), so they are written once, here, and pinned by hand-computed cases in
-``tests/test_instance_metrics.py``.
+``tests/infer/test_instance_metrics.py``.
 
 Conventions where the references divide by zero: an image with no nuclei and no detections
 scores 1 (nothing to find, nothing found); one side empty and the other not scores 0.
@@ -169,7 +169,7 @@ def score_images(predictions: Mapping, ground_truth: Mapping,
     ({image_id: Detections | RLEs | (n, H, W) masks}), image by image and their mean.
     Detections scoring below ``min_score`` are left out; an image without predictions counts as
     none found."""
-    from helpers.coco_format import Detections
+    from helpers.detections import Detections
     from helpers.infer.evaluate import gt_rles
 
     rows = []

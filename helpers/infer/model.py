@@ -4,7 +4,7 @@
     det = predict_image(model, params, image)        # uint8 HxWx3, any size
     det["boxes"], det["scores"], det["masks"]        # box-relative mask probabilities
 
-Pasting the masks into the image is :func:`helpers.coco_format.detections_from_model_garden`.
+Pasting the masks into the image is :func:`detections_from_model_garden`.
 
 The architecture comes from the config stored with the stage's checkpoints
 (``stage.json``), so a model is always rebuilt exactly as it was trained; only
@@ -14,48 +14,65 @@ multiple of 2^max_level, never resized).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from helpers.detections import Detections
+from helpers.rle import encode_masks
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
-from helpers.train.stages import STAGE_FILE, read_record, stage_dir
+from helpers.train.stages import Stage
 
 
 class CheckpointNotFound(FileNotFoundError):
     pass
 
 
-def stage_params(workspace, stage: str, profile: str | None = None):
-    """The stage's training ExperimentConfig, rebuilt from its ``stage.json``."""
-    from official.core import exp_factory
-
-    from helpers.train.experiment import EXPERIMENT
-
+def open_stage(workspace, stage) -> Stage:
+    """``stage`` (a name, or a :class:`~helpers.train.stages.Stage` already opened) with its record;
+    :class:`CheckpointNotFound` when it has not been trained."""
     try:
-        sdir = stage_dir(workspace, stage)
+        st = Stage.open(workspace, stage)
     except cfglib.ConfigError as e:  # no such stage name: it cannot have been trained either
         raise CheckpointNotFound(f"stage {stage!r} has not been trained: {e}") from e
-    info_path = sdir / STAGE_FILE
-    if not info_path.is_file():
-        raise CheckpointNotFound(f"{info_path} not found: stage {stage!r} has not been trained "
+    if st.record is None:
+        raise CheckpointNotFound(f"{st.record_path} not found: stage {st.name!r} has not been trained "
                                  "in this workspace (run notebook 02/03 first)")
-    info = read_record(info_path)
+    return st
+
+
+def stage_params(workspace, stage, profile: str | None = None):
+    """The stage's training ExperimentConfig, rebuilt (strictly) from its ``stage.json``;
+    ``(params, record)``."""
+    from official.core import exp_factory
+
+    from helpers.train.configs.nuclei_maskrcnn import EXPERIMENT
+
+    st = open_stage(workspace, stage)
+    info = st.record
     if profile and info["profile"] != profile:
-        raise ValueError(f"stage {stage!r} in {sdir} was trained with profile "
+        raise ValueError(f"stage {st.name!r} in {st.folder} was trained with profile "
                          f"{info['profile']!r}, not {profile!r}")
     params = exp_factory.get_exp_config(EXPERIMENT)
-    params.override(info["config"], is_strict=False)
+    try:
+        params.override(info["config"], is_strict=True)
+    except (KeyError, ValueError, TypeError) as e:
+        raise cfglib.ConfigError(
+            f"{st.record_path} records a config this version of Model Garden cannot rebuild ({e}). The "
+            "stage was trained with another tf-models-official: predict with that version, or train the "
+            "stage again.") from e
     return params, info
 
 
-def resolve_checkpoint(workspace, stage: str, checkpoint=None) -> Path:
+def resolve_checkpoint(workspace, stage, checkpoint=None) -> Path:
     """A checkpoint prefix: newest complete one (None), a step (int) or a path."""
-    sdir = stage_dir(workspace, stage)
+    sdir = stage.folder if isinstance(stage, Stage) else Stage.folder_of(workspace, stage)
+    name = getattr(stage, "name", stage)
     if checkpoint is None:
         latest = ckpts.latest_complete(sdir, repair=False)
         if not latest:
-            raise CheckpointNotFound(f"no complete checkpoint in {sdir}; train stage {stage!r} first")
+            raise CheckpointNotFound(f"no complete checkpoint in {sdir}; train stage {name!r} first")
         return latest[1]
     prefix = sdir / f"ckpt-{checkpoint}" if isinstance(checkpoint, int) else Path(checkpoint)
     if prefix.suffix in (".index",):
@@ -87,8 +104,9 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
     import tf_keras
     from official.vision.modeling import factory
 
-    params, info = stage_params(workspace, stage, profile)
-    prefix = resolve_checkpoint(workspace, stage, checkpoint)
+    st = open_stage(workspace, stage)
+    params, info = stage_params(workspace, st, profile)
+    prefix = resolve_checkpoint(workspace, st, checkpoint)
     size = int(image_size or cfglib.get_profile(info["profile"]).predict_size)
     stride = 2 ** params.task.model.max_level
     size = -(-size // stride) * stride
@@ -179,3 +197,44 @@ def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.0
         "masks": out["detection_masks"][0, :n].numpy()[keep][order].astype(np.float32),
         "image_shape": (h, w),
     }
+
+
+# --------------------------------------------------------------------------- Model Garden's outputs -> Detections
+def detections_from_model_garden(box_masks: np.ndarray, boxes_yxyx: np.ndarray, scores: np.ndarray,
+                                 size: Sequence[int], num_detections: int | None = None,
+                                 chunk: int = 64) -> Detections:
+    """Detections of one image from Model Garden Mask R-CNN outputs, pasted the way Model
+    Garden's own COCO evaluation does it (``box_ops.yxyx_to_xywh`` +
+    ``mask_ops.paste_instance_masks``, threshold 0.5), ``chunk`` masks at a time so only
+    ``chunk`` full-size masks exist at once.
+
+    ``box_masks`` (K, m, m) box-relative mask probabilities, ``boxes_yxyx`` (K, 4) in pixel
+    coordinates of the image of ``size = (H, W)``, ``scores`` (K,); only the first
+    ``num_detections`` are used (Model Garden pads to a fixed K).
+    """
+    from official.vision.ops import box_ops, mask_ops
+
+    height, width = int(size[0]), int(size[1])
+    n = len(scores) if num_detections is None else int(num_detections)
+    box_masks = np.asarray(box_masks)[:n]
+    boxes = np.asarray(boxes_yxyx, np.float64)[:n]
+    scores = np.asarray(scores, np.float64)[:n]
+    if len(box_masks) != n or len(boxes) != n or len(scores) != n:
+        raise ValueError(f"need {n} masks, boxes and scores; got {len(box_masks)}, {len(boxes)}, {len(scores)}")
+    if n == 0:
+        return Detections.empty((height, width))
+    xywh = box_ops.yxyx_to_xywh(boxes)
+    rles: list[dict] = []
+    for s in range(0, n, max(1, int(chunk))):
+        pasted = mask_ops.paste_instance_masks(box_masks[s:s + chunk], xywh[s:s + chunk], height, width)
+        rles.extend(encode_masks(pasted))
+    return Detections(rles, scores, (height, width), mask_scores=mask_confidence(box_masks))
+
+
+def mask_confidence(box_masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Mean probability inside each mask (pixels above ``threshold``) of (K, m, m) box-relative
+    mask probabilities; 0 for a mask with no pixel above it."""
+    m = np.asarray(box_masks, np.float64)
+    inside = m > threshold
+    n = inside.sum(axis=(1, 2))
+    return np.where(n > 0, (m * inside).sum(axis=(1, 2)) / np.maximum(n, 1), 0.0)

@@ -19,7 +19,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from helpers.coco_format import Detections, decode_crop, rle_bbox
+from helpers.detections import Detections
+from helpers.rle import decode_crop, rle_bbox
 from helpers.drawing import outline
 
 COLORS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "missed": (0.15, 0.45, 1.0)}

@@ -7,7 +7,7 @@
   Images larger than ``tile`` are cut into overlapping tiles and nuclei cut by a tile
   border are joined (``tiling.merge_tiles``), not doubled.
 * Model Garden's box-relative masks are pasted as its COCO evaluation does it
-  (``coco_format.detections_from_model_garden``) and stored as RLE.
+  (``model.detections_from_model_garden``) and stored as RLE.
 * Test-time augmentation: each of ``AUGMENTATIONS`` is predicted on the transformed
   image, mapped back, and all are fused by mask IoU (``ensemble.merge_detections``).
 * Every (model, image, augmentation) is cached in ``predictions/<model>/`` with the
@@ -22,7 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers.coco_format import Detections, detections_from_model_garden, encode_masks
+from helpers.detections import Detections
+from helpers.infer.model import detections_from_model_garden
+from helpers.rle import encode_masks
 from helpers.data import shards as shardlib
 from helpers.infer.ensemble import merge_detections
 from helpers.infer.prediction_cache import PredictionCache
@@ -54,13 +56,14 @@ def image_ids_of(workspace, *splits: str) -> list[str]:
     return sorted(e["image_id"] for e in index["shards"] if e["split"] in splits)
 
 
-def load_image(workspace, image_id: str) -> np.ndarray:
-    """The uint8 (H, W, 3) image of ``image_id``, read from its shard."""
+def load_image(workspace, image_id: str, entry: dict | None = None) -> np.ndarray:
+    """The uint8 (H, W, 3) image of ``image_id``, read from its shard (``entry``: its line of the
+    shard index, when the caller has read the index already)."""
     import tensorflow as tf
 
     ws = as_workspace(workspace)
-    (entry,) = _entries(ws, [image_id])
-    path = shardlib.select_shards(ws.shards, image_ids=[image_id], splits=None)[0]
+    (entry,) = [entry] if entry is not None else _entries(ws, [image_id])
+    path = ws.shards / entry["file"]
     (record,) = list(tf.data.TFRecordDataset(str(path)).take(1).as_numpy_iterator())
     feat = tf.train.Example.FromString(record).features.feature
     image = tf.io.decode_png(feat["image/encoded"].bytes_list.value[0], channels=3).numpy()
@@ -71,7 +74,8 @@ def load_image(workspace, image_id: str) -> np.ndarray:
 
 
 def load_images(workspace, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    return {i: load_image(workspace, i) for i in image_ids}
+    ws = as_workspace(workspace)
+    return {i: load_image(ws, i, e) for i, e in zip(image_ids, _entries(ws, image_ids))}
 
 
 def shard_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dict]]:
@@ -98,7 +102,7 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
     Images up to ``tile`` pixels a side go through the model whole; larger ones in
     overlapping tiles whose border-cut nuclei are joined (``tiling.merge_tiles``).
     Masks are pasted as Model Garden's COCO evaluation does it
-    (``coco_format.detections_from_model_garden``). ``bar``: a tqdm bar advanced per tile.
+    (``model.detections_from_model_garden``). ``bar``: a tqdm bar advanced per tile.
     """
     from helpers.infer.model import input_scale, predict_image
 
@@ -144,7 +148,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     """
     from helpers.progress import tqdm
 
-    from helpers.infer.model import load_model, resolve_checkpoint
+    from helpers.infer.model import load_model, open_stage, resolve_checkpoint
 
     ws = as_workspace(workspace)
     name = name or stage
@@ -152,21 +156,20 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
     prefix = resolve_checkpoint(ws, stage, checkpoint)
-    from helpers.infer.model import stage_params
-
+    st = open_stage(ws, stage)  # its stage.json, read once
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
                             outputs="masks+mask_scores",
                             # a stage trained again (other config) to the same step is another model
-                            fingerprint=stage_params(ws, stage)[1].get("fingerprint"))
+                            fingerprint=st.record.get("fingerprint"))
     cache = PredictionCache(ws.predictions)
-    _entries(ws, image_ids)  # unknown ids fail before any work
+    entries = dict(zip(image_ids, _entries(ws, image_ids)))  # unknown ids fail before any work
     loaded = {}
     augs: list[str | None] = [None, *tta]
 
     def compute(image_id, aug):
         if "model" not in loaded:
-            loaded["model"], loaded["params"] = load_model(ws, stage, checkpoint=prefix, min_score=score_threshold)
-        return predict_detections(loaded["model"], loaded["params"], load_image(ws, image_id), aug,
+            loaded["model"], loaded["params"] = load_model(ws, st, checkpoint=prefix, min_score=score_threshold)
+        return predict_detections(loaded["model"], loaded["params"], load_image(ws, image_id, entries[image_id]), aug,
                                   tile=tile, score_threshold=score_threshold)
 
     parts: dict[str, dict[str, Detections]] = {a or "plain": {} for a in augs}

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from helpers.atomic import atomic_write_json, is_partial
-from helpers.coco_format import Detections, RLEError
+from helpers.detections import Detections
+from helpers.rle import RLEError
 
 FORMAT = "nuclei-predictions/1"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+-]*$")  # model/tta: no dots, no slashes

@@ -34,7 +34,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from helpers.atomic import atomic_path
-from helpers.coco_format import Detections, decode_crop, rle_area, rle_iou
+from helpers.detections import Detections
+from helpers.rle import decode_crop, rle_area, rle_iou
 
 FEATURES = ("score", "mask", "agreement", "log_area", "aspect", "solidity", "border", "density",
             "overlap", "rank")

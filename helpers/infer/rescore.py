@@ -31,7 +31,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from helpers.atomic import atomic_write_json
-from helpers.coco_format import Detections, rle_iou
+from helpers.detections import Detections
+from helpers.rle import rle_iou
 from helpers.infer import ranking
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 

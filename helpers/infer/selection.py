@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from helpers.coco_format import Detections
+from helpers.detections import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import ensemble, rescore
 from helpers.infer.evaluate import LEADERBOARD_METRIC

@@ -35,8 +35,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from helpers.atomic import PARTIAL_MARKER, atomic_write_text, folder_error
-from helpers.coco_format import (CATEGORIES, CATEGORY_ID, Detections, RLEError, check_rle, coco_from_dataset,
-                                 decode_crop, encode_crops, load_results, result_entries, rle_bbox)
+from helpers.coco_format import CATEGORIES, CATEGORY_ID, coco_from_dataset, load_results, result_entries
+from helpers.detections import Detections
+from helpers.rle import RLEError, check_rle, decode_crop, encode_crops, rle_bbox
 from helpers.data.dataset import TEST_IDS_FILE
 
 ANSWER_JSON = "answer.json"

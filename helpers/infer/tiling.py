@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from helpers.coco_format import Detections, decode_crop, encode_crops, rle_area, rle_iou, rle_union
+from helpers.detections import Detections
+from helpers.rle import decode_crop, encode_crops, rle_area, rle_iou, rle_union
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.coco_format import Detections, decode_crop, encode_crops
+from helpers.detections import Detections
+from helpers.rle import decode_crop, encode_crops
 
 TTA_OPS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 _INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot180", "rot270": "rot90"}

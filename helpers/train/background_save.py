@@ -9,7 +9,7 @@ files from those values while training goes on.
 A value read from a variable is an immutable tensor: TensorFlow's update ops copy a variable's
 buffer before changing it in place while a tensor read from it is still alive (copy-on-write;
 checked for SGD with momentum and ``assign_add``, eagerly and in a ``tf.function``, by
-``tests/test_background_save.py``). So the snapshot costs no copy of its own between two steps;
+``tests/train/test_background_save.py``). So the snapshot costs no copy of its own between two steps;
 the next step pays one buffer copy per variable it updates, on its own device.
 
 TensorFlow's own ``experimental_enable_async_checkpoint`` copies into CPU variables instead;

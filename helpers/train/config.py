@@ -2,7 +2,7 @@
 
 The notebooks never edit an ExperimentConfig by hand. They pick a *profile*
 (``colab``, ``cpu`` or ``demo``) and a *stage* (``heads``, ``all`` or
-``specialist-<name>``); ``helpers.train.experiment.experiment_config`` builds the
+``specialist-<name>``); ``helpers.train.configs.nuclei_maskrcnn.experiment_config`` builds the
 Model Garden config from typed sub-configs, as Model Garden's own
 ``maskrcnn_resnetfpn_coco()`` does. The ``colab`` profile is our registered experiment
 (``nuclei_maskrcnn``); ``cpu`` and ``demo`` are written as their differences from it.
@@ -223,7 +223,7 @@ class Profile:
 
 # Colab GPU (T4/L4, 15-24 GB): matterport's nucleus setup on Model Garden, started from
 # torchvision's COCO Mask R-CNN; the registered experiment nuclei_maskrcnn
-# (helpers.train.experiment).
+# (helpers.train.configs.nuclei_maskrcnn).
 # ImageNet backbones: ResNet-101 (matterport's nucleus backbone), P2-P5, 1-conv RPN, and
 # matterport's fine-tuning rates (heads 0.01, then LR/10 once the backbone trains)
 _R101_IMAGENET = {"backbone": "resnet101", "max_level": 5, "rpn_convs": 1, "norm_epsilon": 1e-4,
@@ -415,14 +415,18 @@ def stage_kind(stage: str) -> str:
                       "'specialist-<name>'")
 
 
+# the stage each kind of stage starts from (its final weights)
+PARENT_KIND = {"heads": None, "all": "heads", "specialist": "all"}
+
+
 def parent_stage(stage: str) -> str | None:
     """The stage whose final weights a stage starts from."""
-    return {"heads": None, "all": "heads", "specialist": "all"}[stage_kind(stage)]
+    return PARENT_KIND[stage_kind(stage)]
 
 
 # Fields that may change between runs of the same stage without mixing anything:
 # where the data lives, where weights started from, how often to save/log.
-# NucleiTask's own fields (helpers.train.experiment) and their defaults: a config written before a
+# NucleiTask's own fields (helpers.train.configs.nuclei_maskrcnn) and their defaults: a config written before a
 # field existed lacks it, and reads as this (task_field)
 TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False,
                        "crop_sampling": "uniform"}

@@ -1,4 +1,5 @@
-"""A stage's folder, ``ws.checkpoints/<stage>/``, and its record ``stage.json``.
+"""A stage: its name parsed once, its folder ``ws.checkpoints/<stage>/`` and its record
+``stage.json`` read once (:class:`Stage`).
 
 ``stage.json`` holds the profile, the planned steps and the config fingerprint the stage's
 checkpoints were trained with (written once, by :mod:`helpers.train.training`); prediction rebuilds
@@ -7,6 +8,7 @@ the model from it (:mod:`helpers.infer.model`). :func:`stage_progress` says how 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import os
@@ -29,8 +31,7 @@ class StageRecordError(RuntimeError):
 
 
 def stage_dir(workspace, stage: str) -> Path:
-    cfglib.stage_kind(stage)
-    return as_workspace(workspace).checkpoints / stage
+    return Stage.folder_of(workspace, stage)
 
 
 def events_dir(workspace, stage: str) -> Path:
@@ -58,6 +59,78 @@ def read_record(path: Path) -> dict | None:
             f"{path} is damaged ({type(e).__name__}: {str(e)[:120]}). It records the config the "
             f"checkpoints beside it were trained with. Restore it (on Drive: right-click the file, "
             f"Manage versions), or move {path.parent} away to train the stage again.") from e
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a workspace, as training, prediction and the notebooks pass it around: its
+    name parsed once (:func:`~helpers.train.config.stage_kind`), its folder, and its record
+    ``stage.json`` read once, when it is opened (None: not started). A stage that writes its
+    record gets a new ``Stage`` (:meth:`with_record`)."""
+
+    name: str
+    kind: str                   # "heads", "all" or "specialist"
+    parent: str | None          # the stage whose final weights it starts from
+    folder: Path
+    record: dict | None = None
+
+    @classmethod
+    def open(cls, workspace, name: str) -> "Stage":
+        """``name`` of ``workspace``, its record read (:class:`StageRecordError` when damaged)."""
+        if isinstance(name, Stage):
+            return name
+        return cls._in(as_workspace(workspace).checkpoints, name)
+
+    @classmethod
+    def named(cls, workspace, name: str) -> "Stage":
+        """``name`` parsed, its record not read yet (:meth:`read`): for a run that reads it once
+        it holds the stage's lock."""
+        kind = cfglib.stage_kind(name)
+        return cls(name, kind, cfglib.PARENT_KIND[kind], as_workspace(workspace).checkpoints / name)
+
+    def read(self) -> "Stage":
+        """This stage with its record read from its folder."""
+        return self.with_record(read_record(self.record_path))
+
+    @classmethod
+    def _in(cls, checkpoints: Path, name: str) -> "Stage":
+        kind = cfglib.stage_kind(name)
+        return cls(name, kind, cfglib.PARENT_KIND[kind], checkpoints / name).read()
+
+    @staticmethod
+    def folder_of(workspace, name: str) -> Path:
+        cfglib.stage_kind(name)  # an unknown name is a ConfigError, not a folder
+        return as_workspace(workspace).checkpoints / name
+
+    def open_parent(self) -> "Stage | None":
+        """The parent stage, opened (its record read), or None for a heads stage."""
+        return Stage._in(self.folder.parent, self.parent) if self.parent else None
+
+    def with_record(self, record: dict | None) -> "Stage":
+        return dataclasses.replace(self, record=record)
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / STAGE_FILE
+
+    @property
+    def events(self) -> Path:
+        """The stage's TensorBoard event files (losses, learning rate, s/step)."""
+        return self.folder / EVENTS_DIR
+
+    @property
+    def planned_steps(self) -> int | None:
+        return int(self.record["planned_steps"]) if self.record else None
+
+    def progress(self) -> "StageProgress":
+        """How far the stage got, from the record it was opened with and its newest complete
+        checkpoint."""
+        if not self.record:
+            return StageProgress(self.name, StageState.NOT_STARTED)
+        latest = ckpts.latest_complete(self.folder, repair=False, deep=False) if self.folder.is_dir() else None
+        step = latest[0] if latest else 0
+        state = StageState.FINISHED if step >= self.planned_steps else StageState.IN_PROGRESS
+        return StageProgress(self.name, state, step, self.planned_steps, self.record["profile"])
 
 
 class StageState(enum.Enum):
@@ -88,17 +161,10 @@ class StageProgress:
 
 def stage_progress(workspace, stage: str) -> StageProgress:
     """How far ``stage`` got, from its record and its newest complete checkpoint."""
-    sdir = stage_dir(workspace, stage)
     try:
-        info = read_stage_info(workspace, stage)
+        return Stage.open(workspace, stage).progress()
     except StageRecordError as e:
         return StageProgress(stage, StageState.DAMAGED, problem=str(e))
-    if not info:
-        return StageProgress(stage, StageState.NOT_STARTED)
-    latest = ckpts.latest_complete(sdir, repair=False, deep=False) if sdir.is_dir() else None
-    step = latest[0] if latest else 0
-    state = StageState.FINISHED if step >= info["planned_steps"] else StageState.IN_PROGRESS
-    return StageProgress(stage, state, step, info["planned_steps"], info["profile"])
 
 
 def stage_status(workspace, stage: str) -> str:

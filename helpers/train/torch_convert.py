@@ -35,7 +35,7 @@ differ, and the report names them. The norms the converter adds are identities, 
 ``identity_norms`` keeps them frozen so the converted model computes torchvision's function
 in training too.
 
-Different by design (tests/test_torch_convert.py measures both):
+Different by design (tests/train/test_torch_convert.py measures both):
 
 * **'same' padding.** A stride-2 conv or pool in TF pads only bottom/right on even inputs,
   torch pads both sides: TF samples each strided layer one pixel further on, and the 3x3 main

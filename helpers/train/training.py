@@ -20,28 +20,23 @@ same global step and the same point of the learning-rate schedule.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import math
-import os
-import socket
 import sys
-import tarfile
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from helpers.atomic import atomic_path, atomic_write_json
+from helpers.atomic import atomic_write_json
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.train import drive_copy, mirror
-from helpers.train.torch_convert import PretrainedWeightsUnavailable
+from helpers.train.pretrained import resolve_pretrained
+from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F401 - callers catch it here
 from helpers.train.curves import LOSS_KEYS
-from helpers.train.stages import STAGE_FILE, StageLock, read_record, read_stage_info, stage_dir
+from helpers.train.stages import STAGE_FILE, Stage, StageLock
 from helpers.train.stages import StageBusy, StageRecordError, events_dir, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
 from helpers.workspace import Workspace, as_workspace
 
@@ -86,7 +81,7 @@ class StageResult:
 
 # ----------------------------------------------------------------------------- paths & data
 
-def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
+def training_files(ws: Workspace, stage: Stage, image_ids=None, organs=None,
                    splits=("train",)) -> list[str]:
     """Shard files to train on.
 
@@ -95,8 +90,8 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     """
     from helpers.data import shards
 
-    if cfglib.stage_kind(stage) == "specialist" and not (image_ids or organs):
-        raise ValueError(f"stage {stage!r}: a specialist trains on a subset; pass organs=[...] "
+    if stage.kind == "specialist" and not (image_ids or organs):
+        raise ValueError(f"stage {stage.name!r}: a specialist trains on a subset; pass organs=[...] "
                          "or image_ids=[...]")
     index_path = Path(ws.shards) / shards.INDEX_NAME
     if not index_path.is_file():
@@ -110,127 +105,15 @@ def training_files(ws: Workspace, stage: str, image_ids=None, organs=None,
     return sorted(files)
 
 
-# ----------------------------------------------------------------------------- pretrained
-
-def resolve_pretrained(profile: cfglib.Profile, ws: Workspace, timeout_s: float = 20.0, cfg=None) -> str:
-    """Local checkpoint prefix of the profile's start (downloaded, and converted, once).
-
-    Cached in ``<workspace>/pretrained/``: Model Garden's ImageNet ResNet (``imagenet``), or
-    torchvision's weights converted for ``cfg``'s model (``coco``, ``imagenet-torchvision``:
-    :func:`helpers.train.torch_convert.resolve_start`). Raises
-    :class:`PretrainedWeightsUnavailable` quickly (never hangs) when the weights cannot be
-    reached.
-    """
-    import tensorflow as tf
-
-    if profile.pretrained is None:
-        raise ValueError(f"profile {profile.name} has no pretrained weights")
-    if profile.pretrained in cfglib.TORCHVISION_STARTS:
-        from helpers.train import torch_convert
-
-        return torch_convert.resolve_start(ws.root, profile.pretrained, cfg.task.model,
-                                           cfg.task.init_checkpoint_modules)
-    url = (cfglib.IMAGENET_RESNET_URLS.get(profile.resnet_depth)
-           if profile.pretrained == "imagenet" else profile.pretrained)
-    if url is None:
-        raise PretrainedWeightsUnavailable(
-            f"no ImageNet checkpoint is published for {profile.backbone}; pass "
-            "from_scratch=True or init_checkpoint='<path to a checkpoint with a `backbone`>'")
-    if "://" not in url or url.startswith("file://"):
-        local = url.replace("file://", "")
-        return tf.train.latest_checkpoint(local) if Path(local).is_dir() else local
-    name = Path(urllib.parse.urlparse(url).path).name.replace(".tar.gz", "")
-    cache = ws.root / "pretrained" / name
-    found = _find_prefix(cache)
-    if found:
-        return found
-    offer = ("Re-run with from_scratch=True to train from random weights (much weaker "
-             "results), or download it yourself and pass init_checkpoint='<checkpoint prefix>'.")
-    host = urllib.parse.urlparse(url).hostname
-    try:
-        socket.create_connection((host, 443), timeout=min(timeout_s, 5.0)).close()
-        tmp_tar = cache.parent / f".{name}.tar.gz"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(tmp_tar) as tmp, urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            from helpers.progress import tqdm
-
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                            desc=f"downloading {name}") as bar:
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        extract = cache.parent / f".{name}.extracting"
-        with tarfile.open(tmp_tar) as tar:
-            tar.extractall(extract, filter="data")
-        os.replace(extract, cache)
-        tmp_tar.unlink()
-    except (OSError, tarfile.TarError) as e:
-        raise PretrainedWeightsUnavailable(
-            f"pretrained weights for {profile.backbone} could not be reached at {url} "
-            f"({type(e).__name__}: {e}). {offer}") from e
-    found = _find_prefix(cache)
-    if not found:
-        raise PretrainedWeightsUnavailable(f"{url} held no TensorFlow checkpoint. {offer}")
-    return found
-
-
-def _find_prefix(folder: Path) -> str | None:
-    if not folder.is_dir():
-        return None
-    idx = sorted(folder.rglob("*.index"))
-    return str(idx[-1].with_suffix("")) if idx else None
-
-
-# ----------------------------------------------------------------------------- strategy
-
-def pick_strategy(strategy=None):
-    """TPUStrategy on a TPU, MirroredStrategy on several GPUs, else the default strategy.
-
-    ``strategy`` may be a ``tf.distribute.Strategy`` (used as is) or one of
-    ``"tpu"``, ``"mirrored"`` (all GPUs, or all logical CPUs when there is
-    no GPU), ``"default"``.
-    """
-    import tensorflow as tf
-    from official.common import distribute_utils
-
-    from helpers.train.experiment import detect_accelerator
-
-    if isinstance(strategy, tf.distribute.Strategy):
-        return strategy
-    gpus = tf.config.list_logical_devices("GPU")
-    if strategy is None:
-        acc = detect_accelerator()
-        strategy = "tpu" if acc == "tpu" else ("mirrored" if len(gpus) > 1 else "default")
-    if strategy == "tpu":
-        addr = os.environ.get("COLAB_TPU_ADDR")
-        return distribute_utils.get_distribution_strategy(
-            "tpu", tpu_address=f"grpc://{addr}" if addr else os.environ.get("TPU_NAME", "local"))
-    if strategy == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if strategy == "default":
-        return tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {strategy!r}; use 'tpu', 'mirrored' or 'default'")
-
-
 # ----------------------------------------------------------------------------- runner
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: training stops at once instead of going on for hours."""
 
 
-class _StopForBudget(Exception):
-    """Raised by the progress action when the next step would overrun the time budget."""
-
-
 class _Progress:
-    """Orbit train action: a tqdm line with step/total, losses and s/step; time budget.
-
-    Orbit has no "stop now" hook; an action runs after every loop of
-    ``steps_per_loop`` (=1) steps, so raising from it ends ``Controller.train``
-    cleanly between two steps, and the runner then saves a checkpoint.
-    """
+    """Orbit train action: a tqdm line with step/total, losses and s/step; and the time
+    budget, as the runner's stop condition (:meth:`over_budget`)."""
 
     def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None, lock=None):
         from helpers.progress import tqdm
@@ -267,11 +150,15 @@ class _Progress:
             post["safe on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
-        if self.budget_s is not None:
-            est = self.s_per_step or 0.0  # the first step's time is mostly tracing: no estimate yet
-            copy = self.mirror.last_copy_seconds if self.mirror is not None else 0.0
-            if now - self.t0 + 1.5 * est + copy > self.budget_s:  # the last copy runs after the stop
-                raise _StopForBudget()
+
+    def over_budget(self) -> bool:
+        """Whether the next step would overrun the time budget (with the last copy to Drive,
+        which runs after the stop)."""
+        if self.budget_s is None:
+            return False
+        est = self.s_per_step or 0.0  # the first step's time is mostly tracing: no estimate yet
+        copy = self.mirror.last_copy_seconds if self.mirror is not None else 0.0
+        return time.perf_counter() - self.t0 + 1.5 * est + copy > self.budget_s
 
     def _check_finite(self, vals: dict) -> None:
         bad = {k: v for k, v in vals.items() if k != "learning_rate" and not math.isfinite(v)}
@@ -297,13 +184,13 @@ class _Progress:
         self.bar.close()
 
 
-def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
+def _resume(stage: Stage, model_dir: Path, cfg):
     """Where a run of ``stage`` starts: the stage record and the newest complete checkpoint.
 
     The whole resume policy (detectron2's ``resume_or_load``, for a runtime that may vanish):
 
-    * ``sdir`` (the workspace, Drive on Colab) holds the stage's record ``stage.json`` and
-      its complete checkpoints; Model Garden saves into ``model_dir``.
+    * The stage's folder (``sdir``, in the workspace: Drive on Colab) holds its record
+      ``stage.json`` and its complete checkpoints; Model Garden saves into ``model_dir``.
     * ``model_dir == sdir``: resume from the newest complete checkpoint there.
     * ``model_dir`` on the runtime's local disk: from the newer complete checkpoint of local
       disk and workspace (:func:`helpers.train.mirror.resume_point`); a local folder left by another
@@ -311,10 +198,10 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
     * Torn checkpoints are set aside with a warning and the one before is used.
     * Checkpoints made under another config are refused (:class:`StageConfigMismatch`).
 
-    Returns ``(info, latest, where)``: ``latest`` is ``(step, prefix)`` or None, ``where`` is
+    Returns ``(latest, where)``: ``latest`` is ``(step, prefix)`` or None, ``where`` is
     ``"local"``, ``"drive"`` or ``"none"``.
     """
-    info = read_record(sdir / STAGE_FILE)
+    info, sdir = stage.record, stage.folder
     if model_dir == sdir:
         latest = ckpts.latest_complete(sdir) if sdir.is_dir() else None
         where = "local" if latest else "none"
@@ -327,7 +214,7 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
         if diffs:
             shown = "\n  ".join(diffs[:12]) + ("\n  ..." if len(diffs) > 12 else "")
             raise StageConfigMismatch(
-                f"stage {stage!r} in {sdir} was trained up to step {latest[0]} with profile "
+                f"stage {stage.name!r} in {sdir} was trained up to step {latest[0]} with profile "
                 f"{info.get('profile')!r} and a different config; resuming would mix two runs. "
                 f"Differences (stored -> now):\n  {shown}\nUse the original profile/steps/data, "
                 f"or train under another stage name, or move {sdir} away to start over.")
@@ -335,7 +222,7 @@ def _resume(sdir: Path, model_dir: Path, cfg, stage: str):
         raise StageConfigMismatch(
             f"{sdir} holds checkpoints but no {STAGE_FILE}: it was not made by train_stage. "
             "Move it away or use another stage name.")
-    return info, latest, where
+    return latest, where
 
 
 def _publish(model_dir: Path, sdir: Path, keep: int) -> Path | None:
@@ -346,24 +233,15 @@ def _publish(model_dir: Path, sdir: Path, keep: int) -> Path | None:
     return latest[-1][1] if latest else None
 
 
-def _parent_checkpoint(ws: Workspace, stage: str) -> str:
-    parent = cfglib.parent_stage(stage)
-    pdir = stage_dir(ws, parent)
-    info = read_stage_info(ws, parent)
+def _parent_checkpoint(stage: Stage, parent: Stage) -> str:
+    pdir, info = parent.folder, parent.record
     latest = ckpts.latest_complete(pdir) if pdir.is_dir() else None
     if not info or not latest or latest[0] < int(info["planned_steps"]):
         got = f"step {latest[0]}/{info['planned_steps']}" if (info and latest) else "no checkpoint"
         raise ParentStageNotFinished(
-            f"stage {stage!r} starts from the final weights of {parent!r}, which is not finished "
-            f"({got} in {pdir}). Run train_stage({parent!r}, ...) to the end first.")
+            f"stage {stage.name!r} starts from the final weights of {parent.name!r}, which is not finished "
+            f"({got} in {pdir}). Run train_stage({parent.name!r}, ...) to the end first.")
     return str(latest[1])
-
-
-def build_task(cfg, logging_dir):
-    """Model Garden's MaskRCNNTask for ``cfg``, with the dense-nuclei window decoder."""
-    from helpers.train.train_input import NucleiMaskRCNNTask
-
-    return NucleiMaskRCNNTask(cfg.task, logging_dir=str(logging_dir))
 
 
 # What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
@@ -386,32 +264,30 @@ def recorded_knob(info: dict, knob: str):
     return LEGACY_KNOBS[knob]
 
 
-def inherited_knobs(workspace, stage: str) -> dict:
+def inherited_knobs(parent: Stage | None) -> dict:
     """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
     continues its parent's model (random or pretrained start, mask head, input knobs)."""
-    parent = cfglib.parent_stage(stage)
-    info = read_stage_info(workspace, parent) if parent else None
+    info = parent.record if parent else None
     return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
 
 
-def _check_parent_profile(ws: Workspace, stage: str, profile: str) -> None:
+def _check_parent_profile(stage: Stage, parent: Stage | None, profile: str) -> None:
     """A stage continues its parent's model, so it must use the parent's profile (another one
     builds another network, whose weights do not fit)."""
-    parent = cfglib.parent_stage(stage)
-    info = read_stage_info(ws, parent) if parent else None
+    info = parent.record if parent else None
     if info and info.get("profile") not in (None, profile):
         raise cfglib.ConfigError(
-            f"stage {stage!r} continues stage {parent!r}, which was trained with profile {info['profile']!r} "
-            f"({stage_dir(ws, parent)}); profile {profile!r} builds another network, so its weights cannot "
-            f"be continued. Use profile={info['profile']!r}, or train {parent!r} with {profile!r} in "
-            "another workspace.")
+            f"stage {stage.name!r} continues stage {parent.name!r}, which was trained with profile "
+            f"{info['profile']!r} ({parent.folder}); profile {profile!r} builds another network, so its weights "
+            f"cannot be continued. Use profile={info['profile']!r}, or train {parent.name!r} with {profile!r} "
+            "in another workspace.")
 
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
                init_modules=None, **profile_overrides):
-    """The profile, ExperimentConfig (without init checkpoint) and stage folder of a stage.
+    """The profile, ExperimentConfig (without init checkpoint) and folder of a stage.
 
     :data:`INHERITED_KNOBS` (``from_scratch``, the input knobs, and ``pretrained`` and
     ``mask_upsample``, which fix the architecture) default to the parent stage's (recorded in its ``stage.json``);
@@ -419,41 +295,59 @@ def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | N
     :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`), and its planned
     steps unless ``steps`` is given.
     """
-    from helpers.train.experiment import experiment_config
-
     ws = as_workspace(workspace)
-    _check_parent_profile(ws, stage, profile)
-    parent = inherited_knobs(ws, stage)
+    st = Stage.open(ws, stage)
+    prof, cfg = _plan(ws, st, st.open_parent(), profile, steps=steps, image_ids=image_ids, organs=organs,
+                      train_files=train_files, splits=splits, accelerator=accelerator,
+                      init_modules=init_modules, **profile_overrides)
+    return prof, cfg, st.folder
+
+
+def _plan(ws: Workspace, stage: Stage, parent_stage: Stage | None, profile: str, steps=None, image_ids=None,
+          organs=None, train_files=None, splits=("train",), accelerator=None, init_modules=None,
+          **profile_overrides):
+    """:func:`plan_stage` for a stage and its parent already opened: ``(profile, config)``."""
+    from helpers.train.configs.nuclei_maskrcnn import experiment_config
+
+    _check_parent_profile(stage, parent_stage, profile)
+    parent = inherited_knobs(parent_stage)
     # a stage that has begun keeps the input knobs it was started with (a newer release's
     # profile defaults must not break its resume); a stage not yet begun takes its parent's
-    own = read_stage_info(ws, stage)
+    own = stage.record
     if own is not None:
         parent.update({k: recorded_knob(own, k) for k in KEPT_KNOBS})
         if steps is None and own.get("planned_steps"):
             steps = int(own["planned_steps"])  # and its plan: the profile's may have changed since
-    if profile_overrides.get("from_scratch") is None:
-        profile_overrides["from_scratch"] = parent.get("from_scratch", False)
-    elif "from_scratch" in parent and bool(profile_overrides["from_scratch"]) != parent["from_scratch"]:
-        raise cfglib.ConfigError(
-            f"stage {stage!r}: from_scratch={profile_overrides['from_scratch']} but its parent "
-            f"{cfglib.parent_stage(stage)!r} was trained with from_scratch={parent['from_scratch']}; "
-            "a stage continues its parent's model, so leave from_scratch unset")
-    for k in KEPT_KNOBS:
-        if k in parent and profile_overrides.get(k) is None:
-            profile_overrides[k] = parent[k]
-    if profile_overrides.get("pretrained") is None:
-        profile_overrides.pop("pretrained", None)  # the profile's own start
-    elif parent.get("pretrained", profile_overrides["pretrained"]) != profile_overrides["pretrained"]:
-        raise cfglib.ConfigError(
-            f"stage {stage!r}: pretrained={profile_overrides['pretrained']!r} but this stage (or the one it "
-            f"continues) was started from {parent['pretrained']!r}; leave pretrained unset")
+    _inherit(stage, profile_overrides, parent)
     prof = cfglib.get_profile(profile, **profile_overrides)
     if train_files:
         files = sorted(str(f) for f in train_files)
     else:
         files = training_files(ws, stage, image_ids=image_ids, organs=organs, splits=splits)
-    cfg = experiment_config(prof, stage, files, steps=steps, accelerator=accelerator, init_modules=init_modules)
-    return prof, cfg, stage_dir(ws, stage)
+    cfg = experiment_config(prof, stage.name, files, steps=steps, accelerator=accelerator,
+                            init_modules=init_modules, kind=stage.kind)
+    return prof, cfg
+
+
+def _inherit(stage: Stage, overrides: dict, parent: dict) -> None:
+    """Fill ``overrides`` with the knobs ``parent`` (recorded knobs) fixes; a ConfigError when
+    the caller asked for another start or another ``from_scratch`` than the model continued."""
+    if overrides.get("from_scratch") is None:
+        overrides["from_scratch"] = parent.get("from_scratch", False)
+    elif "from_scratch" in parent and bool(overrides["from_scratch"]) != parent["from_scratch"]:
+        raise cfglib.ConfigError(
+            f"stage {stage.name!r}: from_scratch={overrides['from_scratch']} but its parent "
+            f"{stage.parent!r} was trained with from_scratch={parent['from_scratch']}; "
+            "a stage continues its parent's model, so leave from_scratch unset")
+    for k in KEPT_KNOBS:
+        if k in parent and overrides.get(k) is None:
+            overrides[k] = parent[k]
+    if overrides.get("pretrained") is None:
+        overrides.pop("pretrained", None)  # the profile's own start
+    elif parent.get("pretrained", overrides["pretrained"]) != overrides["pretrained"]:
+        raise cfglib.ConfigError(
+            f"stage {stage.name!r}: pretrained={overrides['pretrained']!r} but this stage (or the one it "
+            f"continues) was started from {parent['pretrained']!r}; leave pretrained unset")
 
 
 def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
@@ -503,60 +397,56 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     """
     t_call = time.perf_counter()
     ws = as_workspace(workspace)
+    named = Stage.named(ws, stage)
     if splits is None:
         splits = ("train", "val") if stage == cfglib.FINAL_STAGE else ("train",)
-    prof, cfg, sdir = plan_stage(stage, profile, ws, steps=steps, image_ids=image_ids,
-                                 organs=organs, train_files=train_files, splits=splits,
-                                 init_modules=init_modules, from_scratch=from_scratch,
-                                 pretrained=pretrained, **profile_overrides)
     with StageLock(ws, stage) as lock:
+        st = named.read()  # its record, read once, while no other run can write it
+        parent = st.open_parent()
+        prof, cfg = _plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
+                          train_files=train_files, splits=splits, init_modules=init_modules,
+                          from_scratch=from_scratch, pretrained=pretrained, **profile_overrides)
         planned = int(cfg.trainer.train_steps)
         local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
-        model_dir = local_root / stage if local_root else sdir  # where Model Garden saves
-        info, latest, where = _resume(sdir, model_dir, cfg, stage)
+        model_dir = local_root / stage if local_root else st.folder  # where Model Garden saves
+        latest, where = _resume(st, model_dir, cfg)
         start = latest[0] if latest else 0
         target = min(planned, stop_at_step) if stop_at_step else planned
         if latest and start >= target:
-            return _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call)
-        latest = resume_or_load(ws, stage, prof, cfg, sdir, model_dir, latest, where, init_checkpoint)
+            return _nothing_to_do(st, prof, latest, where, planned, stop_at_step, model_dir, t_call)
+        latest = resume_or_load(ws, st, parent, prof, cfg, model_dir, latest, where, init_checkpoint)
 
-        drive = (mirror.CheckpointMirror(model_dir, sdir, keep=prof.keep_checkpoints,
-                                         base=bool(cfg.task.freeze_backbone))
-                 if model_dir != sdir else None)
-        bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
-                        mirror=drive, lock=lock)
+        bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s, lock=lock)
         try:
-            runner, strat = _build_runner(cfg, prof, strategy, model_dir, bar)
+            runner, strat = _build_runner(cfg, prof, strategy, model_dir, st.folder, bar)
         except BaseException:
             if not latest:  # a stage that never started leaves no record that says "in progress"
-                _forget_unstarted(sdir)
+                _forget_unstarted(st.folder)
             raise
-        gstep = int(runner.trainer.global_step.numpy())
-        if gstep != start:
-            raise RuntimeError(f"restored global step {gstep}, expected {start} from {latest}")
-        _announce(stage, latest, where, start, planned, model_dir, sdir, drive)
-        status = _train_loop(runner, strat, bar, drive, target, fresh=not latest, model_dir=model_dir,
-                             over_budget=(time_budget_s is not None
-                                          and time.perf_counter() - t_call > time_budget_s))
+        if runner.step != start:
+            raise RuntimeError(f"restored global step {runner.step}, expected {start} from {latest}")
+        bar.mirror = runner.mirror  # its newest step is shown, its copy time budgeted
+        _announce(st, latest, where, start, planned, model_dir, runner.mirror)
+        status = _train_loop(runner, strat, bar, target, fresh=not latest, model_dir=model_dir)
         if status == "finished" and target < planned:
             status = "stopped: stop_at_step"
-        result = _stage_result(runner, stage, prof, status, start, planned, sdir, bar, t_call)
-        if drive is not None:
-            print(mirror.describe(drive))
+        result = _stage_result(runner, st, prof, status, start, planned, bar, t_call)
+        if runner.mirror is not None:
+            print(mirror.describe(runner.mirror))
         print(result)
         return result
 
 
-def resume_or_load(ws, stage, prof, cfg, sdir: Path, model_dir: Path, latest, where: str,
-                   init_checkpoint: str | None):
+def resume_or_load(ws: Workspace, stage: Stage, parent: Stage | None, prof, cfg, model_dir: Path, latest,
+                   where: str, init_checkpoint: str | None):
     """detectron2's ``resume_or_load``: resume from ``latest``, the newest complete checkpoint
     :func:`_resume` found (first copied to ``model_dir`` when only the workspace has it), or,
     when there is none, load the stage's starting weights and write its record
     (:func:`_start_fresh`). Returns the ``(step, prefix)`` Model Garden restores, or None."""
-    if latest and where == "drive" and model_dir != sdir:
+    if latest and where == "drive" and model_dir != stage.folder:
         return latest[0], mirror.bring_local(latest[1], model_dir)
     if not latest:
-        _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint)
+        _start_fresh(ws, stage, parent, prof, cfg, model_dir, init_checkpoint)
     return latest
 
 
@@ -568,9 +458,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
 
 
-def _announce(stage, latest, where, start, planned, model_dir, sdir, drive) -> None:
+def _announce(st: Stage, latest, where, start, planned, model_dir, drive) -> None:
     """Say how many steps are planned and left, where the run starts and where it saves;
     start the copy to the workspace."""
+    stage, sdir = st.name, st.folder
     if latest:
         source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
         print(f"resuming stage {stage!r} from {latest[1].name}{source}: step {start} of {planned} planned, "
@@ -584,9 +475,9 @@ def _announce(stage, latest, where, start, planned, model_dir, sdir, drive) -> N
         drive.start()
 
 
-def _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir, sdir, t_call) -> StageResult:
+def _nothing_to_do(st: Stage, prof, latest, where, planned, stop_at_step, model_dir, t_call) -> StageResult:
     """The stage is already at its target step: say so and return (its checkpoint published)."""
-    start = latest[0]
+    start, stage, sdir = latest[0], st.name, st.folder
     if start >= planned:
         print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
               "skipping.")
@@ -598,28 +489,29 @@ def _nothing_to_do(stage, prof, latest, where, planned, stop_at_step, model_dir,
                        seconds=time.perf_counter() - t_call)
 
 
-def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
-    """Model Garden's ``OrbitExperimentRunner`` for ``cfg`` (it restores the newest checkpoint
-    in ``model_dir``) under a ``tf.distribute`` strategy; ``(runner, strategy)``."""
-    import tensorflow as tf
-    from official.modeling import performance
+def build_task(cfg, logging_dir):
+    """Our registered task (:mod:`helpers.train.tasks.nuclei_maskrcnn`) for ``cfg``, through
+    Model Garden's ``task_factory`` as ``train_lib.run_experiment`` builds it."""
+    from official.core import task_factory
 
-    from helpers.train.experiment import detect_accelerator
+    import helpers.train.tasks.nuclei_maskrcnn  # noqa: F401 - registers the task for its config
 
-    if prof.seed is not None:  # the model's initial weights and the input order
-        tf.keras.utils.set_random_seed(prof.seed)
-    if prof.name == "colab" and detect_accelerator() == "cpu":
-        print(f"note: profile 'colab' on a machine without GPU is very slow ({prof.backbone}, "
-              f"batch {prof.images_per_batch}); profile 'cpu' is made for this case (a different stage config).")
-    performance.set_mixed_precision_policy(tf.dtypes.as_dtype(cfg.runtime.mixed_precision_dtype))
-    tf.get_logger().setLevel("ERROR")  # Model Garden's deprecation/INFO lines drown the progress line
-    strat = pick_strategy(strategy)
+    return task_factory.get_task(cfg.task, logging_dir=str(logging_dir))
+
+
+def _build_runner(cfg, prof, strategy, model_dir: Path, sdir: Path, bar):
+    """Our ``OrbitExperimentRunner`` (:class:`helpers.train.runner.StageRunner`: it restores the
+    newest checkpoint in ``model_dir``) under a ``tf.distribute`` strategy; ``(runner, strategy)``."""
+    from helpers.train import runtime
+    from helpers.train.runner import StageRunner
+
+    strat = runtime.set_up(cfg, prof, strategy)
     with strat.scope():
         task = build_task(cfg, model_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # Orbit prints a line per step
-        runner = _runner_class()(
-            distribution_strategy=strat, task=task, mode="train", params=cfg,
-            model_dir=str(model_dir),
+        runner = StageRunner(
+            distribution_strategy=strat, task=task, params=cfg, model_dir=str(model_dir),
+            workspace_dir=sdir, should_stop=bar.over_budget,
             # Not TensorFlow's async checkpointing: with it we measured a resumed run whose
             # optimizer iterations were one ahead of its global step (a checkpoint mixing two
             # steps). This runner's saves read the values, then write them in the background.
@@ -627,32 +519,8 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, bar):
     return runner, strat
 
 
-@functools.cache
-def _runner_class():
-    """Model Garden (TensorFlow) is imported on first use, not with this module."""
-    from official.core import train_lib
-
-    class Runner(train_lib.OrbitExperimentRunner):
-        """Model Garden's runner whose CheckpointManager saves in the background
-        (:class:`helpers.train.background_save.BackgroundCheckpoint`): a save holds training up
-        only while it reads the values. Model Garden documents this override."""
-
-        def _maybe_build_checkpoint_manager(self):
-            import tensorflow as tf
-
-            from helpers.train.background_save import BackgroundCheckpoint
-
-            if not self.trainer.checkpoint:
-                return None
-            return tf.train.CheckpointManager(
-                BackgroundCheckpoint.like(self.trainer.checkpoint), directory=self.model_dir,
-                max_to_keep=self.params.trainer.max_to_keep, step_counter=self.trainer.global_step,
-                checkpoint_interval=self.params.trainer.checkpoint_interval, init_fn=self.trainer.initialize)
-
-    return Runner
-
-
-def _stage_result(runner, stage, prof, status, start, planned, sdir: Path, bar, t_call) -> StageResult:
+def _stage_result(runner, st: Stage, prof, status, start, planned, bar, t_call) -> StageResult:
+    stage, sdir = st.name, st.folder
     opt = runner.trainer.optimizer
     lr = opt.learning_rate
     final = Path(runner.checkpoint_manager.latest_checkpoint)
@@ -663,21 +531,22 @@ def _stage_result(runner, stage, prof, status, start, planned, sdir: Path, bar, 
                        learning_rate=float(lr(opt.iterations) if callable(lr) else lr))
 
 
-def _start_fresh(ws, stage, prof, cfg, sdir, model_dir, init_checkpoint) -> None:
+def _start_fresh(ws: Workspace, st: Stage, parent: Stage | None, prof, cfg, model_dir, init_checkpoint) -> None:
     """A stage's first run: choose its starting weights and write its record ``stage.json``."""
     init = start = None
-    if cfglib.stage_kind(stage) == "heads":
+    sdir = st.folder
+    if st.kind == "heads":
         if init_checkpoint:
             init = start = init_checkpoint
         elif prof.pretrained and not prof.from_scratch:
             init = start = resolve_pretrained(prof, ws, cfg=cfg)
     else:
-        init = _parent_checkpoint(ws, stage)  # recorded as it is in the workspace, read whole:
+        init = _parent_checkpoint(st, parent)  # recorded as it is in the workspace, read whole:
         start = str(drive_copy.full_checkpoint(init))  # a compact Drive copy is expanded first
     cfg.override({"task": {"init_checkpoint": start or ""}}, is_strict=True)
     sdir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sdir / STAGE_FILE, {
-        "stage": stage, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
+        "stage": st.name, "profile": prof.name, "planned_steps": int(cfg.trainer.train_steps),
         "from_scratch": prof.from_scratch, "scale": prof.scale, "stain_jitter": prof.stain_jitter,
         "pretrained": prof.pretrained, "freeze_backbone_norm": prof.freeze_backbone_norm,
         "crop_sampling": prof.crop_sampling, "mask_upsample": prof.mask_upsample,
@@ -725,20 +594,10 @@ def _save_error(e: Exception, model_dir: Path) -> Exception:
                                 "resumes from the newest one.")
 
 
-def _finish_writes(runner) -> None:
-    """Wait until the checkpoint being written in the background is on disk (its error, if
-    the write failed, is raised here)."""
-    if runner.checkpoint_manager is not None:
-        runner.checkpoint_manager.sync()
-
-
-def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget: bool,
-                model_dir: Path) -> str:
-    """Model Garden's loop up to global step ``target``; saves on a stop; returns the status.
-
-    The run's last checkpoint is in the workspace when this returns (``drive`` waits for it).
-    """
-    controller = runner.controller
+def _train_loop(runner, strat, bar, target: int, fresh: bool, model_dir: Path) -> str:
+    """Model Garden's loop up to global step ``target`` (or the time budget); saves on a stop;
+    returns the status. The run's last checkpoint is in the workspace when this returns (the
+    runner's mirror waits for it)."""
     quiet = contextlib.redirect_stdout(io.StringIO())
     status = "finished"
     try:
@@ -746,25 +605,20 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
             # ckpt-0 records the starting weights (pretrained / parent stage) and starts
             # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
             with strat.scope(), quiet:
-                controller.save_checkpoint()
-        if over_budget:
-            _finish_writes(runner)
-            return "stopped: time budget"  # the model build alone used the budget
+                runner.controller.save_checkpoint()
         bar.mark()
         with strat.scope(), quiet:
-            # Model Garden's loop: steps, CheckpointManager saves every N, summaries.
-            controller.train(steps=target, checkpoint_at_completion=True)
-        _finish_writes(runner)
-    except (_StopForBudget, KeyboardInterrupt) as stop:
-        status = "stopped: time budget" if isinstance(stop, _StopForBudget) else "interrupted"
+            if runner.train_until(target):
+                status = "stopped: time budget"
+        runner.finish_writes()
+    except KeyboardInterrupt:
         with strat.scope(), quiet:
-            controller.save_checkpoint()  # the step reached; a no-op if already saved
-        _finish_writes(runner)
-        if isinstance(stop, KeyboardInterrupt):
-            bar.close()
-            print(f"interrupted at step {int(runner.trainer.global_step.numpy())}: checkpoint saved"
-                  + ("; copying it to Drive" if drive else "") + "; re-run to resume")
-            raise
+            runner.save_if_new()  # the step reached
+        runner.finish_writes()
+        bar.close()
+        print(f"interrupted at step {runner.step}: checkpoint saved"
+              + ("; copying it to Drive" if runner.mirror else "") + "; re-run to resume")
+        raise
     except Exception as e:
         explained = _save_error(e, model_dir)
         if explained is not e:
@@ -774,8 +628,8 @@ def _train_loop(runner, strat, bar, drive, target: int, fresh: bool, over_budget
         # a save still being written (a return above, or an error in flight) ends before we do;
         # a write that failed after an error in flight is left to the re-run (it resumes before it)
         with contextlib.suppress(Exception) if sys.exc_info()[0] else contextlib.nullcontext():
-            _finish_writes(runner)
+            runner.finish_writes()
         bar.close()
-        if drive is not None:
-            drive.close(raise_error=sys.exc_info()[0] is None)
+        if runner.mirror is not None:
+            runner.mirror.close(raise_error=sys.exc_info()[0] is None)
     return status

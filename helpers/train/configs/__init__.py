@@ -1,0 +1,1 @@
+"""Experiment configs registered with Model Garden's ``exp_factory`` (as ``official/vision/configs``)."""

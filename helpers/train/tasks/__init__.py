@@ -1,0 +1,1 @@
+"""Tasks registered with Model Garden's ``task_factory`` (as ``official/vision/tasks``)."""

@@ -1,0 +1,122 @@
+"""helpers.notebooks: the notebooks run headless with papermill, each with its own parameters."""
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+# papermill and the Jupyter kernel of the installed versions: the Colab-like env runs them (`-m colab`)
+pytestmark = pytest.mark.colab
+
+
+def _notebooks():
+    return notebooks.workflow_notebooks()
+
+
+def test_profile_parameters_are_declared_by_some_notebook():
+    declared = notebooks.check_parameters({}, _notebooks())
+    known = {n for names in declared.values() for n in names}
+    for params in notebooks.PROFILE_PARAMETERS.values():
+        assert set(params) <= known
+
+
+def test_papermill_reads_every_parameters_cell_without_a_warning(caplog):
+    """A parameter line with a second '=' (say, in its comment) is skipped by papermill, which
+    logs 'Unable to parse line' to the user's console."""
+    import papermill
+
+    for nb in _notebooks():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            names = papermill.inspect_notebook(str(nb))
+        assert not caplog.records, f"{nb.name}: {caplog.records[0].getMessage()}"
+        assert {"profile", "workspace_root"} <= set(names), nb.name
+
+
+def test_unknown_parameter_is_a_clear_error_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="no notebook declares the parameter.* stepz") as e:
+        notebooks.run_workflow("demo", parameters={"stepz": 3}, workspace_root=tmp_path / "ws")
+    assert "02_train_heads.ipynb: " in str(e.value) and not (tmp_path / "ws").exists()
+    with pytest.raises(ValueError, match="01_prepare_shards.ipynb does not declare .*steps"):
+        notebooks.run_notebook(_notebooks()[0], {"steps": 3}, tmp_path / "ws")
+    proc = subprocess.run([sys.executable, "-m", "helpers.notebooks", "-p", "stepz", "3"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no notebook declares the parameter(s) stepz" in proc.stderr
+
+
+def _tiny_notebook(path: Path, names: list[str]):
+    import nbformat
+
+    params = nbformat.v4.new_code_cell("\n".join(f"{n} = None" for n in names))
+    params.metadata["tags"] = ["parameters"]
+    show = nbformat.v4.new_code_cell(f"print(sorted((k, v) for k, v in dict({', '.join(f'{n}={n}' for n in names)}).items() if v is not None))")
+    nb = nbformat.v4.new_notebook(cells=[params, show])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatch, caplog, capfd):
+    books = tmp_path / "books"
+    books.mkdir()
+    _tiny_notebook(books / "01_a.ipynb", ["profile", "workspace_root", "seed"])
+    _tiny_notebook(books / "02_b.ipynb", ["profile", "workspace_root", "steps"])
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", books)
+    ws = tmp_path / "ws"
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        runs = notebooks.run_workflow("demo", parameters={"seed": 7}, workspace_root=ws)
+    assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
+    console = capfd.readouterr()
+    assert "WARNING" not in console.err and "Kernel is running" not in console.err  # the kernel's own
+    assert (ws / "runs" / "01_a.kernel.log").is_file()
+    printed = ["".join(json.loads(p.read_text())["cells"][-1]["outputs"][0]["text"]) for p in runs]
+    ws_root = str(ws.resolve())
+    assert printed[0] == f"[('profile', 'demo'), ('seed', 7), ('workspace_root', '{ws_root}')]\n"
+    assert printed[1] == f"[('profile', 'demo'), ('steps', 150), ('workspace_root', '{ws_root}')]\n"
+
+
+def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, capfd):
+    """TensorFlow's C++ logs write straight to file descriptor 2 (TF_CPP_MIN_LOG_LEVEL misses some)."""
+    import nbformat
+
+    line = "W0000 00:00:1795674489.435274   13711 op_level_cost_estimator.cc:699] Error in PredictCost()"
+    cells = [nbformat.v4.new_code_cell("workspace_root = None"),
+             nbformat.v4.new_code_cell(f"import os, sys\nos.write(2, b'{line}\\n')\n"
+                                       "print('result'); print('python warning', file=sys.stderr)")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "native.ipynb"))
+    out = notebooks.run_notebook(tmp_path / "native.ipynb", workspace_root=tmp_path / "ws")
+    outputs = json.loads(out.read_text())["cells"][-1]["outputs"]
+    texts = {o["name"]: "".join(o["text"]) for o in outputs}
+    assert texts == {"stdout": "result\n", "stderr": "python warning\n"}  # Python's own output stays
+    assert line not in capfd.readouterr().err
+    assert line in (tmp_path / "ws" / "runs" / "native.kernel.log").read_text()
+
+
+
+def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    shutil.copy2(REPO / "README.md", tmp_path / "README.md")
+    url = "https://github.com/alice/nuclei-maskrcnn"
+    changed = notebooks.set_repo_url(url, tmp_path)
+    assert len(changed) == 7 and tmp_path / "README.md" in changed
+    for nb in sorted((tmp_path / "notebooks").glob("0*.ipynb")):
+        params = notebooks.declared_parameters(nb)
+        assert "REPO_URL" in params
+        src = "".join(json.loads(nb.read_text())["cells"][1]["source"])
+        assert f'REPO_URL = "{url}"' in src and "OWNER/" not in src
+        assert json.loads(nb.read_text())["cells"][2] == json.loads(
+            (REPO / "notebooks" / nb.name).read_text())["cells"][2]  # the setup cell is untouched
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.count("colab.research.google.com/github/alice/nuclei-maskrcnn/blob/main/notebooks/") == 6
+    assert "github/OWNER" not in readme
+    assert notebooks.set_repo_url(url, tmp_path) == []  # already set: nothing rewritten
+    with pytest.raises(ValueError, match="not a git URL"):
+        notebooks.set_repo_url("https://github.com/OWNER/nuclei-maskrcnn", tmp_path)
