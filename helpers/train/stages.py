@@ -114,11 +114,6 @@ class Stage:
         return self.folder / STAGE_FILE
 
     @property
-    def events(self) -> Path:
-        """The stage's TensorBoard event files (losses, learning rate, s/step)."""
-        return self.folder / EVENTS_DIR
-
-    @property
     def planned_steps(self) -> int | None:
         return int(self.record["planned_steps"]) if self.record else None
 
