@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from helpers.image_codec import mask_boxes
+
 DEFAULT_BATCH = 256
 
 
@@ -78,21 +80,6 @@ def _encode_pieces(pieces: Iterable[tuple[np.ndarray, int, int]], size: Sequence
     return out
 
 
-def _bbox_slices(batch: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of each mask in a (b, H, W) bool batch; empty -> (0, 0, 0, 0)."""
-    rows = batch.any(axis=2)
-    cols = batch.any(axis=1)
-    out = []
-    for r, c in zip(rows, cols):
-        ys = np.flatnonzero(r)
-        if not len(ys):
-            out.append((0, 0, 0, 0))
-            continue
-        xs = np.flatnonzero(c)
-        out.append((int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1))
-    return out
-
-
 def encode_masks(masks: np.ndarray | Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH) -> list[dict]:
     """RLEs (``counts`` as str) of binary masks: an (N, H, W) array or a sequence of (H, W)."""
     if isinstance(masks, np.ndarray):
@@ -115,7 +102,7 @@ def encode_masks(masks: np.ndarray | Sequence[np.ndarray], batch_size: int = DEF
             batch = get(s, min(n, s + 256))
             if batch.shape[1:] != (height, width):
                 raise ValueError(f"all masks must be {height}x{width}; got {batch.shape[1:]}")
-            for m, (y0, y1, x0, x1) in zip(batch, _bbox_slices(batch)):
+            for m, (y0, x0, y1, x1) in zip(batch, mask_boxes(batch)):
                 yield m[y0:y1, x0:x1].view(np.uint8), y0, x0
 
     return _encode_pieces(pieces(), (height, width), batch_size)

@@ -30,10 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-try:  # cv2 decodes PNG faster than PIL and releases the GIL (threads scale)
-    import cv2
-except ImportError:  # pragma: no cover - PIL fallback
-    cv2 = None
+from helpers.image_codec import decode_image, mask_box
 
 TEST_IDS_FILE = "test_img_ids.json"
 
@@ -241,26 +238,20 @@ def decode_rgb(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(path)
-    if cv2 is None:  # pragma: no cover - cv2 is a requirement; PIL reads 8-bit images only
-        with Image.open(path) as im:
-            notes = [] if im.mode == "RGB" else [f"{im.mode}: converted to RGB"]
-            return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)), notes
     with Image.open(path) as im:  # the header only: its mode (a palette says nothing in the pixels)
         mode = im.mode
-    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError("cannot decode it as an image")
+    raw = decode_image(path.read_bytes())
     notes = [] if mode in ("RGB", "RGBA", "L", "I;16", "I;16B", "I;16L", "I", "F") else [f"{mode}: converted to RGB"]
     if raw.dtype != np.uint8:
         top = float(raw.max()) or 1.0
         notes.append(f"{raw.dtype} scaled to 8 bits (its maximum {top:g} -> 255)")
         raw = np.clip(raw.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
-    if raw.ndim == 2 or raw.shape[2] == 1:
+    if raw.ndim == 2:
         notes.append("greyscale: repeated into RGB")
-        return np.ascontiguousarray(np.repeat(raw.reshape(raw.shape[:2])[..., None], 3, axis=2)), notes
+        return np.ascontiguousarray(np.repeat(raw[..., None], 3, axis=2)), notes
     if raw.shape[2] == 4:
         notes.append("RGBA: the alpha channel is dropped")
-    return np.ascontiguousarray(cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)), notes
+    return np.ascontiguousarray(raw[..., :3]), notes
 
 
 def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
@@ -283,23 +274,14 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
 
 
 def _decode_gray(path: Path) -> np.ndarray:
-    if cv2 is not None:
-        buf = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-        if buf is None:
-            raise DatasetError(f"{path} not found; re-extract the dataset")
-        m = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-        if m is None:
-            raise DatasetError(f"{path} is corrupt or truncated (cannot decode it as an image); "
-                               "replace it with a good copy (re-download or re-extract the dataset)")
-        if m.ndim == 3:  # cv2 gives BGR(A); channel order does not matter for the checks below
-            m = m[..., :3]
-        return m
+    if not path.is_file():
+        raise DatasetError(f"{path} not found; re-extract the dataset")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im)
+        m = decode_image(path.read_bytes())
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path} is corrupt or truncated ({e}); replace it with a good copy") from e
+        raise DatasetError(f"{path} is corrupt or truncated ({e}); replace it with a good copy "
+                           "(re-download or re-extract the dataset)") from e
+    return m[..., :3] if m.ndim == 3 else m  # colour: channel order does not matter for the checks
 
 
 def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np.ndarray:
@@ -329,8 +311,8 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
                            "background 255). Invert it in your dataset source (mask = 255 - mask), or remove it "
                            "if it is no nucleus, and run again")
     # value checks on the bounding box only (a nucleus is tiny next to the image)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    y0, x0, y1, x1 = mask_box(m)
+    crop = m[y0:y1, x0:x1]
     top = crop.max()
     if int(np.count_nonzero(crop == top)) != nz:
         vals = np.unique(m)
@@ -338,7 +320,7 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
                            "masks must be 0 for background and one value (255) for the nucleus: "
                            "threshold it, e.g. mask = (mask > 127) * 255")
     out = np.zeros(m.shape, dtype=bool)
-    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = crop == top
+    out[y0:y1, x0:x1] = crop == top
     return out
 
 

@@ -16,7 +16,6 @@ The same seed and arguments give the same bytes.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from PIL import Image, ImageFilter
 
 from helpers.atomic import dir_mode, remove_stale_partials
 from helpers.data.manifest import MANIFEST_NAME, build_manifest, manifest_csv, read_manifest, write_manifest
+from helpers.image_codec import encode_png
 
 # (tss code, organ) used for demo ids; train cycles through these
 TRAIN_CODES = ("A7", "B0", "G9", "AR", "HE", "CH")  # breast, kidney, prostate, x2
@@ -36,12 +36,6 @@ TEST_CODES = ("E2", "G9", "38", "NH")  # breast, prostate, lung (unseen), colon 
 
 def demo_id(code: str, k: int) -> str:
     return f"TCGA-{code}-D{k:03d}-01Z-00-DX1"
-
-
-def _png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -151,11 +145,11 @@ def _write_image(dir_: Path, rng: np.random.Generator, size: int, train: bool, i
     if train:
         (dir_ / "images").mkdir(parents=True)
         (dir_ / "masks").mkdir()
-        (dir_ / "images" / f"{image_id}.png").write_bytes(_png_bytes(img))
+        (dir_ / "images" / f"{image_id}.png").write_bytes(encode_png(img, encoder="pil"))
         for i, m in enumerate(masks, start=1):
-            (dir_ / "masks" / f"mask_{i:04d}.png").write_bytes(_png_bytes(m.astype(np.uint8) * 255))
+            (dir_ / "masks" / f"mask_{i:04d}.png").write_bytes(encode_png(m.astype(np.uint8) * 255, encoder="pil"))
     else:
-        (dir_ / f"{image_id}.png").write_bytes(_png_bytes(img))
+        (dir_ / f"{image_id}.png").write_bytes(encode_png(img, encoder="pil"))
 
 
 def make_demo_dataset(root: str | os.PathLike, seed: int = 0, n_train: int = 6, n_test: int = 2,

@@ -5,7 +5,8 @@ sha256 (of the image file), shard (file name of the TFRecord that holds it).
 
 * ``build_manifest(root)`` regenerates the rows from a dataset folder.
 * ``write_manifest`` / ``read_manifest`` store them as CSV (written atomically).
-* ``validate_against_manifest(root, rows)`` checks a dataset folder against them.
+* ``validate_against_manifest(root, rows)`` checks a dataset folder against them, one image
+  at a time with ``check_image`` and ``check_nuclei`` (the shard writer checks with them too).
 * ``choose_val_split`` picks the default validation images; ``split_ids(rows,
   "train", "val")`` gives train+val for the final model.
 
@@ -27,7 +28,7 @@ import io
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from helpers.atomic import atomic_write_text
 from helpers.data.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
@@ -228,6 +229,35 @@ def summarize(rows: Iterable[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------- validate
+def check_image(it, r: dict) -> tuple[int, int]:
+    """DatasetError unless the image file of dataset item ``it`` is the one manifest row ``r``
+    describes (sha256, then size from the PNG header); returns its (height, width)."""
+    digest = sha256_file(it.image_path)
+    if digest != r["sha256"]:
+        raise DatasetError(f"{it.image_path}: sha256 {digest[:12]}... does not match the manifest "
+                           f"({r['sha256'][:12]}...); the file differs from the reference dataset: "
+                           "re-acquire it, or regenerate the manifest if the change is intended")
+    h, w = image_size(it.image_path)
+    if (h, w) != (r["height"], r["width"]):
+        raise DatasetError(f"{it.image_path} is {w}x{h} but the manifest says {r['width']}x{r['height']}")
+    return h, w
+
+
+def check_nuclei(it, r: dict, empty: Sequence[Path] = ()) -> None:
+    """DatasetError unless dataset item ``it`` holds the nuclei manifest row ``r`` counts: its mask
+    files less ``empty``, the all-zero ones among them (no nucleus), if known."""
+    kept = len(getattr(it, "mask_paths", ())) - len(empty)
+    if kept == r["n_nuclei"]:
+        return
+    held = (f"{kept} non-empty masks ({len(empty)} empty one(s) skipped: {[Path(q).name for q in empty[:3]]})"
+            if len(empty) else f"{kept} masks")
+    raise DatasetError(
+        f"{Path(it.image_path).parent.parent / 'masks'} holds {held} but the manifest says {r['n_nuclei']}: "
+        "the dataset differs from the one the manifest describes. Re-acquire the original dataset, or, if "
+        "your data is meant to be this way, rebuild the manifest from it (helpers.data.manifest.build_manifest "
+        "+ write_manifest) and pass it as manifest_path")
+
+
 def validate_against_manifest(root: str | os.PathLike, rows: Iterable[dict] | str | os.PathLike | None = None,
                               check_pixels: bool = False, progress: bool = True) -> dict:
     """Check the dataset at ``root`` against manifest rows (default: the committed manifest).
@@ -258,31 +288,16 @@ def validate_against_manifest(root: str | os.PathLike, rows: Iterable[dict] | st
                                "matching manifest or regenerate it with build_manifest")
     for image_id, r in {**want_train, **want_test}.items():
         it = have_train.get(image_id) or have_test[image_id]
-        digest = sha256_file(it.image_path)
-        if digest != r["sha256"]:
-            raise DatasetError(f"{it.image_path}: sha256 {digest[:12]}... does not match the manifest "
-                               f"({r['sha256'][:12]}...); the file differs from the reference dataset: "
-                               "re-acquire it, or regenerate the manifest if the change is intended")
-        h, w = image_size(it.image_path)
-        if (h, w) != (r["height"], r["width"]):
-            raise DatasetError(f"{it.image_path} is {w}x{h} but the manifest says {r['width']}x{r['height']}")
+        h, w = check_image(it, r)
         if image_id in have_test:
             check_test_size(root, it, (h, w))
         if image_id in have_train and it.n_nuclei != r["n_nuclei"]:
-            masks = it.image_path.parent.parent / "masks"
             empty: list = []
             if it.n_nuclei > r["n_nuclei"]:  # all-zero masks are no nuclei: count the others
-                kept, empty = nonempty_mask_paths(it.mask_paths, (h, w))
-                if len(kept) == r["n_nuclei"]:
-                    warn_empty_masks(empty)
-                    continue
-            skipped = (f" ({len(empty)} of its {it.n_nuclei} mask files are empty, so {it.n_nuclei - len(empty)} "
-                       "nuclei)") if empty else ""
-            raise DatasetError(
-                f"{masks} holds {it.n_nuclei} masks{skipped} but the manifest says {r['n_nuclei']}: the dataset "
-                "differs from the one the manifest describes. Re-acquire the original dataset, or, if your data "
-                "is meant to be this way, rebuild the manifest from it (helpers.data.manifest.build_manifest + "
-                "write_manifest) and pass it as manifest_path")
+                empty = nonempty_mask_paths(it.mask_paths, (h, w))[1]
+            check_nuclei(it, r, empty)
+            warn_empty_masks(empty)
     if check_pixels:
         validate_dataset(ds, progress=progress)
     return summarize(rows)
+
