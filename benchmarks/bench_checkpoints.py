@@ -123,7 +123,7 @@ def _measured_run(spec: dict) -> dict:
 
     pace = spec.get("pace_s")
 
-    class Timed(training._Progress):
+    class Timed(training.StageProgress):
         def __init__(self, stage, start, *a, **kw):
             super().__init__(stage, start, *a, **kw)
             now_step[0] = start
@@ -142,7 +142,7 @@ def _measured_run(spec: dict) -> dict:
             finally:
                 self._end = time.perf_counter()
 
-    training._Progress = Timed
+    training.StageProgress = Timed
 
     orig_save = tf.train.CheckpointManager.save
 

@@ -81,7 +81,7 @@ def told(self, *a, **kw):
 
 mirror.CheckpointMirror.mirror_newest = told
 
-class Paced(training._Progress):  # a GPU's step: the real step, then the rest of {pace} s
+class Paced(training.StageProgress):  # a GPU's step: the real step, then the rest of {pace} s
     def __call__(self, output):
         end = getattr(self, "_end", time.perf_counter())
         time.sleep(max(0.0, {pace} - (time.perf_counter() - end)))
@@ -90,7 +90,7 @@ class Paced(training._Progress):  # a GPU's step: the real step, then the rest o
         finally:
             self._end = time.perf_counter()
 
-training._Progress = Paced
+training.StageProgress = Paced
 r = training.train_stage('all', 'demo', sys.argv[1], steps={steps}, stop_at_step=int(sys.argv[2]),
                          checkpoint_every=5, progress=True, local_checkpoints=sys.argv[3])
 print('RESULT', r.start_step, r.end_step, flush=True)

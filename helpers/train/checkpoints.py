@@ -46,7 +46,9 @@ def list_checkpoints(ckpt_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _data_files(prefix: Path) -> list[Path]:
+def data_files(prefix) -> list[Path]:
+    """The data shards ``ckpt-N.data-0000k-of-0000n`` of checkpoint ``prefix`` present, in order."""
+    prefix = Path(prefix)
     return sorted(prefix.parent.glob(prefix.name + ".data-*-of-*"))
 
 
@@ -63,7 +65,7 @@ def check_checkpoint(prefix, deep: bool = True) -> str | None:
     index = prefix.with_name(prefix.name + ".index")
     if not index.is_file() or index.stat().st_size == 0:
         return f"{index.name} is missing or empty"
-    data = _data_files(prefix)
+    data = data_files(prefix)
     if not data:
         return f"no data file next to {index.name}"
     m = re.search(r"of-(\d+)$", data[0].name)
@@ -102,7 +104,7 @@ def _quarantine(prefix: Path, reason: str) -> Path:
     """Move a torn checkpoint's files into ``torn/`` (kept for inspection, never loaded)."""
     dest = prefix.parent / TORN_DIR
     dest.mkdir(exist_ok=True)
-    for f in [prefix.with_name(prefix.name + ".index"), *_data_files(prefix)]:
+    for f in [prefix.with_name(prefix.name + ".index"), *data_files(prefix)]:
         if f.exists():
             target = dest / f.name
             k = 1

@@ -55,7 +55,6 @@ from helpers.train import drive_copy
 from helpers.train.stages import EVENTS_DIR, STAGE_FILE
 
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
-ENV_VAR = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; default: on only for a workspace on Drive
 _STATE_RE = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"', re.M)
 
 
@@ -69,12 +68,11 @@ def local_checkpoint_root(workspace_root, setting=None) -> Path | None:
     """Local scratch folder for checkpoints of the workspace at ``workspace_root``, or None.
 
     ``setting``: a folder, ``False``/``"off"`` (save straight into the workspace), or None for
-    the default: ``$NUCLEI_LOCAL_CHECKPOINTS`` if set, else on for a workspace on Colab's Drive
-    mount (local folder :data:`helpers.colab.LOCAL_CHECKPOINTS`) and off elsewhere (the
-    workspace already is a local disk).
+    the default: on for a workspace on Colab's Drive mount (local folder
+    :data:`helpers.colab.LOCAL_CHECKPOINTS`) and off elsewhere (the workspace already is a local
+    disk). The caller decides the setting (``train_stage``'s ``local_checkpoints``, else
+    ``$NUCLEI_LOCAL_CHECKPOINTS``: :func:`helpers.train.training.local_checkpoint_setting`).
     """
-    if setting is None:
-        setting = os.environ.get(ENV_VAR)
     if setting is None:
         if not colab.on_drive(workspace_root):
             return None
@@ -129,7 +127,7 @@ def durable_copy(src: Path, dst: Path, abandon=None) -> int:
 def checkpoint_files(prefix: Path) -> list[Path]:
     """The files of ``ckpt-N``, data shards first and the index last (the order to write them)."""
     prefix = Path(prefix)
-    return [*ckpts._data_files(prefix), prefix.with_name(prefix.name + ".index")]
+    return [*ckpts.data_files(prefix), prefix.with_name(prefix.name + ".index")]
 
 
 def copy_checkpoint(prefix, dest_dir, abandon=None) -> tuple[Path, int]:

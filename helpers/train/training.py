@@ -16,13 +16,18 @@ Each stage lives in ``ws.checkpoints/<stage>/``:
 
 Re-running the same call resumes from the newest complete checkpoint, at the
 same global step and the same point of the learning-rate schedule.
+
+This module is the orchestration: a stage's plan comes from :mod:`helpers.train.stage_plan`
+(profile, overrides, knobs inherited from its parent), its progress line, time budget and
+divergence check from :mod:`helpers.train.train_progress`, the Drive mirror from
+:mod:`helpers.train.mirror`.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,15 +35,25 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.atomic import atomic_write_json
+from helpers.data import shards
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
-from helpers.train import drive_copy, mirror
+from helpers.train import drive_copy, mirror, stage_plan
 from helpers.train.pretrained import resolve_pretrained
-from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F401 - callers catch it here
-from helpers.train.curves import LOSS_KEYS
+from helpers.train.stage_plan import NoTrainingData  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.train.stages import STAGE_FILE, Stage, StageLock
 from helpers.train.stages import StageBusy, StageRecordError, events_dir, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F401 - callers catch it here
+from helpers.train.train_progress import StageProgress, announce
+from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.workspace import Workspace, as_workspace
+
+__all__ = [  # what notebooks 02/03, tests and benchmarks use from here (some of it re-exported)
+    "train_stage", "plan_stage", "resume_or_load", "build_task", "StageResult", "local_checkpoint_setting",
+    "LOCAL_CHECKPOINTS_ENV", "STAGE_FILE", "events_dir", "stage_status", "resolve_pretrained",
+    "StageConfigMismatch", "ParentStageNotFinished", "NoTrainingData", "TrainingDiverged",
+    "PretrainedWeightsUnavailable", "StageBusy", "StageRecordError", "StageProgress",
+]
 
 
 class StageConfigMismatch(RuntimeError):
@@ -47,10 +62,6 @@ class StageConfigMismatch(RuntimeError):
 
 class ParentStageNotFinished(RuntimeError):
     """`all`/specialist needs the final checkpoint of the stage before it."""
-
-
-class NoTrainingData(RuntimeError):
-    """No shards to train on."""
 
 
 @dataclass
@@ -77,111 +88,6 @@ class StageResult:
         return (f"{self.stage} [{self.profile}]: {self.status} at step {self.end_step}/"
                 f"{self.planned_steps} (started at {self.start_step}{sps}); "
                 f"checkpoint {self.checkpoint}")
-
-
-# ----------------------------------------------------------------------------- paths & data
-
-def training_files(ws: Workspace, stage: Stage, image_ids=None, organs=None,
-                   splits=("train",)) -> list[str]:
-    """Shard files to train on.
-
-    Specialist stages need ``image_ids`` or ``organs``; heads/all use every
-    training shard unless told otherwise.
-    """
-    from helpers.data import shards
-
-    if stage.kind == "specialist" and not (image_ids or organs):
-        raise ValueError(f"stage {stage.name!r}: a specialist trains on a subset; pass organs=[...] "
-                         "or image_ids=[...]")
-    index_path = Path(ws.shards) / shards.INDEX_NAME
-    if not index_path.is_file():
-        raise NoTrainingData(f"{index_path} not found: write the shards first (notebook 01, "
-                             "helpers.data.shards.write_shards)")
-    files = [str(p) for p in shards.select_shards(ws.shards, image_ids=image_ids, organs=organs,
-                                                  splits=tuple(splits))]
-    if not files:
-        raise NoTrainingData(f"no shards in {ws.shards} match splits={list(splits)} "
-                             f"organs={organs} image_ids={image_ids}")
-    return sorted(files)
-
-
-# ----------------------------------------------------------------------------- runner
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: training stops at once instead of going on for hours."""
-
-
-class _Progress:
-    """Orbit train action: a tqdm line with step/total, losses and s/step; and the time
-    budget, as the runner's stop condition (:meth:`over_budget`)."""
-
-    def __init__(self, stage, start, total, enabled=True, t0=None, budget_s=None, mirror=None, lock=None):
-        from helpers.progress import tqdm
-
-        self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
-                        disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-        self.stage = stage
-        self.times: list[float] = []
-        self.last = time.perf_counter()
-        self.last_output: dict = {}
-        self.t0 = t0 if t0 is not None else time.perf_counter()
-        self.budget_s = budget_s
-        self.mirror = mirror  # a CheckpointMirror: its newest step is shown, its copy time budgeted
-        self.lock = lock  # the StageLock this run holds: refreshed as it trains
-
-    def __call__(self, output):
-        if self.lock is not None:
-            self.lock.refresh()
-        now = time.perf_counter()
-        self.times.append(now - self.last)
-        self.last = now
-        vals = {k: float(output[k]) for k in LOSS_KEYS if k in output}
-        if "learning_rate" in output:
-            vals["learning_rate"] = float(output["learning_rate"])
-        self.last_output = vals
-        self._check_finite(vals)
-        sps = self.s_per_step or self.times[-1]
-        post = {"loss": f"{vals.get('total_loss', float('nan')):.3f}",
-                "mask": f"{vals.get('mask_loss', float('nan')):.3f}",
-                "lr": f"{vals.get('learning_rate', 0):.2e}",
-                "s/step": f"{sps:.2f}",
-                "left": _duration(sps * (self.bar.total - self.bar.n - 1))}
-        if self.mirror is not None:
-            post["safe on Drive"] = self.mirror.mirrored_step if self.mirror.mirrored_step is not None else "-"
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(1)
-
-    def over_budget(self) -> bool:
-        """Whether the next step would overrun the time budget (with the last copy to Drive,
-        which runs after the stop)."""
-        if self.budget_s is None:
-            return False
-        est = self.s_per_step or 0.0  # the first step's time is mostly tracing: no estimate yet
-        copy = self.mirror.last_copy_seconds if self.mirror is not None else 0.0
-        return time.perf_counter() - self.t0 + 1.5 * est + copy > self.budget_s
-
-    def _check_finite(self, vals: dict) -> None:
-        bad = {k: v for k, v in vals.items() if k != "learning_rate" and not math.isfinite(v)}
-        if bad:
-            step = self.bar.n + 1
-            self.bar.close()
-            raise TrainingDiverged(
-                f"stage {self.stage!r}: {', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step} "
-                f"(learning rate {vals.get('learning_rate', float('nan')):.2e}): training diverged and was "
-                f"stopped, with no checkpoint of this step. A checkpoint saved just before it may hold "
-                f"the diverged weights too. Start the stage again with a lower learning_rate (move its "
-                f"checkpoints folder away first: a new rate is a new config).")
-
-    def mark(self):
-        self.last = time.perf_counter()
-
-    @property
-    def s_per_step(self):
-        t = self.times[1:]  # the first step includes tracing the tf.function
-        return sum(t) / len(t) if t else None
-
-    def close(self):
-        self.bar.close()
 
 
 def _resume(stage: Stage, model_dir: Path, cfg):
@@ -244,110 +150,34 @@ def _parent_checkpoint(stage: Stage, parent: Stage) -> str:
     return str(latest[1])
 
 
-# What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
-# (a newer release's defaults must not break its resume): the input it sees, its start and
-# whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
-KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample")
-# a stage continues its parent's model
-INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample")
-LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
-                "mask_upsample": 2}
-
-
-def recorded_knob(info: dict, knob: str):
-    """A knob of a stage record, or the value stages had before records held it (the
-    colab and cpu profiles started from Model Garden's ImageNet ResNet then)."""
-    if knob in info:
-        return info[knob]
-    if knob == "pretrained":  # it also fixes the architecture, from scratch too
-        return "imagenet" if info.get("profile") in ("colab", "cpu") else None
-    return LEGACY_KNOBS[knob]
-
-
-def inherited_knobs(parent: Stage | None) -> dict:
-    """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
-    continues its parent's model (random or pretrained start, mask head, input knobs)."""
-    info = parent.record if parent else None
-    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
-
-
-def _check_parent_profile(stage: Stage, parent: Stage | None, profile: str) -> None:
-    """A stage continues its parent's model, so it must use the parent's profile (another one
-    builds another network, whose weights do not fit)."""
-    info = parent.record if parent else None
-    if info and info.get("profile") not in (None, profile):
-        raise cfglib.ConfigError(
-            f"stage {stage.name!r} continues stage {parent.name!r}, which was trained with profile "
-            f"{info['profile']!r} ({parent.folder}); profile {profile!r} builds another network, so its weights "
-            f"cannot be continued. Use profile={info['profile']!r}, or train {parent.name!r} with {profile!r} "
-            "in another workspace.")
-
-
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
                image_ids=None, organs=None, train_files: Sequence[str] | None = None,
                splits: Sequence[str] = ("train",), accelerator: str | None = None,
                init_modules=None, **profile_overrides):
     """The profile, ExperimentConfig (without init checkpoint) and folder of a stage.
 
-    :data:`INHERITED_KNOBS` (``from_scratch``, the input knobs, and ``pretrained`` and
-    ``mask_upsample``, which fix the architecture) default to the parent stage's (recorded in its ``stage.json``);
-    ``from_scratch`` defaults to False for heads. A stage already begun keeps the
-    :data:`KEPT_KNOBS` its own ``stage.json`` records (:func:`recorded_knob`), and its planned
+    :data:`~helpers.train.stage_plan.INHERITED_KNOBS` (``from_scratch``, the input knobs, and
+    ``pretrained`` and ``mask_upsample``, which fix the architecture) default to the parent
+    stage's (recorded in its ``stage.json``); ``from_scratch`` defaults to False for heads. A
+    stage already begun keeps the :data:`~helpers.train.stage_plan.KEPT_KNOBS` its own
+    ``stage.json`` records (:func:`~helpers.train.stage_plan.recorded_knob`), and its planned
     steps unless ``steps`` is given.
     """
     ws = as_workspace(workspace)
     st = Stage.open(ws, stage)
-    prof, cfg = _plan(ws, st, st.open_parent(), profile, steps=steps, image_ids=image_ids, organs=organs,
-                      train_files=train_files, splits=splits, accelerator=accelerator,
-                      init_modules=init_modules, **profile_overrides)
+    prof, cfg = stage_plan.plan(ws, st, st.open_parent(), profile, steps=steps, image_ids=image_ids,
+                                organs=organs, train_files=train_files, splits=splits, accelerator=accelerator,
+                                init_modules=init_modules, **profile_overrides)
     return prof, cfg, st.folder
 
 
-def _plan(ws: Workspace, stage: Stage, parent_stage: Stage | None, profile: str, steps=None, image_ids=None,
-          organs=None, train_files=None, splits=("train",), accelerator=None, init_modules=None,
-          **profile_overrides):
-    """:func:`plan_stage` for a stage and its parent already opened: ``(profile, config)``."""
-    from helpers.train.configs.nuclei_maskrcnn import experiment_config
-
-    _check_parent_profile(stage, parent_stage, profile)
-    parent = inherited_knobs(parent_stage)
-    # a stage that has begun keeps the input knobs it was started with (a newer release's
-    # profile defaults must not break its resume); a stage not yet begun takes its parent's
-    own = stage.record
-    if own is not None:
-        parent.update({k: recorded_knob(own, k) for k in KEPT_KNOBS})
-        if steps is None and own.get("planned_steps"):
-            steps = int(own["planned_steps"])  # and its plan: the profile's may have changed since
-    _inherit(stage, profile_overrides, parent)
-    prof = cfglib.get_profile(profile, **profile_overrides)
-    if train_files:
-        files = sorted(str(f) for f in train_files)
-    else:
-        files = training_files(ws, stage, image_ids=image_ids, organs=organs, splits=splits)
-    cfg = experiment_config(prof, stage.name, files, steps=steps, accelerator=accelerator,
-                            init_modules=init_modules, kind=stage.kind)
-    return prof, cfg
+LOCAL_CHECKPOINTS_ENV = "NUCLEI_LOCAL_CHECKPOINTS"  # a folder, or "off"; unset: on only for a workspace on Drive
 
 
-def _inherit(stage: Stage, overrides: dict, parent: dict) -> None:
-    """Fill ``overrides`` with the knobs ``parent`` (recorded knobs) fixes; a ConfigError when
-    the caller asked for another start or another ``from_scratch`` than the model continued."""
-    if overrides.get("from_scratch") is None:
-        overrides["from_scratch"] = parent.get("from_scratch", False)
-    elif "from_scratch" in parent and bool(overrides["from_scratch"]) != parent["from_scratch"]:
-        raise cfglib.ConfigError(
-            f"stage {stage.name!r}: from_scratch={overrides['from_scratch']} but its parent "
-            f"{stage.parent!r} was trained with from_scratch={parent['from_scratch']}; "
-            "a stage continues its parent's model, so leave from_scratch unset")
-    for k in KEPT_KNOBS:
-        if k in parent and overrides.get(k) is None:
-            overrides[k] = parent[k]
-    if overrides.get("pretrained") is None:
-        overrides.pop("pretrained", None)  # the profile's own start
-    elif parent.get("pretrained", overrides["pretrained"]) != overrides["pretrained"]:
-        raise cfglib.ConfigError(
-            f"stage {stage.name!r}: pretrained={overrides['pretrained']!r} but this stage (or the one it "
-            f"continues) was started from {parent['pretrained']!r}; leave pretrained unset")
+def local_checkpoint_setting(local_checkpoints=None):
+    """``train_stage``'s ``local_checkpoints`` as given, else ``$NUCLEI_LOCAL_CHECKPOINTS``, else
+    None (:func:`helpers.train.mirror.local_checkpoint_root`'s default): the one place it is read."""
+    return os.environ.get(LOCAL_CHECKPOINTS_ENV) if local_checkpoints is None else local_checkpoints
 
 
 def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,
@@ -400,15 +230,15 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     named = Stage.named(ws, stage)
     if splits is None:
         splits = ("train", "val") if stage == cfglib.FINAL_STAGE else ("train",)
+    local_checkpoints = local_checkpoint_setting(local_checkpoints)
     with StageLock(ws, stage) as lock:
         st = named.read()  # its record, read once, while no other run can write it
         parent = st.open_parent()
-        prof, cfg = _plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
-                          train_files=train_files, splits=splits, init_modules=init_modules,
-                          from_scratch=from_scratch, pretrained=pretrained, **profile_overrides)
+        prof, cfg = stage_plan.plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
+                                    train_files=train_files, splits=splits, init_modules=init_modules,
+                                    from_scratch=from_scratch, pretrained=pretrained, **profile_overrides)
         planned = int(cfg.trainer.train_steps)
-        local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
-        model_dir = local_root / stage if local_root else st.folder  # where Model Garden saves
+        model_dir = _model_dir(ws, st, local_checkpoints)
         latest, where = _resume(st, model_dir, cfg)
         start = latest[0] if latest else 0
         target = min(planned, stop_at_step) if stop_at_step else planned
@@ -416,25 +246,22 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
             return _nothing_to_do(st, prof, latest, where, planned, stop_at_step, model_dir, t_call)
         latest = resume_or_load(ws, st, parent, prof, cfg, model_dir, latest, where, init_checkpoint)
 
-        bar = _Progress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s, lock=lock)
-        try:
-            runner, strat = _build_runner(cfg, prof, strategy, model_dir, st.folder, bar)
-        except BaseException:
-            if not latest:  # a stage that never started leaves no record that says "in progress"
-                _forget_unstarted(st.folder)
-            raise
-        if runner.step != start:
-            raise RuntimeError(f"restored global step {runner.step}, expected {start} from {latest}")
-        bar.mirror = runner.mirror  # its newest step is shown, its copy time budgeted
-        _announce(st, latest, where, start, planned, model_dir, runner.mirror)
+        bar = StageProgress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s, lock=lock)
+        runner, strat = _start_runner(st, cfg, prof, strategy, model_dir, bar, latest, start)
+        announce(st, latest, where, start, planned, model_dir, mirrored=runner.mirror is not None)
+        if runner.mirror is not None:
+            runner.mirror.start()  # the copy to the workspace
         status = _train_loop(runner, strat, bar, target, fresh=not latest, model_dir=model_dir)
         if status == "finished" and target < planned:
             status = "stopped: stop_at_step"
-        result = _stage_result(runner, st, prof, status, start, planned, bar, t_call)
-        if runner.mirror is not None:
-            print(mirror.describe(runner.mirror))
-        print(result)
-        return result
+        return _report(runner, st, prof, status, start, planned, bar, t_call)
+
+
+def _model_dir(ws: Workspace, st: Stage, local_checkpoints) -> Path:
+    """Where Model Garden saves ``st``: its folder under the local scratch root that the setting
+    ``local_checkpoints`` (:func:`local_checkpoint_setting`) gives, else its workspace folder."""
+    local_root = mirror.local_checkpoint_root(ws.root, local_checkpoints)
+    return local_root / st.name if local_root else st.folder
 
 
 def resume_or_load(ws: Workspace, stage: Stage, parent: Stage | None, prof, cfg, model_dir: Path, latest,
@@ -448,31 +275,6 @@ def resume_or_load(ws: Workspace, stage: Stage, parent: Stage | None, prof, cfg,
     if not latest:
         _start_fresh(ws, stage, parent, prof, cfg, model_dir, init_checkpoint)
     return latest
-
-
-def _duration(seconds: float) -> str:
-    """``1h05m``, ``12m`` or ``40s``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
-
-
-def _announce(st: Stage, latest, where, start, planned, model_dir, drive) -> None:
-    """Say how many steps are planned and left, where the run starts and where it saves;
-    start the copy to the workspace."""
-    stage, sdir = st.name, st.folder
-    if latest:
-        source = f" (copied from {sdir})" if where == "drive" and model_dir != sdir else ""
-        print(f"resuming stage {stage!r} from {latest[1].name}{source}: step {start} of {planned} planned, "
-              f"{planned - start} left (the progress line shows the time left)")
-    else:
-        print(f"stage {stage!r}: {planned} steps planned (the progress line shows the time left)")
-    if drive is not None:
-        print(f"checkpoints: saved on this runtime's disk ({model_dir}), copied to {sdir} in the background "
-              "with only what a resume needs (float16 weights, no momentum: a quarter of the bytes); "
-              "'safe on Drive' in the progress line is the newest step whose copy there is complete")
-        drive.start()
 
 
 def _nothing_to_do(st: Stage, prof, latest, where, planned, stop_at_step, model_dir, t_call) -> StageResult:
@@ -499,6 +301,22 @@ def build_task(cfg, logging_dir):
     return task_factory.get_task(cfg.task, logging_dir=str(logging_dir))
 
 
+def _start_runner(st: Stage, cfg, prof, strategy, model_dir: Path, bar: StageProgress, latest, start: int):
+    """The run's runner (:func:`_build_runner`), restored at global step ``start``, its mirror
+    shown by ``bar``; ``(runner, strategy)``. A stage that never started (no ``latest``) whose
+    runner cannot be built leaves no record that says "in progress"."""
+    try:
+        runner, strat = _build_runner(cfg, prof, strategy, model_dir, st.folder, bar)
+    except BaseException:
+        if not latest:
+            _forget_unstarted(st.folder)
+        raise
+    if runner.step != start:
+        raise RuntimeError(f"restored global step {runner.step}, expected {start} from {latest}")
+    bar.mirror = runner.mirror  # its newest step is shown, its copy time budgeted
+    return runner, strat
+
+
 def _build_runner(cfg, prof, strategy, model_dir: Path, sdir: Path, bar):
     """Our ``OrbitExperimentRunner`` (:class:`helpers.train.runner.StageRunner`: it restores the
     newest checkpoint in ``model_dir``) under a ``tf.distribute`` strategy; ``(runner, strategy)``."""
@@ -517,6 +335,15 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, sdir: Path, bar):
             # steps). This runner's saves read the values, then write them in the background.
             train_actions=[bar], enable_async_checkpointing=False)
     return runner, strat
+
+
+def _report(runner, st: Stage, prof, status, start, planned, bar, t_call) -> StageResult:
+    """What the run did (:func:`_stage_result`), printed with what its mirror copied."""
+    result = _stage_result(runner, st, prof, status, start, planned, bar, t_call)
+    if runner.mirror is not None:
+        print(mirror.describe(runner.mirror))
+    print(result)
+    return result
 
 
 def _stage_result(runner, st: Stage, prof, status, start, planned, bar, t_call) -> StageResult:
@@ -553,22 +380,11 @@ def _start_fresh(ws: Workspace, st: Stage, parent: Stage | None, prof, cfg, mode
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "train_image_ids": _image_ids_of(ws, cfg.task.train_data.input_path),
+        "train_image_ids": shards.image_ids_of_files(ws.shards, cfg.task.train_data.input_path, missing_ok=True),
         "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
     })
     if model_dir != sdir:
         mirror.prepare_local(model_dir, sdir)  # the local folder now belongs to this record
-
-
-def _image_ids_of(ws: Workspace, files) -> list[str]:
-    """What the stage trains on, for notebook 04's check that it never scores a model on its own
-    training images; empty for explicit train_files outside the workspace's index."""
-    from helpers.data.shards import image_ids_of_files
-
-    try:
-        return image_ids_of_files(ws.shards, files)
-    except Exception:  # noqa: BLE001 - no index in this workspace
-        return []
 
 
 def _forget_unstarted(sdir: Path) -> None:
@@ -599,25 +415,10 @@ def _train_loop(runner, strat, bar, target: int, fresh: bool, model_dir: Path) -
     returns the status. The run's last checkpoint is in the workspace when this returns (the
     runner's mirror waits for it)."""
     quiet = contextlib.redirect_stdout(io.StringIO())
-    status = "finished"
     try:
-        if fresh:
-            # ckpt-0 records the starting weights (pretrained / parent stage) and starts
-            # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
-            with strat.scope(), quiet:
-                runner.controller.save_checkpoint()
-        bar.mark()
-        with strat.scope(), quiet:
-            if runner.train_until(target):
-                status = "stopped: time budget"
-        runner.finish_writes()
+        return _train_until(runner, strat, bar, target, fresh, quiet)
     except KeyboardInterrupt:
-        with strat.scope(), quiet:
-            runner.save_if_new()  # the step reached
-        runner.finish_writes()
-        bar.close()
-        print(f"interrupted at step {runner.step}: checkpoint saved"
-              + ("; copying it to Drive" if runner.mirror else "") + "; re-run to resume")
+        _save_on_interrupt(runner, strat, bar, quiet)
         raise
     except Exception as e:
         explained = _save_error(e, model_dir)
@@ -625,11 +426,41 @@ def _train_loop(runner, strat, bar, target: int, fresh: bool, model_dir: Path) -
             raise explained from e
         raise
     finally:
-        # a save still being written (a return above, or an error in flight) ends before we do;
-        # a write that failed after an error in flight is left to the re-run (it resumes before it)
-        with contextlib.suppress(Exception) if sys.exc_info()[0] else contextlib.nullcontext():
-            runner.finish_writes()
-        bar.close()
-        if runner.mirror is not None:
-            runner.mirror.close(raise_error=sys.exc_info()[0] is None)
+        _end_run(runner, bar, failed=sys.exc_info()[0] is not None)
+
+
+def _train_until(runner, strat, bar, target: int, fresh: bool, quiet) -> str:
+    """Train to global step ``target`` or the time budget; the status, its saves written."""
+    if fresh:
+        # ckpt-0 records the starting weights (pretrained / parent stage) and starts
+        # the CheckpointManager's interval count at 0, so saves land on N, 2N, ...
+        with strat.scope(), quiet:
+            runner.controller.save_checkpoint()
+    bar.mark()
+    status = "finished"
+    with strat.scope(), quiet:
+        if runner.train_until(target):
+            status = "stopped: time budget"
+    runner.finish_writes()
     return status
+
+
+def _save_on_interrupt(runner, strat, bar, quiet) -> None:
+    """A KeyboardInterrupt: save the step reached (if not saved yet) and say so."""
+    with strat.scope(), quiet:
+        runner.save_if_new()  # the step reached
+    runner.finish_writes()
+    bar.close()
+    print(f"interrupted at step {runner.step}: checkpoint saved"
+          + ("; copying it to Drive" if runner.mirror else "") + "; re-run to resume")
+
+
+def _end_run(runner, bar, failed: bool) -> None:
+    """Whatever ended the run: a save still being written ends before we do; the run's last
+    checkpoint reaches the workspace (the mirror waits for it)."""
+    # a write that failed after an error in flight (``failed``) is left to the re-run (it resumes before it)
+    with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+        runner.finish_writes()
+    bar.close()
+    if runner.mirror is not None:
+        runner.mirror.close(raise_error=not failed)

@@ -295,19 +295,24 @@ def test_a_local_folder_from_another_run_is_set_aside(tmp_path):
 
 
 def test_local_checkpoints_only_for_a_workspace_on_drive(tmp_path, monkeypatch):
-    monkeypatch.delenv(mirror.ENV_VAR, raising=False)
+    monkeypatch.delenv(training.LOCAL_CHECKPOINTS_ENV, raising=False)
     monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", tmp_path / "content" / "drive")
     monkeypatch.setattr(colab, "LOCAL_CHECKPOINTS", tmp_path / "content" / "nuclei_local")
-    assert mirror.local_checkpoint_root(tmp_path / "workspace") is None  # a local disk already
+
+    def root(workspace_root, local_checkpoints=None):  # as train_stage decides it
+        return mirror.local_checkpoint_root(workspace_root, training.local_checkpoint_setting(local_checkpoints))
+
+    assert root(tmp_path / "workspace") is None  # a local disk already
     on_drive = tmp_path / "content" / "drive" / "MyDrive" / "nuclei_workspace"
-    got = mirror.local_checkpoint_root(on_drive)
+    got = root(on_drive)
     assert got.parent == tmp_path / "content" / "nuclei_local"
     assert got.name.startswith("nuclei_workspace-")
-    assert mirror.local_checkpoint_root(on_drive, False) is None
-    monkeypatch.setenv(mirror.ENV_VAR, "off")
-    assert mirror.local_checkpoint_root(on_drive) is None
-    monkeypatch.setenv(mirror.ENV_VAR, str(tmp_path / "fast"))
-    assert mirror.local_checkpoint_root(tmp_path / "workspace").parent == tmp_path / "fast"
+    assert root(on_drive, False) is None
+    monkeypatch.setenv(training.LOCAL_CHECKPOINTS_ENV, "off")
+    assert root(on_drive) is None
+    monkeypatch.setenv(training.LOCAL_CHECKPOINTS_ENV, str(tmp_path / "fast"))
+    assert root(tmp_path / "workspace").parent == tmp_path / "fast"
+    assert mirror.local_checkpoint_root(tmp_path / "workspace") is None  # mirror itself reads no environment
 
 
 # ----------------------------------------------------------------------------- Drive's quota

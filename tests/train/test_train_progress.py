@@ -1,0 +1,31 @@
+"""A run's progress line, time budget and divergence check (no training here)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers.train import train_progress
+from helpers.train.train_progress import StageProgress, TrainingDiverged
+
+
+def test_durations_read_as_hours_minutes_or_seconds():
+    assert [train_progress.duration(s) for s in (-3, 40, 720, 3900)] == ["0s", "40s", "12m", "1h05m"]
+
+
+def test_a_nan_loss_stops_the_run_at_once():
+    bar = StageProgress("heads", 0, 10, enabled=False)
+    bar({"total_loss": 1.0, "mask_loss": 0.5, "learning_rate": 0.01})
+    with pytest.raises(TrainingDiverged, match=r"total_loss = nan at step .*lower learning_rate"):
+        bar({"total_loss": float("nan"), "mask_loss": 0.5, "learning_rate": 0.01})
+
+
+def test_s_per_step_leaves_out_the_first_step_and_the_budget_uses_it():
+    bar = StageProgress("heads", 0, 10, enabled=False, budget_s=3600)
+    bar({"total_loss": 1.0})
+    assert bar.s_per_step is None and not bar.over_budget()
+    bar({"total_loss": 1.0})
+    assert bar.s_per_step is not None
+    bar.budget_s, bar.t0 = 1.0, time.perf_counter() - 2.0
+    assert bar.over_budget()
+    bar.close()
