@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from helpers.atomic import atomic_path, atomic_write_text
+from helpers.progress import TEXT_ENV
 from helpers.workspace import get_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,14 +73,27 @@ def check_parameters(parameters: dict, notebooks: list[Path]) -> dict[Path, list
 KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False", "--IPKernelApp.log_level=ERROR"]
 
 
+def kernel_env() -> dict[str, str]:
+    """The environment a headless kernel starts with: this process's, and (unless set here
+    already) its progress bars as text lines saved in the notebook, a few per bar rather than
+    hundreds. ``helpers.progress`` reads ``NUCLEI_TEXT_PROGRESS`` whenever the kernel makes a bar;
+    this process's own bars and environment are left as they are."""
+    env = dict(os.environ)
+    env.setdefault(TEXT_ENV, "1")
+    env.setdefault("TQDM_MININTERVAL", "5")
+    return env
+
+
 def _kernel_manager(log):
-    """A kernel manager class whose kernels write their process's stderr to ``log``."""
+    """A kernel manager class whose kernels write their process's stderr to ``log`` and start
+    with :func:`kernel_env`."""
     from jupyter_client import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
         async def _async_start_kernel(self, **kw):
             kw.setdefault("stderr", log)
             kw.setdefault("stdout", log)
+            kw.setdefault("env", kernel_env())
             return await super()._async_start_kernel(**kw)
 
         start_kernel = _async_start_kernel
@@ -104,9 +118,6 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
 
     notebook = Path(notebook)
     ws = get_workspace(workspace_root)
-    # headless, progress bars are text lines saved in the notebook: a few per bar, not hundreds
-    os.environ.setdefault("TQDM_MININTERVAL", "5")
-    os.environ.setdefault("NUCLEI_TEXT_PROGRESS", "1")  # text bars, kept in the executed copy
     params = dict(parameters or {})
     declared = declared_parameters(notebook)
     unknown = [name for name in params if name not in declared]

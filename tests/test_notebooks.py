@@ -100,6 +100,34 @@ def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, cap
     assert line in (tmp_path / "ws" / "runs" / "native.kernel.log").read_text()
 
 
+def test_the_kernel_makes_text_bars_and_this_process_keeps_its_environment(tmp_path, monkeypatch):
+    """The headless kernel learns from its environment (NUCLEI_TEXT_PROGRESS) that its bars are text
+    lines saved in the notebook, with or without ipywidgets; the calling process's own
+    environment, and so its bars, are left as they were."""
+    import os
+
+    import nbformat
+
+    from helpers import progress
+
+    monkeypatch.delenv(progress.TEXT_ENV, raising=False)
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    cells = [nbformat.v4.new_code_cell("workspace_root = None"),
+             nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                                       "from helpers.progress import text_bars, tqdm\nprint(text_bars())\n"
+                                       "for _ in tqdm(range(3)): pass")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "bars.ipynb"))
+    out = notebooks.run_notebook(tmp_path / "bars.ipynb", workspace_root=tmp_path / "ws")
+    outputs = json.loads(out.read_text())["cells"][-1]["outputs"]
+    stream = {name: "".join("".join(o["text"]) for o in outputs if o.get("name") == name)
+              for name in ("stdout", "stderr")}
+    assert stream["stdout"] == "True\n" and "3/3" in stream["stderr"], outputs
+    assert progress.TEXT_ENV not in os.environ and "TQDM_MININTERVAL" not in os.environ
+
+
 
 def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")

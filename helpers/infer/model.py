@@ -1,6 +1,6 @@
 """Build a trained stage's Mask R-CNN for prediction and run it on full-resolution images.
 
-    model, params = load_model(ws, "all")            # newest complete checkpoint
+    model, params = load_model(ws, "all")            # newest complete checkpoint: a LoadedModel
     det = predict_image(model, params, image)        # uint8 HxWx3, any size
     det["boxes"], det["scores"], det["masks"]        # box-relative mask probabilities
 
@@ -13,8 +13,9 @@ multiple of 2^max_level, never resized).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -83,9 +84,34 @@ def resolve_checkpoint(workspace, stage, checkpoint=None) -> Path:
     return prefix
 
 
+_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections", "detection_masks")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A Keras Mask R-CNN restored for prediction and its inference function: a ``tf.function``
+    traced once per padded image size (the anchors need static shapes), kept with the model so
+    that every image of a size after the first reuses the trace. :func:`predict_image` runs it.
+    """
+    keras: Any  # the tf_keras Model Garden MaskRCNNModel, weights restored
+    infer: Callable = field(init=False, repr=False)  # (images, image_shape) -> {output: tensor}
+
+    def __post_init__(self):
+        import tensorflow as tf
+
+        keras = self.keras
+
+        @tf.function
+        def infer(images, image_shape):
+            out = keras(images, image_shape=image_shape, training=False)
+            return {k: out[k] for k in _OUTPUTS if k in out}
+
+        self.infer = infer
+
+
 def load_model(workspace, stage: str, profile: str | None = None, checkpoint=None,
                image_size: int | None = None, min_score: float | None = None,
-               max_detections: int | None = None):
+               max_detections: int | None = None) -> tuple[LoadedModel, Any]:
     """``(model, params)`` for prediction, restored from a complete checkpoint.
 
     Args:
@@ -97,8 +123,9 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
         profile's ``predict_size``. Any image size works afterwards.
       min_score: the detection generator's score floor (Model Garden default 0.05).
       max_detections: override the profile's ``max_num_detections``.
-    Returns the Keras model (weights restored) and its ExperimentConfig; the
-    restored checkpoint path is ``params.task.init_checkpoint``.
+    Returns a :class:`LoadedModel` (the Keras model, weights restored, with its inference
+    function) and its ExperimentConfig; the restored checkpoint path is
+    ``params.task.init_checkpoint``.
     """
     import tensorflow as tf
     import tf_keras
@@ -134,7 +161,7 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
 
     status = tf.train.Checkpoint(model=model).read(str(full_checkpoint(prefix)))  # a Drive copy: expanded
     status.expect_partial().assert_existing_objects_matched()
-    return model, params
+    return LoadedModel(model), params
 
 
 def input_scale(params) -> float:
@@ -142,25 +169,13 @@ def input_scale(params) -> float:
     return float(cfglib.task_field(params.task, "input_scale"))
 
 
-def _infer_fn(model):
-    import tensorflow as tf
-
-    fn = getattr(model, "_nuclei_infer", None)
-    if fn is None:
-        @tf.function  # one trace per padded image size (anchors need static shapes)
-        def fn(images, image_shape):
-            out = model(images, image_shape=image_shape, training=False)
-            return {k: out[k] for k in ("detection_boxes", "detection_scores", "detection_classes",
-                                        "num_detections", "detection_masks") if k in out}
-        model._nuclei_infer = fn
-    return fn
-
-
-def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.05, zoom: float = 1.0) -> dict:
+def predict_image(model: LoadedModel, params, image: np.ndarray, score_threshold: float = 0.05,
+                  zoom: float = 1.0) -> dict:
     """Run the model on one full-resolution image (enlarged by the stage's input scale
     times ``zoom``, then padded); boxes and masks come back in the image's pixels.
 
     Args:
+      model, params: what :func:`load_model` returns.
       image: uint8 array (H, W, 3).
       score_threshold: drop detections scoring below this.
       zoom: a multi-scale view's extra enlargement (``helpers.infer.tta.ZOOMS``).
@@ -183,7 +198,7 @@ def predict_image(model, params, image: np.ndarray, score_threshold: float = 0.0
     want = [int(round(h * input_scale(params) * zoom)), int(round(w * input_scale(params) * zoom))]
     padded = preprocess_ops.compute_padded_size(want, stride)
     x, info = preprocess_ops.resize_and_crop_image(x, want, padded_size=padded)
-    out = _infer_fn(model)(x[None], info[1][None])
+    out = model.infer(x[None], info[1][None])
     n = int(out["num_detections"][0])
     scale = info[2].numpy()  # (sy, sx): the input scale; boxes go back to image pixels
     boxes = out["detection_boxes"][0, :n].numpy() / np.tile(scale, 2)

@@ -33,7 +33,8 @@ def test_load_restores_the_newest_complete_checkpoint(heads_ws, loaded):
     key = next(k for k in r.get_variable_to_shape_map()
                if k.startswith("mask_head/") and k.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE"))
     stored = r.get_tensor(key)
-    assert any(np.array_equal(v.numpy(), stored) for v in model.mask_head.weights)
+    assert isinstance(model, M.LoadedModel)
+    assert any(np.array_equal(v.numpy(), stored) for v in model.keras.mask_head.weights)
 
 
 def test_predict_full_resolution_image(loaded, image):
@@ -84,7 +85,17 @@ def test_input_scale_enlarges_the_model_input_and_maps_back(loaded, image):
     big = M.predict_image(model, scaled, image, score_threshold=0.0)
     stride = 2 ** params.task.model.max_level
     shapes = {tuple(c.structured_input_signature[0][0].shape)
-              for c in model._nuclei_infer._list_all_concrete_functions()}
+              for c in model.infer._list_all_concrete_functions()}
     assert (1, -(-2 * h // stride) * stride, -(-2 * w // stride) * stride, 3) in shapes
     assert big["image_shape"] == plain["image_shape"] == (h, w)
     assert len(big["boxes"]) and big["boxes"].max() <= max(h, w) + 1e-3 and big["boxes"].min() >= -1e-3
+
+
+def test_each_padded_size_is_traced_once_and_kept_with_the_loaded_model(loaded, image):
+    """The inference function lives in the LoadedModel (nothing is attached to the Keras model):
+    a second image of an already seen padded size reuses its trace."""
+    model, params = loaded
+    M.predict_image(model, params, image[:100, :100], score_threshold=0.0)
+    traces = model.infer.experimental_get_tracing_count()
+    M.predict_image(model, params, image[-100:, -100:], score_threshold=0.0)
+    assert model.infer.experimental_get_tracing_count() == traces
