@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 from helpers.detections import Detections  # noqa: E402
 from helpers.rle import encode_crops, encode_masks, rle_bbox  # noqa: E402
-from helpers.infer.ensemble import merge_detections  # noqa: E402
+from helpers.infer.fusion import merge_detections  # noqa: E402
 from helpers.infer.evaluate import evaluate  # noqa: E402
 from helpers.infer.submission import resolve_overlaps  # noqa: E402
 from helpers.infer.tiling import merge_tiles, tile_grid  # noqa: E402

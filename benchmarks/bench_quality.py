@@ -214,7 +214,7 @@ def _rescoring_of(previous: Path, trained: dict) -> dict | None:
 def evaluate(ws, args) -> dict:
     from helpers.infer import evaluate as ev
     from helpers.infer import instance_metrics, predict, rescore
-    from helpers.infer.ensemble import merge_detections
+    from helpers.infer.fusion import merge_detections
 
     val_ids = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val_ids)
@@ -243,7 +243,7 @@ def evaluate(ws, args) -> dict:
     source = nms if best.endswith("+masknms") else parts
     augs = views[best.removesuffix("+masknms")]
     passes = {i: [source[a][i] for a in augs] for i in val_ids}
-    cmp = rescore.compare(variants[best], gt, passes, metric=METRIC)
+    cmp = rescore.compare_recipes(variants[best], gt, passes, metric=METRIC)
     print(cmp.format())
     n_dets = {i: len(d) for i, d in variants[best].items()}
     return {"val_ids": val_ids, "n_gt": {i: len(g) for i, g in gt.items()}, "n_dets": n_dets,

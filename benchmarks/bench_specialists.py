@@ -15,7 +15,7 @@ counts organs that gain, not one pooled figure on one split.
 
 Prints per organ: AP50@100 and AP@1000 of the main model and of the specialist on that image (TTA
 as notebook 04: plain, hflip, vflip, zoom125), then the routed split against the main model, with
-``ensemble.compare``'s table. Results go to ``benchmarks/results/specialists/<run>.json``.
+``strategy.compare_strategies``' table. Results go to ``benchmarks/results/specialists/<run>.json``.
 """
 from __future__ import annotations
 
@@ -63,7 +63,9 @@ def score(preds: dict, gt: dict) -> dict:
 
 
 def run(ws, steps: int | None, tta, quiet: bool) -> dict:
-    from helpers.infer import ensemble, predict
+    from helpers.infer import predict
+    from helpers.infer.routing import Router
+    from helpers.infer.strategy import compare_strategies
 
     organ_of = val_organs(ws)
     val_ids = sorted(organ_of)
@@ -81,11 +83,11 @@ def run(ws, steps: int | None, tta, quiet: bool) -> dict:
         per_organ[organ] = {"image_id": image_id, "main": main, "specialist": spec,
                             "gain": {k: spec[k] - main[k] for k in COLUMNS}}
     routed = {i: per_model[f"specialist-{o}"][i] for i, o in organ_of.items()}
-    router = ensemble.Router(default="all", by_organ={o: f"specialist-{o}" for o in organ_of.values()},
+    router = Router(default="all", by_organ={o: f"specialist-{o}" for o in organ_of.values()},
                              organs=dict(organ_of))
     # compare needs every model to predict every image: each specialist's other images are the main model's
     filled = {m: {i: p.get(i, per_model["all"][i]) for i in val_ids} for m, p in per_model.items()}
-    cmp = ensemble.compare(filled, gt, router=router, metric=METRIC, progress=not quiet)
+    cmp = compare_strategies(filled, gt, router=router, metric=METRIC, progress=not quiet)
     return {"val_organs": organ_of, "trained": trained, "per_organ": per_organ,
             "split": {"main": score(per_model["all"], gt), "routed": score(routed, gt)},
             "compare": cmp.rows, "wins": sum(v["gain"][METRIC] > 0 for v in per_organ.values())}

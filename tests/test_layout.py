@@ -15,13 +15,15 @@ import pytest
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 LAYERS = {
-    "": ("atomic", "progress", "colab", "workspace", "rle", "detections", "coco_format", "stain", "drawing", "notebooks"),
-    "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards", "prepare"),
+    "": ("atomic", "progress", "colab", "workspace", "image_codec", "rle", "detections", "coco_format", "stain",
+         "drawing", "notebooks"),
+    "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards/index", "shards/reader",
+             "shards/writer", "shards/verify", "prepare"),
     "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
               "torch_export", "torch_convert", "pretrained", "train_input", "tasks/nuclei_maskrcnn", "stages",
-              "mirror", "runner", "curves", "training"),
-    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "instance_metrics", "ensemble", "predict",
-              "ranking", "rescore", "submission", "overlays", "exports", "selection", "own_images"),
+              "stage_plan", "mirror", "runner", "curves", "train_progress", "training"),
+    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "instance_metrics", "routing", "fusion",
+              "strategy", "predict", "ranking", "rescore", "choice", "submission", "overlays", "exports", "selection", "own_images"),
 }
 GLUE = {"data/prepare", "train/training", "infer/selection", "infer/own_images", "notebooks"}
 ORDER = [f"{room}/{m}" if room else m for room, modules in LAYERS.items() for m in modules]

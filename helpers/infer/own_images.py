@@ -28,7 +28,8 @@ import numpy as np
 
 from helpers.atomic import remove_stale_partials
 from helpers.infer import exports, rescore
-from helpers.infer.ensemble import merge_detections
+from helpers.infer.choice import load_choice, load_ranker
+from helpers.infer.fusion import merge_detections
 from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
 from helpers.workspace import as_workspace
 
@@ -150,7 +151,7 @@ class TiledPredictor:
     every ``tta``) in overlapping tiles, stitched (``tiling.merge_tiles``), the passes merged as
     notebook 04 merges them, then ``recipe``'s rescoring."""
 
-    model: object
+    model: object   # model.load_model's (model, params): a LoadedModel and its ExperimentConfig
     params: object
     tta: Sequence[str] = DEFAULT_TTA
     recipe: rescore.Recipe | None = None
@@ -204,7 +205,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     todo = _not_exported(paths, report)
     if todo:
         model, params = load_model(ws, stage, min_score=0.0)
-        predictor = TiledPredictor(model, params, tta, recipe, rescore.load_ranker(ws.predictions, recipe),
+        predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
                                    tile, overlap)
         sizes = _sizes(todo, report)
         with tqdm(total=sum(map(predictor.tiles, sizes.values())), desc="tiles", unit="tile",
@@ -219,7 +220,8 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
 def _recipe_and_tta(ws, tta, report: OwnImagesReport):
     """Notebook 04's rescoring and TTA, unless ``tta`` is given: then a rescoring that needs the
     passes it was chosen with is not applied (a note says so)."""
-    recipe, chosen_tta = rescore.load_choice(ws.predictions)
+    chosen = load_choice(ws.predictions, required=False)
+    recipe, chosen_tta = (chosen.recipe, list(chosen.tta)) if chosen else (rescore.RECIPES["none"], [])
     tta = list(chosen_tta or DEFAULT_TTA) if tta is None else list(tta)
     if recipe.needs_passes and tta != chosen_tta:
         report.notes.append(f"rescoring {recipe.name!r} was chosen with tta {chosen_tta}; with {tta} it is not applied")

@@ -9,7 +9,7 @@
 * Model Garden's box-relative masks are pasted as its COCO evaluation does it
   (``model.detections_from_model_garden``) and stored as RLE.
 * Test-time augmentation: each of ``AUGMENTATIONS`` is predicted on the transformed
-  image, mapped back, and all are fused by mask IoU (``ensemble.merge_detections``).
+  image, mapped back, and all are fused by mask IoU (``fusion.merge_detections``).
 * Every (model, image, augmentation) is cached in ``predictions/<model>/`` with the
   checkpoint it came from; re-running computes nothing twice, and a newer checkpoint
   makes the old entries stale (recomputed).
@@ -26,7 +26,7 @@ from helpers.detections import Detections
 from helpers.infer.model import detections_from_model_garden
 from helpers.rle import encode_masks
 from helpers.data import shards as shardlib
-from helpers.infer.ensemble import merge_detections
+from helpers.infer.fusion import merge_detections
 from helpers.infer.prediction_cache import PredictionCache
 from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid
 from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, zoom_of
@@ -102,7 +102,8 @@ def predict_detections(model, params, image: np.ndarray, augmentation: str | Non
     Images up to ``tile`` pixels a side go through the model whole; larger ones in
     overlapping tiles whose border-cut nuclei are joined (``tiling.merge_tiles``).
     Masks are pasted as Model Garden's COCO evaluation does it
-    (``model.detections_from_model_garden``). ``bar``: a tqdm bar advanced per tile.
+    (``model.detections_from_model_garden``). ``model, params``: what ``model.load_model``
+    returns. ``bar``: a tqdm bar advanced per tile.
     """
     from helpers.infer.model import input_scale, predict_image
 

@@ -194,5 +194,5 @@ class PredictionCache:
         return {i: self.load((model, i, tta)) for i in image_ids}
 
     def load_all_predictions(self, models, image_ids, tta: str | None = None) -> dict[str, dict[str, Detections]]:
-        """``{model: {image_id: Detections}}``, the input of ``helpers.infer.ensemble``."""
+        """``{model: {image_id: Detections}}``, the input of ``helpers.infer.strategy``."""
         return {m: self.load_predictions(m, image_ids, tta) for m in models}

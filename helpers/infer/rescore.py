@@ -16,27 +16,22 @@ signals besides the classifier's score, each in [0, 1]:
 A :class:`Recipe` combines them: ``score * agreement**a * mask**b * border_factor**border``, or,
 for the ``learned-*`` recipes, replaces the score by a small model's estimate learned from the
 validation predictions (:mod:`helpers.infer.ranking`; scored leave-one-image-out in the table).
-:func:`compare` scores every recipe of ``RECIPES`` on the validation split and keeps one only if
+:func:`compare_recipes` scores every recipe of ``RECIPES`` on the validation split and keeps one only if
 it beats ``"none"`` on the chosen metric (:data:`LEADERBOARD_METRIC`, AP50@100, by default); the
 table also shows AP@100 and AP@1000, so a recipe that trades real quality for leaderboard rank
-says so. :func:`save_choice` / :func:`load_choice` carry the choice from notebook 04 to notebook 05.
+says so. Notebook 04's choice record (:mod:`helpers.infer.choice`) carries the pick to notebooks 05 and 06.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from helpers.atomic import atomic_write_json
 from helpers.detections import Detections
 from helpers.rle import rle_iou
 from helpers.infer import ranking
 from helpers.infer.evaluate import LEADERBOARD_METRIC
-
-CHOICE_FILE = "rescoring.json"  # predictions/rescoring.json: the recipe notebook 04 chose
 
 
 class RescoreError(ValueError):
@@ -205,7 +200,7 @@ def _tradeoff(base: Mapping, chosen: Mapping, metric: str) -> str:
     return ""
 
 
-def compare(preds: Mapping[str, Detections], ground_truth: Mapping,
+def compare_recipes(preds: Mapping[str, Detections], ground_truth: Mapping,
             passes: Mapping[str, Sequence[Detections]] | None = None, metric: str = LEADERBOARD_METRIC,
             recipes: Sequence[str] | None = None, choice: str = "") -> RescoreComparison:
     """Each recipe's validation metrics; the best is kept only if it beats ``"none"``. A learned
@@ -257,43 +252,3 @@ def learning_rows(preds: Mapping[str, Detections], sig: Mapping[str, Mapping],
     X = {i: ranking.features(d, sig[i]) for i, d in preds.items()}
     match = {i: ranking.match_iou(d, gt_rles(ground_truth[i], i)) for i, d in preds.items()}
     return X, match
-
-
-def choice_path(predictions_dir) -> Path:
-    return Path(predictions_dir) / CHOICE_FILE
-
-
-def save_choice(predictions_dir, comparison: RescoreComparison, tta: Sequence[str] = ()) -> Path:
-    """Write the chosen recipe, the augmentations its agreement was measured over, and the
-    table it won, for notebook 05; a learned recipe's ranking (fit on every validation image)
-    goes beside it (``ranking.npz``)."""
-    path = choice_path(predictions_dir)
-    ranker = comparison.ranker()
-    if ranker is not None:
-        ranking.save(ranker, ranking.ranking_path(predictions_dir))
-    atomic_write_json(path, {"recipe": asdict(RECIPES[comparison.chosen]), "tta": list(tta),
-                             "metric": comparison.metric, "table": comparison.rows})
-    return path
-
-
-def load_choice(predictions_dir) -> tuple[Recipe, list[str]]:
-    """``(recipe, tta)`` notebook 04 chose; ``("none", [])`` when it saved none."""
-    path = choice_path(predictions_dir)
-    if not path.is_file():
-        return RECIPES["none"], []
-    try:
-        obj = json.loads(path.read_text())
-        return Recipe(**obj["recipe"]), list(obj.get("tta", []))
-    except (ValueError, KeyError, TypeError) as e:
-        raise RescoreError(f"{path} is not a rescoring choice ({e}); run notebook 04 again") from e
-
-
-def load_ranker(predictions_dir, recipe: Recipe) -> ranking.Ranker | None:
-    """The learned ranking a learned ``recipe`` applies (None for a hand recipe)."""
-    if not recipe.learned:
-        return None
-    ranker = ranking.load(ranking.ranking_path(predictions_dir))
-    if ranker.target != recipe.learned:
-        raise RescoreError(f"{ranking.ranking_path(predictions_dir)} learned {ranker.target!r}, but "
-                           f"{choice_path(predictions_dir)} chose {recipe.name!r}: run notebook 04 again")
-    return ranker

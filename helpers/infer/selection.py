@@ -1,28 +1,29 @@
 """Glue for notebooks 04 and 05: predictions of several models, the route table, the choice.
 
-The work itself lives in predict (running models), evaluate (COCO mAP), ensemble
-(route / merge / compare) and submission (answer.json).
+The work itself lives in predict (running models), evaluate (COCO mAP), routing, fusion and
+strategy (route / merge / compare), rescore (ranking for the leaderboard), choice (the record
+notebook 04 writes and 05 reads) and submission (answer.json).
 """
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from helpers.detections import Detections
 from helpers.data.manifest import workspace_manifest
-from helpers.infer import ensemble, rescore
+from helpers.infer import choice as choice_record
+from helpers.infer import rescore
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.instance_metrics import TABLE_COLUMNS
 from helpers.infer.predict import image_ids_of, predict_stage
+from helpers.infer.routing import Router
+from helpers.infer.tta import TTA_SUFFIX, base_model
 from helpers.workspace import Workspace, as_workspace
 
-CHOICE_FILE = "ensemble.json"  # predictions/ensemble.json: the strategy notebook 04 chose
-TTA_SUFFIX = "+tta"
 
-
-def choice_path(workspace) -> Path:
-    return as_workspace(workspace).predictions / CHOICE_FILE
+def model_stages(models: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """``{model name: stage}`` from notebook 04's ``models`` (a list of stages, or that mapping)."""
+    return dict(models) if isinstance(models, Mapping) else {m: m for m in models}
 
 
 def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], image_ids: Sequence[str],
@@ -33,8 +34,7 @@ def model_predictions(workspace, models: Mapping[str, str] | Sequence[str], imag
     predictions fused, so the comparison shows what test-time augmentation buys.
     All of it is cached per (model, image, augmentation).
     """
-    if not isinstance(models, Mapping):
-        models = {m: m for m in models}
+    models = model_stages(models)
     _refuse_final_on_validation(workspace, models, image_ids)
     _refuse_trained_on_validation(workspace, models, image_ids)
     out = {}
@@ -67,15 +67,14 @@ def make_router(workspace, per_model: Mapping, by_organ: Mapping[str, str] | Non
     manifest; None when no table is given. ``default`` is the first model when unset."""
     if not by_organ and not by_image:
         return None
-    router = ensemble.Router.from_manifest(workspace_manifest(as_workspace(workspace)),
-                                           default=default or next(iter(per_model)),
-                                           by_organ=by_organ, by_image=by_image)
+    router = Router.from_manifest(workspace_manifest(as_workspace(workspace)),
+                                  default=default or next(iter(per_model)), by_organ=by_organ, by_image=by_image)
     router.check(per_model)
     return router
 
 
-def choose(workspace, comparison, choice: str = "", overwrite: bool = False):
-    """Take the best strategy (or the user's ``choice``), save it for notebook 05, return it."""
+def choose(comparison, choice: str = ""):
+    """The best strategy on validation, or the user's ``choice`` (a name from the table)."""
     if choice:
         comparison.choose(choice)
     score = next((r.get(comparison.metric) for r in comparison.rows if r["strategy"] == comparison.chosen), None)
@@ -84,26 +83,24 @@ def choose(workspace, comparison, choice: str = "", overwrite: bool = False):
                       "model found a nucleus that matches the ground truth, so this choice means nothing. The "
                       "models are undertrained: train them for more steps (notebooks 02/03) and run this "
                       "notebook again.", FoundNothing, stacklevel=2)
-    path = ensemble.save_strategy(comparison.strategy, choice_path(workspace), overwrite=overwrite)
     print(f"chosen: {comparison.chosen}" + (" (best on validation)" if comparison.chosen == comparison.best
-                                              else f" (best was {comparison.best})") + f"; saved to {path}")
+                                              else f" (best was {comparison.best})"))
     return comparison.strategy
 
 
-def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequence[str] = (),
-                      stages: Mapping[str, str] | None = None, progress: bool = False,
-                      **kw) -> dict[str, list[Detections]]:
+def prediction_passes(workspace, strategy, image_ids: Sequence[str], stages: Mapping[str, str],
+                      tta: Sequence[str] = (), progress: bool = False, **kw) -> dict[str, list[Detections]]:
     """``{image_id: [Detections, ...]}``: every pass (plain and each of ``tta``) of every model
-    the strategy uses, for rescoring by agreement. From the prediction cache when it is there."""
+    the strategy uses (``stages``: {model: stage}), for rescoring by agreement. From the
+    prediction cache when it is there."""
     ws = as_workspace(workspace)
-    stages = stages or _stages_of(ws, strategy.models)
-    base = lambda m: m[: -len(TTA_SUFFIX)] if m.endswith(TTA_SUFFIX) else m  # noqa: E731
     if strategy.kind == "route":  # each image: the passes of the model it is routed to
-        users = {i: {base(strategy.router.model_for(i))} for i in image_ids}
+        users = {i: {base_model(strategy.router.model_for(i))} for i in image_ids}
     else:
-        users = {i: {base(m) for m in strategy.models} for i in image_ids}
+        users = {i: {base_model(m) for m in strategy.models} for i in image_ids}
     out: dict[str, list[Detections]] = {i: [] for i in image_ids}
-    for name, stage in stages.items():
+    for name in sorted({base_model(m) for m in strategy.models}):
+        stage = stages[name]
         ids = [i for i in image_ids if name in users[i]]
         if not ids:
             continue
@@ -115,62 +112,63 @@ def prediction_passes(workspace, strategy, image_ids: Sequence[str], tta: Sequen
     return out
 
 
-def rescoring(workspace, strategy, val_preds: Mapping[str, Detections], ground_truth: Mapping,
-              tta: Sequence[str] = (), metric: str = LEADERBOARD_METRIC, choice: str = "",
-              overwrite: bool = False, **kw):
+def rescoring(workspace, models, strategy, val_preds: Mapping[str, Detections], ground_truth: Mapping,
+              tta: Sequence[str] = (), metric: str = LEADERBOARD_METRIC, choice: str = "", **kw):
     """Notebook 04: every rescoring recipe on validation, the best kept (only if it wins on
-    ``metric``) and saved for notebook 05; returns ``(comparison, rescored val_preds)``.
-    Rescoring decides a ranking, so a segmentation metric (AJI, PQ, F1@0.5) chooses it by the
-    leaderboard's AP50@100 instead."""
-    ws = as_workspace(workspace)
+    ``metric``); returns ``(comparison, rescored val_preds)``. Rescoring decides a ranking, so a
+    segmentation metric (AJI, PQ, F1@0.5) chooses it by the leaderboard's AP50@100 instead."""
     if metric in TABLE_COLUMNS:
         print(f"rescoring ranks detections: chosen by {LEADERBOARD_METRIC}, not {metric}")
         metric = LEADERBOARD_METRIC
-    passes = prediction_passes(ws, strategy, list(val_preds), tta, **kw)
-    cmp = rescore.compare(val_preds, ground_truth, passes, metric=metric, choice=choice)
+    passes = prediction_passes(workspace, strategy, list(val_preds), model_stages(models), tta, **kw)
+    cmp = rescore.compare_recipes(val_preds, ground_truth, passes, metric=metric, choice=choice)
     print(cmp.format())
-    path = rescore.choice_path(ws.predictions)
-    if path.is_file() and not overwrite:
-        saved, _ = rescore.load_choice(ws.predictions)
-        if saved.name != cmp.chosen:
-            raise FileExistsError(f"{path} holds rescoring {saved.name!r} from an earlier run; pass "
-                                  f"overwrite_choice=True to replace it with {cmp.chosen!r}")
-    print(f"rescoring: {cmp.chosen}; saved to {rescore.save_choice(ws.predictions, cmp, tta)}")
     return cmp, cmp.on_validation(val_preds, passes)
 
 
-def chosen_test_predictions(workspace, tta: Sequence[str] = (), progress: bool = True,
-                            use_final: bool = False, **kw):
-    """Notebook 05: the saved strategy and rescoring applied to the test images (predicting
-    what is not cached). ``use_final``: the ``final`` stage (all labelled images) stands in
-    for ``all`` wherever the strategy uses it."""
+def save_choice(workspace, models, comparison, rescoring, tta: Sequence[str] = (),
+                overwrite: bool = False) -> choice_record.Choice:
+    """Notebook 04's one record for notebooks 05 and 06 (``predictions/choice.json``): the chosen
+    strategy, the stage of each model it uses, the rescoring and ``tta``."""
     ws = as_workspace(workspace)
-    strategy = ensemble.load_strategy(choice_path(ws))
-    recipe, recipe_tta = rescore.load_choice(ws.predictions)
+    strategy, stages = comparison.strategy, model_stages(models)
+    record = choice_record.Choice(
+        strategy, {m: stages[m] for m in sorted({base_model(n) for n in strategy.models})},
+        rescore.RECIPES[rescoring.chosen], tuple(tta), comparison.metric,
+        {"strategies": comparison.rows, "rescoring": rescoring.rows})
+    path = choice_record.save_choice(ws.predictions, record, rescoring.ranker(), overwrite=overwrite)
+    print(f"saved to {path}: {record.describe()}")
+    return record
+
+
+def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progress: bool = True,
+                            use_final: bool = False, **kw):
+    """Notebook 05: notebook 04's choice (strategy and rescoring) applied to the test images,
+    predicting what is not cached. ``tta``: None takes the choice's; a list must match it.
+    ``use_final``: the ``final`` stage (all labelled images) stands in for ``all`` wherever the
+    strategy uses it."""
+    ws = as_workspace(workspace)
+    chosen = choice_record.load_choice(ws.predictions)
+    if tta is not None and chosen.uses_tta and list(tta) != list(chosen.tta):
+        raise ValueError(f"notebook 04 chose {chosen.strategy.name!r} with rescoring {chosen.recipe.name!r} "
+                         f"measured with tta = {list(chosen.tta)}: use the same here (got {list(tta)}), or "
+                         "tta = None to take it from the choice")
+    tta = chosen.tta if chosen.uses_tta else ()
+    stages = _with_final(ws, chosen.stages) if use_final else dict(chosen.stages)
     test_ids = image_ids_of(ws, "test")
-    stages = _stages_of(ws, strategy.models)
-    if use_final:
-        stages = _with_final(ws, stages)
-    if recipe.needs_passes and list(tta) != recipe_tta:
-        raise ValueError(f"rescoring {recipe.name!r} was chosen in notebook 04 with tta = {recipe_tta}: "
-                         f"use the same here (got {list(tta)})")
-    needs_tta = any(m.endswith(TTA_SUFFIX) for m in strategy.models)
-    if needs_tta and not tta:
-        raise ValueError(f"the chosen strategy {strategy.name!r} uses test-time augmentation: pass the "
-                         "same tta as in notebook 04")
-    tta = tta if (needs_tta or recipe.needs_passes) else ()
     per_model = {}
     for name, stage in stages.items():
         cached = _cache_name(name, stage)
         preds = model_predictions(ws, {cached: stage}, test_ids, tta=tta, progress=progress, **kw)
         per_model.update({name + k[len(cached):]: v for k, v in preds.items()})
-    print(f"strategy {strategy.name!r} ({strategy.kind}: {', '.join(strategy.models)}) on {len(test_ids)} "
-          f"test images" + (f", with {stages}" if use_final else "") + f"; rescoring {recipe.name!r}")
+    strategy, recipe = chosen.strategy, chosen.recipe
+    print(f"strategy {strategy.describe()} on {len(test_ids)} test images"
+          + (f", with {stages}" if use_final else "") + f"; rescoring {recipe.name!r}")
     preds = strategy.apply(per_model, test_ids)
     if recipe.name == "none":
         return preds
-    passes = prediction_passes(ws, strategy, test_ids, tta, stages=stages, **kw) if recipe.needs_passes else None
-    return rescore.apply_all(recipe, preds, passes, ranker=rescore.load_ranker(ws.predictions, recipe))
+    passes = prediction_passes(ws, strategy, test_ids, stages, tta, **kw) if recipe.needs_passes else None
+    return rescore.apply_all(recipe, preds, passes, ranker=choice_record.load_ranker(ws.predictions, recipe))
 
 
 def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:
@@ -242,26 +240,3 @@ def test_images(workspace):
 
     return [TestImage(f"{e['image_id']}.png", e["image_id"], int(e["source_id"]), int(e["height"]), int(e["width"]))
             for e in load_index(as_workspace(workspace).shards)["shards"] if e["split"] == "test"]
-
-
-def _stages_of(ws: Workspace, names: Sequence[str]) -> dict[str, str]:
-    """{model name: stage} for the names a strategy uses (a '+tta' name needs its base model)."""
-    saved = {}
-    for n in names:
-        base = n[: -len(TTA_SUFFIX)] if n.endswith(TTA_SUFFIX) else n
-        meta_stage = _cached_stage(ws, base)
-        saved[base] = meta_stage or base
-    return saved
-
-
-def _cached_stage(ws: Workspace, name: str) -> str | None:
-    """The stage a model name was predicted with in notebook 04 (from the cache's meta)."""
-    from helpers.infer.prediction_cache import PredictionCache
-
-    cache = PredictionCache(ws.predictions)
-    for key in cache.keys(name):
-        try:
-            return cache.load_meta(key).get("stage")
-        except Exception:  # noqa: BLE001 - a bad file says nothing; try the next
-            continue
-    return None

@@ -5,7 +5,7 @@
   predicted on that view back onto the image (``transform_detections`` applies one).
   ``ZOOMS`` are multi-scale views: ``zoom_of(name)`` enlarges the model's input.
 
-Fusing the views is :mod:`helpers.infer.ensemble`'s work (``merge_detections``); a large image's
+Fusing the views is :mod:`helpers.infer.fusion`'s work (``merge_detections``); a large image's
 tiles are :mod:`helpers.infer.tiling`'s.
 """
 from __future__ import annotations
@@ -21,6 +21,12 @@ _INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "ro
 # input scale) and its boxes and masks come back in image pixels, so there is no geometry to undo.
 # Training crops are enlarged by 1.0-1.25 (Profile.scale_jitter), so 1.25 stays in what it saw.
 ZOOMS = {"zoom125": 1.25, "zoom150": 1.5}
+TTA_SUFFIX = "+tta"  # model "<name>+tta": model <name>'s plain and augmented predictions fused
+
+
+def base_model(name: str) -> str:
+    """The model a comparison's name stands for: ``all`` for ``all+tta``."""
+    return name[: -len(TTA_SUFFIX)] if name.endswith(TTA_SUFFIX) else name
 
 
 def zoom_of(name: str | None) -> float:

@@ -53,7 +53,7 @@ def test_seams_neither_double_nor_lose_nuclei(demo_copy, demo_test_images):
     within a view), the stitched answer finds the nuclei the whole images do."""
     from helpers.detections import Detections
     from helpers.infer.model import detections_from_model_garden
-    from helpers.infer.ensemble import merge_detections
+    from helpers.infer.fusion import merge_detections
     from helpers.infer.model import load_model, predict_image
     from helpers.infer.predict import predict_detections
     from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid

@@ -1,9 +1,11 @@
-"""The learned ranking (helpers.infer.ranking) through rescore's comparison and choice."""
+"""The learned ranking (helpers.infer.ranking) through rescore's comparison and the choice record."""
 import numpy as np
 import pytest
 
 from helpers.detections import Detections
 from helpers.infer import ranking, rescore
+from helpers.infer.choice import Choice, load_choice, load_ranker, save_choice
+from helpers.infer.strategy import Single
 
 H = W = 200
 
@@ -51,7 +53,7 @@ def test_features_see_shape_and_duplicates():
 
 def test_learned_ranking_wins_on_validation_without_seeing_the_image_it_scores(split):
     preds, gt = split
-    cmp = rescore.compare(preds, gt, recipes=["learned-match50", "learned-iou", "border"])
+    cmp = rescore.compare_recipes(preds, gt, recipes=["learned-match50", "learned-iou", "border"])
     rows = {r["recipe"]: r for r in cmp.rows}
     assert cmp.metric == "AP50@100"
     assert rows["learned-match50"]["AP50@100"] > rows["none"]["AP50@100"] + 0.1
@@ -72,14 +74,14 @@ def test_learned_ranking_wins_on_validation_without_seeing_the_image_it_scores(s
 
 def test_the_chosen_ranking_is_stored_and_reapplied(split, tmp_path):
     preds, gt = split
-    cmp = rescore.compare(preds, gt, recipes=["learned-match50"], choice="learned-match50")
-    rescore.save_choice(tmp_path, cmp, ())
+    cmp = rescore.compare_recipes(preds, gt, recipes=["learned-match50"], choice="learned-match50")
+    save_choice(tmp_path, Choice(Single("A", ("A",)), {"A": "all"}, rescore.RECIPES[cmp.chosen]), cmp.ranker())
     assert (tmp_path / ranking.RANKING_FILE).is_file()
-    recipe, tta = rescore.load_choice(tmp_path)
+    recipe = load_choice(tmp_path).recipe
     assert recipe == rescore.RECIPES["learned-match50"] and recipe.needs_passes
     new, _ = image(99)  # a "test" image
     fitted = cmp.ranker().rescore(new)
-    again = rescore.apply(recipe, new, ranker=rescore.load_ranker(tmp_path, recipe))
+    again = rescore.apply(recipe, new, ranker=load_ranker(tmp_path, recipe))
     np.testing.assert_array_equal(again.scores, fitted.scores)
     assert again.rles == fitted.rles
     # it reorders: the disks come first
@@ -91,11 +93,11 @@ def test_the_chosen_ranking_is_stored_and_reapplied(split, tmp_path):
         rescore.apply(recipe, new)
     (tmp_path / ranking.RANKING_FILE).write_bytes(b"garbage")
     with pytest.raises(ranking.RankingError, match="ranking.npz.*notebook 04"):
-        rescore.load_ranker(tmp_path, recipe)
+        load_ranker(tmp_path, recipe)
 
 
 def test_leave_one_out_needs_two_images(split):
     preds, gt = split
     one = {"img0": preds["img0"]}
-    cmp = rescore.compare(one, {"img0": gt["img0"]}, recipes=["learned-match50"])
+    cmp = rescore.compare_recipes(one, {"img0": gt["img0"]}, recipes=["learned-match50"])
     assert [r["recipe"] for r in cmp.rows] == ["none"]  # too few images: the recipe is left out

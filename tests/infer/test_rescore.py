@@ -4,7 +4,7 @@ import pytest
 
 from helpers.detections import Detections
 from helpers.infer import rescore
-from helpers.infer.ensemble import merge_detections
+from helpers.infer.fusion import merge_detections
 from helpers.infer.evaluate import ceiling, evaluate
 from helpers.infer.tta import invert_tta, transform_detections
 
@@ -91,7 +91,7 @@ def test_compare_keeps_a_recipe_only_when_it_wins_at_100_detections():
     scores = np.r_[np.full(len(real), 0.5), np.full(len(false), 0.9)]
     preds = {"a": Detections.from_masks(masks, scores)}
     passes = {"a": [Detections.from_masks(np.stack(real), np.ones(len(real)))] * 2}
-    cmp = rescore.compare(preds, gt, passes, recipes=["agreement", "border"])
+    cmp = rescore.compare_recipes(preds, gt, passes, recipes=["agreement", "border"])
     rows = {r["recipe"]: r for r in cmp.rows}
     assert rows["agreement"]["AP@100"] > rows["none"]["AP@100"] + 0.3
     assert cmp.chosen == "agreement" and "AP@100" in cmp.format()
@@ -99,20 +99,7 @@ def test_compare_keeps_a_recipe_only_when_it_wins_at_100_detections():
     assert cmp.ceiling["AP@100"] == pytest.approx(ceiling(gt)["AP@100"])
     # nothing beats the plain score: "none" stays
     good = {"a": Detections.from_masks(np.stack(real), np.ones(len(real)))}
-    assert rescore.compare(good, gt, passes, recipes=["agreement"]).chosen == "none"
-
-
-def test_choice_round_trip(tmp_path):
-    real = grid(5)
-    gt = {"a": Detections.from_masks(np.stack(real), np.ones(5))}
-    cmp = rescore.compare(gt, gt, choice="border", recipes=["border"])
-    assert cmp.chosen == "border"
-    rescore.save_choice(tmp_path, cmp, ("hflip",))
-    assert rescore.load_choice(tmp_path) == (rescore.RECIPES["border"], ["hflip"])
-    assert rescore.load_choice(tmp_path / "nowhere")[0].name == "none"
-    (tmp_path / rescore.CHOICE_FILE).write_text("{not json")
-    with pytest.raises(rescore.RescoreError, match="rescoring.json"):
-        rescore.load_choice(tmp_path)
+    assert rescore.compare_recipes(good, gt, passes, recipes=["agreement"]).chosen == "none"
 
 
 def test_ceiling_is_what_perfect_masks_score():

@@ -3,7 +3,9 @@ import shutil
 
 import pytest
 
-from helpers.infer import ensemble, selection
+from helpers.infer import selection
+from helpers.infer.choice import Choice, load_choice, save_choice
+from helpers.infer.strategy import Single, StrategyComparison
 from helpers.train import training
 from helpers.train.stages import Stage
 from helpers.workspace import get_workspace
@@ -20,8 +22,8 @@ def test_final_model_predicts_the_test_images_in_place_of_all(demo_workflow, tmp
         shutil.rmtree(ws.root / sub, ignore_errors=True)
         shutil.copytree(demo_workflow.root / sub, ws.root / sub, symlinks=True)
     # notebook 04's pick depends on how the demo training went; this test needs one that uses `all`
-    ensemble.save_strategy(ensemble.Strategy("all+tta", "single", ("all+tta",)), selection.choice_path(ws),
-                           overwrite=True)
+    save_choice(ws.predictions, Choice(Single("all+tta", ("all+tta",)), {"all": "all"}, tta=("hflip", "vflip")),
+                overwrite=True)
     before = {p.name: p.stat().st_mtime_ns for p in (ws.predictions / "all").iterdir()}
     res = training.train_stage("final", "demo", ws, steps=2, progress=False)
     assert res.finished and res.stage == "final"
@@ -47,14 +49,15 @@ def test_a_learned_ranking_chosen_in_04_is_stored_and_applied_in_05(demo_workflo
     for sub in ("data", "shards", "checkpoints", "predictions"):
         shutil.rmtree(ws.root / sub, ignore_errors=True)
         shutil.copytree(demo_workflow.root / sub, ws.root / sub, symlinks=True)
-    strategy = ensemble.Strategy("all+tta", "single", ("all+tta",))
-    ensemble.save_strategy(strategy, selection.choice_path(ws), overwrite=True)
+    strategy = Single("all+tta", ("all+tta",))
     tta = ("hflip", "vflip")
     ids = selection.image_ids_of(ws, "val") + selection.image_ids_of(ws, "train")[:2]
     val_preds = predict.predict_stage(ws, "all", ids, tta=tta, progress=False)
     gt = predict.shard_ground_truth(ws, ids)
-    cmp, shown = selection.rescoring(ws, strategy, val_preds, gt, tta, choice="learned-match50",
-                                     overwrite=True)
+    cmp, shown = selection.rescoring(ws, ["all"], strategy, val_preds, gt, tta, choice="learned-match50")
+    table = StrategyComparison([], {strategy.name: strategy}, {}, "AP50@100", strategy.name, strategy.name)
+    saved = selection.save_choice(ws, ["all"], table, cmp, tta, overwrite=True)
+    assert load_choice(ws.predictions) == saved and saved.stages == {"all": "all"} and saved.tta == tta
     assert cmp.chosen == "learned-match50" and (ws.predictions / ranking.RANKING_FILE).is_file()
     assert {r["recipe"] for r in cmp.rows} >= {"none", "learned-match50", "learned-iou"}
     X, match = cmp.learning_rows
@@ -63,9 +66,11 @@ def test_a_learned_ranking_chosen_in_04_is_stored_and_applied_in_05(demo_workflo
         np.testing.assert_array_equal(shown[i].scores, np.sort(loo[i])[::-1])
 
     test_ids = selection.image_ids_of(ws, "test")
-    answer = selection.chosen_test_predictions(ws, tta, progress=False)
+    answer = selection.chosen_test_predictions(ws, None, progress=False)  # the choice's own tta
+    with pytest.raises(ValueError, match=r"tta = \['hflip', 'vflip'\]: use the same here"):
+        selection.chosen_test_predictions(ws, ("hflip",), progress=False)
     raw = predict.predict_stage(ws, "all", test_ids, tta=tta, progress=False)
-    passes = selection.prediction_passes(ws, strategy, test_ids, tta)
+    passes = selection.prediction_passes(ws, strategy, test_ids, {"all": "all"}, tta)
     stored = ranking.load(ws.predictions / ranking.RANKING_FILE)
     for i in test_ids:
         expected = stored.rescore(raw[i], rescore.signals(raw[i], passes[i]))
@@ -73,5 +78,5 @@ def test_a_learned_ranking_chosen_in_04_is_stored_and_applied_in_05(demo_workflo
         assert answer[i].rles == expected.rles
         assert not np.array_equal(answer[i].scores, raw[i].scores)  # it rescored
     # notebook 04 choosing strategies by a segmentation metric still ranks by the leaderboard's
-    by_pq, _ = selection.rescoring(ws, strategy, val_preds, gt, tta, "PQ", overwrite=True)
+    by_pq, _ = selection.rescoring(ws, ["all"], strategy, val_preds, gt, tta, "PQ")
     assert by_pq.metric == "AP50@100"

@@ -162,7 +162,9 @@ def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
     on the validation split, record the choice, apply it to the test images, submit."""
     from helpers.data.dataset import open_dataset, read_image
     from helpers.data.demo_data import make_demo_dataset
-    from helpers.infer.ensemble import Router, compare, load_strategy, save_strategy
+    from helpers.infer.choice import Choice, load_choice, save_choice
+    from helpers.infer.routing import Router
+    from helpers.infer.strategy import compare_strategies
     from _ground_truth import load_ground_truth
     from helpers.data.manifest import read_manifest, split_ids
     from helpers.infer.overlays import prediction_overlay, score_histogram
@@ -193,13 +195,12 @@ def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
             cache.get_or_compute((model, image_id), lambda: fake_model(image_id, quality))
     per_model = cache.load_all_predictions(["all", "heads"], images)
 
-    cmp = compare({m: {i: p[i] for i in val} for m, p in per_model.items()}, gt,
+    cmp = compare_strategies({m: {i: p[i] for i in val} for m, p in per_model.items()}, gt,
                   router=Router.from_manifest(rows, default="heads"), progress=False)
     assert cmp.rows[0]["AP@100"] == pytest.approx(1.0) and cmp.best == "all"
-    choice = workspace.runs / "ensemble.json"
-    save_strategy(cmp.strategy, choice)
+    save_choice(workspace.predictions, Choice(cmp.strategy, {"all": "all", "heads": "heads"}))
 
-    test_preds = load_strategy(choice).apply(per_model, ds.test_ids)
+    test_preds = load_choice(workspace.predictions).strategy.apply(per_model, ds.test_ids)
     entries = build_answer(test_preds, ds, resolve=True)
     files = write_answer(entries, workspace.submission, ds)
     assert set(files.summary["images"]) == {it.file_name for it in ds.test}

@@ -81,8 +81,9 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
     for strategy in ("heads", "all", "all+tta", "route", "merge-nms", "merge-wmf"):
         assert f"\n{strategy} " in text, strategy
-    choice = json.loads((demo_workflow.predictions / "ensemble.json").read_text())
-    assert f"chosen: {choice['name']}" in text
+    choice = json.loads((demo_workflow.predictions / "choice.json").read_text())  # notebook 04's one record
+    assert f"chosen: {choice['strategy']['name']}" in text and f"saved to {demo_workflow.predictions}" in text
+    assert set(choice["stages"].values()) <= {"heads", "all"} and choice["tta"] == ["hflip", "vflip"]
     # the demo run trains a model that finds the synthetic nuclei. Training is not seeded and
     # one image is scored, so runs vary. AP50@100 of `all`, measured: 0.76-0.93 in 11 runs here,
     # 0.47 once in CI; heads alone 0.002-0.28 (the same 11); an untrained model ~0.
@@ -93,18 +94,17 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
 
 
 def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
-    from helpers.infer import rescore
-
     text, _, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
-    saved = json.loads((demo_workflow.predictions / rescore.CHOICE_FILE).read_text())
-    names = [r["recipe"] for r in saved["table"]]
+    saved = json.loads((demo_workflow.predictions / "choice.json").read_text())
+    table = saved["tables"]["rescoring"]
+    names = [r["recipe"] for r in table]
     assert names[0] == "none" and "agreement" in names and "mask" in names  # TTA passes, mask scores
-    assert "ceiling (perfect masks)" in text and f"rescoring: {saved['recipe']['name']}" in text
+    assert "ceiling (perfect masks)" in text and f"rescoring {saved['recipe']['name']!r}" in text
     metric = saved["metric"]
     assert metric == "AP50@100"  # the leaderboard's, notebook 04's default
-    best = max(saved["table"], key=lambda r: r[metric])
-    chosen = next(r for r in saved["table"] if r["recipe"] == saved["recipe"]["name"])
-    none = saved["table"][0]
+    best = max(table, key=lambda r: r[metric])
+    chosen = next(r for r in table if r["recipe"] == saved["recipe"]["name"])
+    none = table[0]
     assert chosen[metric] == best[metric] or chosen is none
     assert chosen[metric] >= none[metric]
     text05, _, _ = _outputs(demo_workflow.runs / "05_submit.ipynb")

@@ -1,0 +1,122 @@
+"""Notebook 04's choice as one record, ``predictions/choice.json``, for notebooks 05 and 06.
+
+It holds all notebook 05 needs to replay the pick on the test images, so nothing is re-derived
+there: the ensemble strategy, the stage each of its models stands for, the rescoring recipe,
+the test-time augmentations both were measured with, and the metric and tables that chose them.
+A learned rescoring's ranking is saved beside it (``ranking.npz``, :mod:`helpers.infer.ranking`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from helpers.atomic import atomic_write_json
+from helpers.infer import ranking
+from helpers.infer.evaluate import LEADERBOARD_METRIC
+from helpers.infer.rescore import RECIPES, Recipe
+from helpers.infer.strategy import EnsembleError, Strategy, strategy_from_json
+from helpers.infer.tta import TTA_SUFFIX, base_model
+
+CHOICE_FILE = "choice.json"
+FORMAT_VERSION = 1
+OLDER_FILES = ("ensemble.json", "rescoring.json")  # the choice as two files, before this record
+
+
+class ChoiceError(ValueError):
+    """No choice record, or one that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    strategy: Strategy
+    stages: Mapping[str, str]          # {model: stage} for each model the strategy uses ('all' for 'all+tta')
+    recipe: Recipe = RECIPES["none"]   # the rescoring
+    tta: tuple[str, ...] = ()          # the augmentations the '+tta' models and the rescoring were measured with
+    metric: str = LEADERBOARD_METRIC   # what chose
+    tables: Mapping = field(default_factory=dict, compare=False)  # {"strategies": rows, "rescoring": rows}
+
+    def __post_init__(self):
+        lacking = sorted({base_model(m) for m in self.strategy.models} - set(self.stages))
+        if lacking:
+            raise ChoiceError(f"strategy {self.strategy.name!r} uses model(s) {lacking} with no stage")
+
+    @property
+    def uses_tta(self) -> bool:
+        """Whether replaying it needs the augmented passes (a '+tta' model or an agreement rescoring)."""
+        return self.recipe.needs_passes or any(m.endswith(TTA_SUFFIX) for m in self.strategy.models)
+
+    def describe(self) -> str:
+        stages = ", ".join(f"{m} = stage {s!r}" for m, s in self.stages.items())
+        return (f"strategy {self.strategy.describe()}; rescoring {self.recipe.name!r}; "
+                f"tta {list(self.tta)}; models: {stages}; chosen by {self.metric}")
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT_VERSION, "strategy": self.strategy.to_json(), "stages": dict(self.stages),
+                "recipe": asdict(self.recipe), "tta": list(self.tta), "metric": self.metric,
+                "tables": dict(self.tables)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> "Choice":
+        return cls(strategy_from_json(obj["strategy"]), dict(obj["stages"]), Recipe(**obj["recipe"]),
+                   tuple(obj["tta"]), str(obj["metric"]), dict(obj.get("tables") or {}))
+
+
+def choice_path(predictions_dir) -> Path:
+    return Path(predictions_dir) / CHOICE_FILE
+
+
+def save_choice(predictions_dir, choice: Choice, ranker: ranking.Ranker | None = None,
+                overwrite: bool = False) -> Path:
+    """Write ``choice`` (and a learned rescoring's ``ranker`` beside it), atomically. A record of
+    another choice from an earlier run is kept unless ``overwrite``; the same choice again is fine."""
+    path = choice_path(predictions_dir)
+    if path.is_file() and not overwrite:
+        try:
+            saved = load_choice(predictions_dir)
+        except ChoiceError:
+            saved = None
+        if saved != choice:
+            was = f" ({saved.describe()})" if saved else ""
+            raise FileExistsError(f"{path} holds another choice from an earlier run{was}; pass "
+                                  "overwrite_choice=True to replace it")
+    if choice.recipe.learned:
+        if ranker is None or ranker.target != choice.recipe.learned:
+            raise ChoiceError(f"rescoring {choice.recipe.name!r} is learned: save its ranking with it")
+        ranking.save(ranker, ranking.ranking_path(predictions_dir))
+    return atomic_write_json(path, choice.to_json())
+
+
+def load_choice(predictions_dir, required: bool = True) -> Choice | None:
+    """The choice notebook 04 saved. Without one: a ChoiceError that says to run notebook 04, or
+    None when not ``required``."""
+    path = choice_path(predictions_dir)
+    if not path.is_file():
+        older = [f for f in OLDER_FILES if (Path(predictions_dir) / f).is_file()]
+        if older:
+            raise ChoiceError(f"{Path(predictions_dir) / older[0]} is notebook 04's choice as an earlier version "
+                              f"wrote it; run notebook 04 again to write {CHOICE_FILE} (its predictions are "
+                              "cached, so it only scores them again)")
+        if not required:
+            return None
+        raise ChoiceError(f"{path} not found: run notebook 04 first (it chooses the strategy and rescoring)")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        if obj.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format {obj.get('format')!r}, not {FORMAT_VERSION}")
+        return Choice.from_json(obj)
+    except (ValueError, KeyError, TypeError, AttributeError, EnsembleError) as e:
+        raise ChoiceError(f"{path} is not a choice record ({type(e).__name__}: {e}); run notebook 04 "
+                          "again to write it") from None
+
+
+def load_ranker(predictions_dir, recipe: Recipe) -> ranking.Ranker | None:
+    """The learned ranking a learned ``recipe`` applies (None for a hand recipe)."""
+    if not recipe.learned:
+        return None
+    ranker = ranking.load(ranking.ranking_path(predictions_dir))
+    if ranker.target != recipe.learned:
+        raise ChoiceError(f"{ranking.ranking_path(predictions_dir)} learned {ranker.target!r}, but "
+                          f"{choice_path(predictions_dir)} chose {recipe.name!r}: run notebook 04 again")
+    return ranker

@@ -1,0 +1,70 @@
+"""Notebook 04's one choice record (predictions/choice.json), read by notebooks 05 and 06."""
+import json
+
+import pytest
+
+from helpers.infer import rescore
+from helpers.infer.choice import (CHOICE_FILE, Choice, ChoiceError, choice_path, load_choice, load_ranker,
+                                  save_choice)
+from helpers.infer.routing import Router
+from helpers.infer.strategy import Merge, Route, Single
+
+
+def test_the_record_round_trips_with_every_strategy_kind(tmp_path):
+    router = Router(default="all", by_organ={"colon": "colon"})
+    for choice in [Choice(Single("all+tta", ("all+tta",)), {"all": "all"}, rescore.RECIPES["mask"],
+                          ("hflip", "zoom125"), "AP50@100", {"strategies": [{"strategy": "all+tta"}]}),
+                   Choice(Route("route", ("all", "colon"), router=router), {"all": "all", "colon": "specialist-colon"}),
+                   Choice(Merge("merge-nms", ("heads", "all"), method="nms", iou_threshold=0.4),
+                          {"heads": "heads", "all": "final"}, tta=("vflip",), metric="PQ")]:
+        save_choice(tmp_path, choice, overwrite=True)
+        loaded = load_choice(tmp_path)
+        assert loaded == choice and type(loaded.strategy) is type(choice.strategy)
+        assert loaded.tables == choice.tables
+    assert json.loads(choice_path(tmp_path).read_text())["stages"] == {"heads": "heads", "all": "final"}
+    assert choice_path(tmp_path).name == CHOICE_FILE
+
+
+def test_what_replaying_needs():
+    plain = Choice(Single("all", ("all",)), {"all": "all"}, tta=("hflip",))
+    assert not plain.uses_tta  # neither a +tta model nor an agreement rescoring
+    assert Choice(Single("all+tta", ("all+tta",)), {"all": "all"}).uses_tta
+    assert Choice(Single("all", ("all",)), {"all": "all"}, rescore.RECIPES["agreement"]).uses_tta
+    with pytest.raises(ChoiceError, match=r"model\(s\) \['heads'\] with no stage"):
+        Choice(Merge("m", ("heads+tta", "all")), {"all": "all"})
+    assert "rescoring 'none'" in plain.describe() and "all = stage 'all'" in plain.describe()
+
+
+def test_another_choice_is_kept_unless_overwritten(tmp_path):
+    first = Choice(Single("all", ("all",)), {"all": "all"})
+    other = Choice(Single("heads", ("heads",)), {"heads": "heads"})
+    save_choice(tmp_path, first)
+    save_choice(tmp_path, first)  # the same choice again: fine
+    with pytest.raises(FileExistsError, match="overwrite_choice=True"):
+        save_choice(tmp_path, other)
+    assert load_choice(tmp_path) == first
+    with pytest.raises(FileExistsError):  # the same strategy with other augmentations is another choice
+        save_choice(tmp_path, Choice(Single("all", ("all",)), {"all": "all"}, tta=("hflip",)))
+    save_choice(tmp_path, other, overwrite=True)
+    assert load_choice(tmp_path) == other
+
+
+def test_a_missing_older_or_broken_record_says_what_to_do(tmp_path):
+    with pytest.raises(ChoiceError, match="choice.json not found: run notebook 04"):
+        load_choice(tmp_path)
+    assert load_choice(tmp_path, required=False) is None
+    (tmp_path / "ensemble.json").write_text('{"name": "all", "kind": "single", "models": ["all"]}')
+    with pytest.raises(ChoiceError, match="ensemble.json is notebook 04's choice as an earlier version"):
+        load_choice(tmp_path, required=False)
+    for text in ("{not json", '{"format": 1, "strategy": {"kind": "vote"}}', '{"strategy": {}}', "[]"):
+        choice_path(tmp_path).write_text(text)
+        with pytest.raises(ChoiceError, match="choice.json is not a choice record.*run notebook 04"):
+            load_choice(tmp_path)
+
+
+def test_a_learned_rescoring_needs_its_ranking(tmp_path):
+    learned = Choice(Single("all", ("all",)), {"all": "all"}, rescore.RECIPES["learned-match50"])
+    with pytest.raises(ChoiceError, match="save its ranking"):
+        save_choice(tmp_path, learned)
+    assert not choice_path(tmp_path).exists()
+    assert load_ranker(tmp_path, rescore.RECIPES["mask"]) is None  # a hand recipe needs none
