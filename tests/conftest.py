@@ -1,9 +1,12 @@
+import json
 import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
+
+from _answers import SIZE, A, B
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("NUCLEI_REAL_DATA", REPO.parent / "shared" / "data" / "vrdl_hw3"))
@@ -28,6 +31,17 @@ def workspace(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NUCLEI_WORKSPACE", str(tmp_path / "ws"))
     return get_workspace()
+
+
+@pytest.fixture()
+def test_ids(tmp_path):
+    """test_img_ids.json for tests/_answers.py's two images (A: id 3, B: id 7)."""
+    # ids deliberately not in file order
+    spec = {"images": [{"file_name": f"{B}.png", "id": 7, "height": SIZE[0], "width": SIZE[1]},
+                       {"file_name": f"{A}.png", "id": 3, "height": SIZE[0], "width": SIZE[1]}]}
+    path = tmp_path / "test_img_ids.json"
+    path.write_text(json.dumps(spec))
+    return path
 
 
 @pytest.fixture()

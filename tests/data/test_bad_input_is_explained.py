@@ -29,8 +29,7 @@ from helpers.data.dataset import DatasetError, DatasetNote, open_dataset
 from helpers.data.demo_data import make_demo_dataset
 from helpers.data.manifest import MANIFEST_NAME, WORKSPACE_MANIFEST, build_manifest, read_manifest, write_manifest
 from helpers.data.shards import INDEX_NAME, ShardError, load_index, read_shard, select_shards, verify_shards, write_shards
-from helpers.infer.submission import (SubmissionNote, build_answer, check_answer, load_test_images, read_answer,
-                                write_answer)
+from helpers.infer.submission import build_answer, load_test_images, write_answer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -362,56 +361,13 @@ def test_10_an_inverted_mask_is_rejected_by_name(src, workspace):
 
 
 # --------------------------------------------------------------------------- 11. submission odds
-A, B = "TCGA-E2-D100-01Z-00-DX1", "TCGA-G9-D101-01Z-00-DX1"
-SIZE = (48, 64)
-
-
-@pytest.fixture()
-def test_ids(tmp_path):
-    spec = {"images": [{"file_name": f"{A}.png", "id": 3, "height": SIZE[0], "width": SIZE[1]},
-                       {"file_name": f"{B}.png", "id": 7, "height": SIZE[0], "width": SIZE[1]}]}
-    path = tmp_path / "test_img_ids.json"
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def dets(boxes, scores):
-    m = np.zeros((len(boxes),) + SIZE, bool)
-    for i, (y0, x0, y1, x1) in enumerate(boxes):
-        m[i, y0:y1, x0:x1] = True
-    return Detections.from_masks(m, scores)
-
-
-def preds():
-    return {A: dets([(2, 2, 10, 12), (20, 30, 30, 40)], [0.9, 0.4]), B: dets([(5, 5, 15, 15)], [0.7])}
-
-
-def test_11_numpy_scores_and_ids_are_accepted(test_ids, tmp_path):
-    entries = build_answer(preds(), test_ids)
-    for e in entries:
-        e["score"] = np.float32(e["score"])
-        e["image_id"] = np.int64(e["image_id"])
-    assert check_answer(entries, test_ids) == []
-    files = write_answer(entries, tmp_path / "sub", test_ids)
-    got = read_answer(files.zip_path)
-    assert [type(e["score"]) for e in got] == [float] * 3 and [e["image_id"] for e in got] == [3, 3, 7]
-
-
 def test_11_test_img_ids_with_a_utf8_bom_is_accepted(test_ids, src, workspace):
     test_ids.write_bytes(b"\xef\xbb\xbf" + test_ids.read_bytes())
-    assert [t.coco_id for t in load_test_images(test_ids)] == [3, 7]
+    assert sorted(t.coco_id for t in load_test_images(test_ids)) == [3, 7]  # test_ids: tests/conftest.py
     f = src / "test_img_ids.json"
     f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())  # the dataset's own copy, saved by a Windows editor
     root, manifest = get(workspace, src, manifest_of(src))
     assert len(open_dataset(root).test) == 2 and len(load_test_images(root)) == 2
-
-
-def test_11_nan_scores_are_counted_not_dropped_silently(test_ids):
-    p = preds()
-    p[A] = dets([(2, 2, 10, 12), (20, 30, 30, 40), (30, 2, 40, 12)], [0.9, float("nan"), float("nan")])
-    with pytest.warns(SubmissionNote, match=rf"2 of the 3 detections of {A}.png have a NaN score"):
-        entries = build_answer(p, test_ids)
-    assert [e["image_id"] for e in entries] == [3, 7] and check_answer(entries, test_ids) == []
 
 
 # --------------------------------------------------------------------------- 14. stale temp folders

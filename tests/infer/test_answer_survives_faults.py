@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from helpers.detections import Detections
-from helpers.infer.submission import (PENDING, SubmissionNote, build_answer, load_test_images, read_answer,
-                                      validate_answer, write_answer)
-from _answers import SIZE, A, B, preds
+from helpers.infer.submission import (PENDING, SubmissionNote, build_answer, check_answer, load_test_images,
+                                      read_answer, validate_answer, write_answer)
+from _answers import SIZE, A, B, boxes_dets, preds
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -251,3 +251,22 @@ def test_a_full_disk_while_the_answer_is_written_names_the_folder_and_keeps_the_
         write_answer(new, out, test_ids, overwrite=True)
     assert read_answer(out / "answer.json") == read_answer(out / "answer.zip") == old
     assert sorted(p.name for p in out.iterdir()) == ["answer.json", "answer.zip"]
+
+
+def test_numpy_scores_and_ids_are_accepted(test_ids, tmp_path):
+    entries = build_answer(preds(), test_ids)
+    for e in entries:
+        e["score"] = np.float32(e["score"])
+        e["image_id"] = np.int64(e["image_id"])
+    assert check_answer(entries, test_ids) == []
+    files = write_answer(entries, tmp_path / "sub", test_ids)
+    got = read_answer(files.zip_path)
+    assert [type(e["score"]) for e in got] == [float] * 3 and [e["image_id"] for e in got] == [7, 3, 3]  # test_img_ids.json order
+
+
+def test_nan_scores_are_counted_not_dropped_silently(test_ids):
+    p = preds()
+    p[A] = boxes_dets([(2, 2, 10, 12), (20, 30, 30, 40), (30, 2, 40, 12)], [0.9, float("nan"), float("nan")])
+    with pytest.warns(SubmissionNote, match=rf"2 of the 3 detections of {A}.png have a NaN score"):
+        entries = build_answer(p, test_ids)
+    assert [e["image_id"] for e in entries] == [7, 3] and check_answer(entries, test_ids) == []
