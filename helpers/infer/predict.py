@@ -52,8 +52,7 @@ def _entries(ws: Workspace, image_ids: Sequence[str]) -> list[dict]:
 
 def image_ids_of(workspace, *splits: str) -> list[str]:
     """Image ids of the given splits ("train", "val", "test") as recorded in the shard index."""
-    index = shardlib.load_index(as_workspace(workspace).shards)
-    return sorted(e["image_id"] for e in index["shards"] if e["split"] in splits)
+    return sorted(e["image_id"] for e in shardlib.select_entries(as_workspace(workspace).shards, splits=splits))
 
 
 def load_image(workspace, image_id: str, entry: dict | None = None) -> np.ndarray:

@@ -235,8 +235,8 @@ def test_images(workspace):
     """The test images with their submission ids and sizes, from the shard index: notebook 01
     wrote each test image's COCO id (its ``source_id``) and its size there, read from the image
     itself, so a test_img_ids.json without sizes (or a dataset moved since) is no matter."""
-    from helpers.data.shards import load_index
+    from helpers.data.shards import select_entries
     from helpers.infer.submission import TestImage
 
     return [TestImage(f"{e['image_id']}.png", e["image_id"], int(e["source_id"]), int(e["height"]), int(e["width"]))
-            for e in load_index(as_workspace(workspace).shards)["shards"] if e["split"] == "test"]
+            for e in select_entries(as_workspace(workspace).shards, splits=("test",))]
