@@ -80,19 +80,23 @@ def test_each_notebook_gets_only_the_parameters_it_declares(tmp_path, monkeypatc
     assert printed[1] == f"[('profile', 'demo'), ('steps', 150), ('workspace_root', '{ws_root}')]\n"
 
 
-def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, capfd):
-    """TensorFlow's C++ logs write straight to file descriptor 2 (TF_CPP_MIN_LOG_LEVEL misses some)."""
+def _one_cell_notebook(path, code: str):
+    """A notebook of a parameters cell and one cell of ``code``, written to ``path``."""
     import nbformat
 
-    line = "W0000 00:00:1795674489.435274   13711 op_level_cost_estimator.cc:699] Error in PredictCost()"
-    cells = [nbformat.v4.new_code_cell("workspace_root = None"),
-             nbformat.v4.new_code_cell(f"import os, sys\nos.write(2, b'{line}\\n')\n"
-                                       "print('result'); print('python warning', file=sys.stderr)")]
+    cells = [nbformat.v4.new_code_cell("workspace_root = None"), nbformat.v4.new_code_cell(code)]
     cells[0].metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(tmp_path / "native.ipynb"))
-    out = notebooks.run_notebook(tmp_path / "native.ipynb", workspace_root=tmp_path / "ws")
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_native_log_lines_stay_out_of_the_notebook_and_the_console(tmp_path, capfd):
+    """TensorFlow's C++ logs write straight to file descriptor 2 (TF_CPP_MIN_LOG_LEVEL misses some)."""
+    line = "W0000 00:00:1795674489.435274   13711 op_level_cost_estimator.cc:699] Error in PredictCost()"
+    code = f"import os, sys\nos.write(2, b'{line}\\n')\nprint('result'); print('python warning', file=sys.stderr)"
+    out = notebooks.run_notebook(_one_cell_notebook(tmp_path / "native.ipynb", code), workspace_root=tmp_path / "ws")
     outputs = json.loads(out.read_text())["cells"][-1]["outputs"]
     texts = {o["name"]: "".join(o["text"]) for o in outputs}
     assert texts == {"stdout": "result\n", "stderr": "python warning\n"}  # Python's own output stays
@@ -106,21 +110,13 @@ def test_the_kernel_makes_text_bars_and_this_process_keeps_its_environment(tmp_p
     environment, and so its bars, are left as they were."""
     import os
 
-    import nbformat
-
     from helpers import progress
 
     monkeypatch.delenv(progress.TEXT_ENV, raising=False)
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
-    cells = [nbformat.v4.new_code_cell("workspace_root = None"),
-             nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                                       "from helpers.progress import text_bars, tqdm\nprint(text_bars())\n"
-                                       "for _ in tqdm(range(3)): pass")]
-    cells[0].metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(tmp_path / "bars.ipynb"))
-    out = notebooks.run_notebook(tmp_path / "bars.ipynb", workspace_root=tmp_path / "ws")
+    code = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+            "from helpers.progress import text_bars, tqdm\nprint(text_bars())\nfor _ in tqdm(range(3)): pass")
+    out = notebooks.run_notebook(_one_cell_notebook(tmp_path / "bars.ipynb", code), workspace_root=tmp_path / "ws")
     outputs = json.loads(out.read_text())["cells"][-1]["outputs"]
     stream = {name: "".join("".join(o["text"]) for o in outputs if o.get("name") == name)
               for name in ("stdout", "stderr")}
