@@ -49,7 +49,7 @@ from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_
 from helpers.workspace import Workspace, as_workspace
 
 __all__ = [  # what notebooks 02/03, tests and benchmarks use from here (some of it re-exported)
-    "train_stage", "plan_stage", "resume_or_load", "build_task", "StageResult", "local_checkpoint_setting",
+    "train_stage", "plan_stage", "resume_or_load", "build_task", "StageResult", "StageRun", "local_checkpoint_setting",
     "LOCAL_CHECKPOINTS_ENV", "STAGE_FILE", "events_dir", "stage_status", "resolve_pretrained",
     "StageConfigMismatch", "ParentStageNotFinished", "NoTrainingData", "TrainingDiverged",
     "PretrainedWeightsUnavailable", "StageBusy", "StageRecordError", "StageProgress",
@@ -88,6 +88,36 @@ class StageResult:
         return (f"{self.stage} [{self.profile}]: {self.status} at step {self.end_step}/"
                 f"{self.planned_steps} (started at {self.start_step}{sps}); "
                 f"checkpoint {self.checkpoint}")
+
+
+@dataclass
+class StageRun:
+    """One ``train_stage`` call, planned: what it trains (stage, parent, profile, config), where
+    Model Garden saves (``model_dir``), and where it starts (``latest``: ``(step, prefix)`` or
+    None, found ``where``: "local", "drive" or "none")."""
+
+    ws: Workspace
+    stage: Stage
+    parent: Stage | None
+    prof: object                  # helpers.train.config.Profile
+    cfg: object                   # Model Garden's ExperimentConfig
+    model_dir: Path
+    latest: tuple | None
+    where: str
+    stop_at_step: int | None
+    t_call: float                 # when the call began (time.perf_counter)
+
+    @property
+    def planned(self) -> int:
+        return int(self.cfg.trainer.train_steps)
+
+    @property
+    def start(self) -> int:
+        return self.latest[0] if self.latest else 0
+
+    @property
+    def target(self) -> int:
+        return min(self.planned, self.stop_at_step) if self.stop_at_step else self.planned
 
 
 def _resume(stage: Stage, model_dir: Path, cfg):
@@ -237,24 +267,22 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         prof, cfg = stage_plan.plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
                                     train_files=train_files, splits=splits, init_modules=init_modules,
                                     from_scratch=from_scratch, pretrained=pretrained, **profile_overrides)
-        planned = int(cfg.trainer.train_steps)
         model_dir = _model_dir(ws, st, local_checkpoints)
-        latest, where = _resume(st, model_dir, cfg)
-        start = latest[0] if latest else 0
-        target = min(planned, stop_at_step) if stop_at_step else planned
-        if latest and start >= target:
-            return _nothing_to_do(st, prof, latest, where, planned, stop_at_step, model_dir, t_call)
-        latest = resume_or_load(ws, st, parent, prof, cfg, model_dir, latest, where, init_checkpoint)
+        run = StageRun(ws, st, parent, prof, cfg, model_dir, *_resume(st, model_dir, cfg), stop_at_step, t_call)
+        if run.latest and run.start >= run.target:
+            return _nothing_to_do(run)
+        resume_or_load(run, init_checkpoint)
 
-        bar = StageProgress(stage, start, planned, enabled=progress, t0=t_call, budget_s=time_budget_s, lock=lock)
-        runner, strat = _start_runner(st, cfg, prof, strategy, model_dir, bar, latest, start)
-        announce(st, latest, where, start, planned, model_dir, mirrored=runner.mirror is not None)
+        bar = StageProgress(stage, run.start, run.planned, enabled=progress, t0=t_call, budget_s=time_budget_s,
+                            lock=lock)
+        runner, strat = _start_runner(run, strategy, bar)
+        announce(st, run.latest, run.where, run.start, run.planned, model_dir, mirrored=runner.mirror is not None)
         if runner.mirror is not None:
             runner.mirror.start()  # the copy to the workspace
-        status = _train_loop(runner, strat, bar, target, fresh=not latest, model_dir=model_dir)
-        if status == "finished" and target < planned:
+        status = _train_loop(runner, strat, bar, run.target, fresh=not run.latest, model_dir=model_dir)
+        if status == "finished" and run.target < run.planned:
             status = "stopped: stop_at_step"
-        return _report(runner, st, prof, status, start, planned, bar, t_call)
+        return _report(run, runner, status, bar)
 
 
 def _model_dir(ws: Workspace, st: Stage, local_checkpoints) -> Path:
@@ -264,31 +292,31 @@ def _model_dir(ws: Workspace, st: Stage, local_checkpoints) -> Path:
     return local_root / st.name if local_root else st.folder
 
 
-def resume_or_load(ws: Workspace, stage: Stage, parent: Stage | None, prof, cfg, model_dir: Path, latest,
-                   where: str, init_checkpoint: str | None):
-    """detectron2's ``resume_or_load``: resume from ``latest``, the newest complete checkpoint
-    :func:`_resume` found (first copied to ``model_dir`` when only the workspace has it), or,
-    when there is none, load the stage's starting weights and write its record
-    (:func:`_start_fresh`). Returns the ``(step, prefix)`` Model Garden restores, or None."""
-    if latest and where == "drive" and model_dir != stage.folder:
-        return latest[0], mirror.bring_local(latest[1], model_dir)
-    if not latest:
-        _start_fresh(ws, stage, parent, prof, cfg, model_dir, init_checkpoint)
-    return latest
+def resume_or_load(run: StageRun, init_checkpoint: str | None = None):
+    """detectron2's ``resume_or_load``: resume from ``run.latest``, the newest complete checkpoint
+    :func:`_resume` found (first copied to ``run.model_dir`` when only the workspace has it), or,
+    when there is none, load the stage's starting weights (``init_checkpoint``, else its start's)
+    and write its record (:func:`_start_fresh`). Returns the ``(step, prefix)`` Model Garden
+    restores, or None."""
+    if run.latest and run.where == "drive" and run.model_dir != run.stage.folder:
+        run.latest = run.latest[0], mirror.bring_local(run.latest[1], run.model_dir)
+    elif not run.latest:
+        _start_fresh(run, init_checkpoint)
+    return run.latest
 
 
-def _nothing_to_do(st: Stage, prof, latest, where, planned, stop_at_step, model_dir, t_call) -> StageResult:
+def _nothing_to_do(run: StageRun) -> StageResult:
     """The stage is already at its target step: say so and return (its checkpoint published)."""
-    start, stage, sdir = latest[0], st.name, st.folder
+    start, planned, stage, sdir = run.start, run.planned, run.stage.name, run.stage.folder
     if start >= planned:
-        print(f"stage {stage!r} already finished ({start}/{planned} steps, {latest[1].name}); "
+        print(f"stage {stage!r} already finished ({start}/{planned} steps, {run.latest[1].name}); "
               "skipping.")
     else:
-        print(f"stage {stage!r} is at step {start}, stop_at_step={stop_at_step}: nothing to do.")
-    ckpt = _publish(model_dir, sdir, prof.keep_checkpoints) if where == "local" else latest[1]
+        print(f"stage {stage!r} is at step {start}, stop_at_step={run.stop_at_step}: nothing to do.")
+    ckpt = _publish(run.model_dir, sdir, run.prof.keep_checkpoints) if run.where == "local" else run.latest[1]
     status = "skipped (already finished)" if start >= planned else "stopped: stop_at_step"
-    return StageResult(stage, prof.name, status, start, start, planned, ckpt, sdir,
-                       seconds=time.perf_counter() - t_call)
+    return StageResult(stage, run.prof.name, status, start, start, planned, ckpt, sdir,
+                       seconds=time.perf_counter() - run.t_call)
 
 
 def build_task(cfg, logging_dir):
@@ -301,18 +329,18 @@ def build_task(cfg, logging_dir):
     return task_factory.get_task(cfg.task, logging_dir=str(logging_dir))
 
 
-def _start_runner(st: Stage, cfg, prof, strategy, model_dir: Path, bar: StageProgress, latest, start: int):
-    """The run's runner (:func:`_build_runner`), restored at global step ``start``, its mirror
-    shown by ``bar``; ``(runner, strategy)``. A stage that never started (no ``latest``) whose
+def _start_runner(run: StageRun, strategy, bar: StageProgress):
+    """The run's runner (:func:`_build_runner`), restored at global step ``run.start``, its mirror
+    shown by ``bar``; ``(runner, strategy)``. A stage that never started (no ``run.latest``) whose
     runner cannot be built leaves no record that says "in progress"."""
     try:
-        runner, strat = _build_runner(cfg, prof, strategy, model_dir, st.folder, bar)
+        runner, strat = _build_runner(run.cfg, run.prof, strategy, run.model_dir, run.stage.folder, bar)
     except BaseException:
-        if not latest:
-            _forget_unstarted(st.folder)
+        if not run.latest:
+            _forget_unstarted(run.stage.folder)
         raise
-    if runner.step != start:
-        raise RuntimeError(f"restored global step {runner.step}, expected {start} from {latest}")
+    if runner.step != run.start:
+        raise RuntimeError(f"restored global step {runner.step}, expected {run.start} from {run.latest}")
     bar.mirror = runner.mirror  # its newest step is shown, its copy time budgeted
     return runner, strat
 
@@ -337,29 +365,30 @@ def _build_runner(cfg, prof, strategy, model_dir: Path, sdir: Path, bar):
     return runner, strat
 
 
-def _report(runner, st: Stage, prof, status, start, planned, bar, t_call) -> StageResult:
+def _report(run: StageRun, runner, status: str, bar: StageProgress) -> StageResult:
     """What the run did (:func:`_stage_result`), printed with what its mirror copied."""
-    result = _stage_result(runner, st, prof, status, start, planned, bar, t_call)
+    result = _stage_result(run, runner, status, bar)
     if runner.mirror is not None:
         print(mirror.describe(runner.mirror))
     print(result)
     return result
 
 
-def _stage_result(runner, st: Stage, prof, status, start, planned, bar, t_call) -> StageResult:
-    stage, sdir = st.name, st.folder
+def _stage_result(run: StageRun, runner, status: str, bar: StageProgress) -> StageResult:
+    sdir = run.stage.folder
     opt = runner.trainer.optimizer
     lr = opt.learning_rate
     final = Path(runner.checkpoint_manager.latest_checkpoint)
-    return StageResult(stage, prof.name, status, start, int(runner.trainer.global_step.numpy()),
-                       planned, sdir / final.name, sdir,
-                       seconds=time.perf_counter() - t_call, s_per_step=bar.s_per_step,
+    return StageResult(run.stage.name, run.prof.name, status, run.start, int(runner.trainer.global_step.numpy()),
+                       run.planned, sdir / final.name, sdir,
+                       seconds=time.perf_counter() - run.t_call, s_per_step=bar.s_per_step,
                        optimizer_iterations=int(opt.iterations.numpy()),
                        learning_rate=float(lr(opt.iterations) if callable(lr) else lr))
 
 
-def _start_fresh(ws: Workspace, st: Stage, parent: Stage | None, prof, cfg, model_dir, init_checkpoint) -> None:
+def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
     """A stage's first run: choose its starting weights and write its record ``stage.json``."""
+    ws, st, parent, prof, cfg, model_dir = run.ws, run.stage, run.parent, run.prof, run.cfg, run.model_dir
     init = start = None
     sdir = st.folder
     if st.kind == "heads":

@@ -13,7 +13,7 @@ from helpers.workspace import get_workspace
 
 def test_final_model_needs_a_finished_final_stage(demo_workflow):
     with pytest.raises(ValueError, match="stage = 'final'"):
-        selection.chosen_test_predictions(demo_workflow, ("hflip", "vflip"), progress=False, use_final=True)
+        selection.chosen_test_predictions(demo_workflow, None, progress=False, use_final=True)
 
 
 def test_final_model_predicts_the_test_images_in_place_of_all(demo_workflow, tmp_path):
