@@ -8,18 +8,6 @@ from PIL import Image
 
 from helpers.data.dataset import (DatasetError, DatasetNote, open_dataset, read_image, read_mask, read_masks,
                              validate_dataset)
-from helpers.data.demo_data import make_demo_dataset
-
-
-@pytest.fixture(scope="module")
-def demo_src(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=0)
-
-
-@pytest.fixture()
-def demo(demo_src, tmp_path):
-    """A private copy each test may break."""
-    return shutil.copytree(demo_src, tmp_path / "data")
 
 
 def first(ds):

@@ -1,6 +1,5 @@
 import hashlib
 import re
-import shutil
 from collections import Counter
 
 import numpy as np
@@ -8,23 +7,12 @@ import pytest
 from PIL import Image
 
 from helpers.data.dataset import DatasetError, open_dataset
-from helpers.data.demo_data import make_demo_dataset
 from helpers.data.manifest import (COLUMNS, REPO_MANIFEST, assign_shards, build_manifest, choose_val_split,
                               read_manifest, set_val_split, split_ids, summarize, validate_against_manifest,
                               write_manifest)
 from helpers.data.organs import organ_of
 
 SHARD_RE = re.compile(r"^(labeled|test)-([a-z]+)-(\d{5})-of-(\d{5})\.tfrecord$")
-
-
-@pytest.fixture(scope="module")
-def demo_src(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=0)
-
-
-@pytest.fixture()
-def demo(demo_src, tmp_path):
-    return shutil.copytree(demo_src, tmp_path / "data")
 
 
 def real_like_rows():
