@@ -107,3 +107,11 @@ def optimizer_iterations(prefix) -> int:
     import tensorflow as tf
 
     return int(tf.train.load_checkpoint(str(prefix)).get_tensor("optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def tear(stage_dir: Path, step: int) -> Path:
+    """Cut checkpoint ``step``'s data file in half, as a kill in mid-write leaves it; its path."""
+    data = next(Path(stage_dir).glob(f"ckpt-{step}.data-*"))
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    return data

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from _training_support import file_snapshot, new_workspace, run_child
+from _training_support import file_snapshot, new_workspace, run_child, tear
 from helpers.train import checkpoints as ckpts
 from helpers.train import training
 
@@ -67,9 +67,7 @@ def test_unparsable_state_file_is_rebuilt(tiny):
 def test_torn_newest_checkpoint_resumes_from_the_one_before_and_reaches_the_target(base, heads):
     ws = new_workspace(base, "torn_resume", copy_from=heads[0].root)
     sdir = ws.checkpoints / "heads"
-    data = next(sdir.glob("ckpt-10.data-*"))
-    with open(data, "r+b") as f:
-        f.truncate(data.stat().st_size // 2)
+    tear(sdir, 10)
     kept = file_snapshot(sdir)
     with pytest.warns(ckpts.TornCheckpointWarning, match="ckpt-10"):
         res = training.train_stage("heads", "demo", ws, progress=False)
@@ -129,9 +127,7 @@ def test_checkpoints_are_still_pruned_after_a_torn_fallback(tiny):
     import tensorflow as tf
 
     d, ck = tiny
-    data = next(d.glob("ckpt-15.data-*"))
-    with open(data, "r+b") as f:
-        f.truncate(data.stat().st_size // 2)
+    tear(d, 15)
     with pytest.warns(ckpts.TornCheckpointWarning):
         assert ckpts.latest_complete(d)[0] == 10
     mgr = tf.train.CheckpointManager(ck, str(d), max_to_keep=3)

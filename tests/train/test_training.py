@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from _training_support import backbone_vars, file_snapshot, model_vars, new_workspace, optimizer_iterations, run_child
+from _training_support import (backbone_vars, file_snapshot, model_vars, new_workspace, optimizer_iterations,
+                               run_child, tear)
 from helpers.train import checkpoints as ckpts
 from helpers.train import training
 
@@ -108,9 +109,7 @@ def test_sigkill_after_step_5_resumes_at_5_like_an_uninterrupted_run(base, heads
 def test_torn_latest_checkpoint_falls_back_with_a_warning(base, heads):
     ws = new_workspace(base, "torn", copy_from=heads[0].root)
     sdir = ws.checkpoints / "heads"
-    data = next(sdir.glob("ckpt-10.data-*"))
-    with open(data, "r+b") as f:
-        f.truncate(data.stat().st_size // 2)
+    tear(sdir, 10)
     with pytest.warns(ckpts.TornCheckpointWarning, match="ckpt-10"):
         latest = ckpts.latest_complete(sdir)
     assert latest[0] == 5
