@@ -83,13 +83,35 @@ def levers(args) -> dict:
 
 
 # --------------------------------------------------------------------------- notebook 01
-def prepare(root: Path, data: Path):
-    """The sharded dataset with the default split, once per ``root`` (shared by every run)."""
+def split_name(holdout: str | None) -> str:
+    """The name of a run's split: "default", or "holdout-<organ>"."""
+    return f"holdout-{holdout}" if holdout else "default"
+
+
+def holdout_val_ids(rows, organ: str) -> list[str]:
+    """Validation ids that hold ``organ`` out of training: every labelled image of that organ,
+    plus the default split's validation images of the other organs (so the seen organs are
+    scored on the same images as the default split's runs)."""
+    organs = {r["organ"] for r in rows if r["split"] != "test"}
+    if organ not in organs:
+        raise SystemExit(f"--holdout {organ!r}: the labelled organs are {sorted(organs)}")
+    return sorted(r["image_id"] for r in rows
+                  if r["split"] != "test" and (r["organ"] == organ or r["split"] == "val"))
+
+
+def _base(root: Path, split: str) -> Path:
+    return root / ("base" if split == "default" else f"base-{split}")
+
+
+def prepare(root: Path, data: Path, holdout: str | None = None):
+    """The sharded dataset with the default split (or one organ held out of training), once per
+    ``root`` and split (shared by every run of that split)."""
+    from helpers.data import manifest as mf
     from helpers.data import prepare as prep
     from helpers.data import shards
     from helpers.workspace import get_workspace
 
-    ws = get_workspace(root / "base")
+    ws = get_workspace(_base(root, split_name(holdout)))
     try:
         shards.load_index(ws.shards)  # complete: every shard written
         return ws
@@ -97,16 +119,18 @@ def prepare(root: Path, data: Path):
         pass
     dataset_root, manifest = prep.get_dataset(ws, str(data), PROFILE)
     rows = prep.check_dataset(dataset_root, manifest)
-    rows = prep.choose_split(ws, rows)
+    val_ids = holdout_val_ids(mf.read_manifest(manifest), holdout) if holdout else None
+    rows = prep.choose_split(ws, rows, val_ids=val_ids)
     shards.write_shards(dataset_root, rows, ws.shards, progress=False)
     return ws
 
 
-def run_workspace(root: Path, name: str):
-    """The run's own workspace, reading the shared shards (no copy)."""
+def run_workspace(root: Path, name: str, split: str = "default"):
+    """The run's own workspace, reading the shared shards of its split (no copy). A run made
+    before keeps the split it was made with."""
     from helpers.workspace import get_workspace
 
-    base = get_workspace(root / "base")
+    base = get_workspace(_base(root, split))
     ws = get_workspace(root / "runs" / name)
     ws.root.mkdir(parents=True, exist_ok=True)
     if not ws.shards.is_symlink():
@@ -322,6 +346,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", metavar="KNOB=JSON", help="another profile knob")
     ap.add_argument("--tta", default=",".join(TTA), help="comma-separated test-time augmentations")
     ap.add_argument("--zoom", default=",".join(ZOOM), help="comma-separated multi-scale views (a lever)")
+    ap.add_argument("--holdout", metavar="ORGAN", help="hold this organ's images out of training and "
+                    "score them beside the other organs' default validation images")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--root", type=Path, default=ROOT, help="benchmark workspaces (outside the project)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -347,8 +373,8 @@ def main(argv=None) -> int:
     colab.quiet()
     commit = _commit()  # the code training imports; helpers imported later may be newer
     t0 = time.perf_counter()
-    prepare(args.root, args.data)
-    ws = run_workspace(args.root, args.name)
+    prepare(args.root, args.data, args.holdout)
+    ws = run_workspace(args.root, args.name, split_name(args.holdout))
     t1 = time.perf_counter()
     trained = train(ws, args)
     t2 = time.perf_counter()
@@ -359,6 +385,7 @@ def main(argv=None) -> int:
         commit = prev.get("train_commit", prev["commit"])
     res = {"name": args.name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args),
+           "split": split_name(args.holdout),
            "tta": list(args.tta), "zoom": list(args.zoom),
            **({"train_commit": commit} if commit != scored_at else {}),
            "train": trained, "eval": evaluate(ws, args),
