@@ -188,6 +188,9 @@ class Profile:
     # haematoxylin-eosin-DAB decomposition becomes a*s + b, a ~ U(1-x, 1+x), b ~ U(-x, x),
     # on the image only. 0 = off; 0.05 is Tellez's "HED-light".
     stain_jitter: float = 0.0
+    # Colour and blur augmentation: HoVer-Net's hue, saturation, brightness and contrast ranges
+    # and its blur or noise, times this (helpers.train.train_input.photometric_jitter). 0 = off.
+    photometric_jitter: float = 0.0
     # Where a training window falls: "uniform" anywhere in the image; "nuclei" centred on a
     # random nucleus, so regions are drawn in proportion to the nuclei they hold.
     crop_sampling: str = "uniform"
@@ -367,6 +370,8 @@ def check_profile(prof: Profile) -> None:
         raise ConfigError(f"scale {prof.scale!r}: use one of {SCALES}")
     if not 0.0 <= prof.stain_jitter <= 0.5:
         raise ConfigError(f"stain_jitter {prof.stain_jitter!r}: use 0 (off) to 0.5 (0.05 is typical)")
+    if not 0.0 <= prof.photometric_jitter <= 2.0:
+        raise ConfigError(f"photometric_jitter {prof.photometric_jitter!r}: use 0 (off) to 2 (1 is HoVer-Net's ranges)")
     knobs = {f.name for f in dataclasses.fields(Profile)} - {"name", "from_scratch", "scratch", "starts", "pretrained"}
     for recipe, table in [("scratch", prof.scratch), *((f"starts[{k!r}]", v) for k, v in prof.starts.items())]:
         if set(table) - knobs:
@@ -429,7 +434,7 @@ def parent_stage(stage: str) -> str | None:
 # NucleiTask's own fields (helpers.train.configs.nuclei_maskrcnn) and their defaults: a config written before a
 # field existed lacks it, and reads as this (task_field)
 TASK_FIELD_DEFAULTS = {"input_scale": 1.0, "stain_jitter": 0.0, "identity_norms": False,
-                       "crop_sampling": "uniform"}
+                       "crop_sampling": "uniform", "photometric_jitter": 0.0}
 
 
 def task_field(task_config, name: str):

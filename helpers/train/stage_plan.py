@@ -25,11 +25,13 @@ from helpers.workspace import Workspace
 # What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
 # (a newer release's defaults must not break its resume): the input it sees, its start and
 # whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
-KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample")
+KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample",
+              "photometric_jitter")
 # a stage continues its parent's model
-INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample")
+INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample",
+                   "photometric_jitter")
 LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
-                "mask_upsample": 2}
+                "mask_upsample": 2, "photometric_jitter": 0.0}
 
 
 class NoTrainingData(RuntimeError):

@@ -52,17 +52,52 @@ def stain_jitter(image, strength: float, seed=None):
     return tf.cast(tf.round(rgb * 255.0), tf.uint8)
 
 
+# HoVer-Net's input augmentation (Graham et al. 2019; vqdang/hover_net dataloader/augs.py with
+# imgaug), at photometric_jitter = 1: hue +-8 of OpenCV's 180 (+-0.044 of the circle), saturation
+# x (1 +- 0.2), brightness +-26 of 255, contrast x (0.75..1.25); then one of a Gaussian blur
+# (kernels up to 5 px: sigma up to 1.1) or Gaussian noise (sigma up to 0.05).
+PHOTOMETRIC_RANGES = {"hue": 0.044, "saturation": 0.2, "brightness": 26 / 255, "contrast": 0.25,
+                      "blur_sigma": 1.1, "noise": 0.05}
+
+
+def photometric_jitter(image, strength: float, seed=None):
+    """Colour and blur augmentation of a uint8 (H, W, 3) crop, HoVer-Net's ranges
+    (:data:`PHOTOMETRIC_RANGES`) times ``strength``; pixels move in colour and sharpness only.
+    The blur is Model Garden's ``augment.gaussian_filter2d``."""
+    if not strength:
+        return image
+    from official.vision.ops import augment
+
+    r = {k: v * strength for k, v in PHOTOMETRIC_RANGES.items()}
+
+    def uniform(lo, hi):
+        return tf.random.uniform([], lo, hi, seed=seed)
+
+    x = tf.cast(image, tf.float32) / 255.0
+    x = tf.image.adjust_hue(x, uniform(-r["hue"], r["hue"]))
+    x = tf.image.adjust_saturation(x, uniform(1.0 - r["saturation"], 1.0 + r["saturation"]))
+    x = tf.image.adjust_brightness(x, uniform(-r["brightness"], r["brightness"]))
+    x = tf.image.adjust_contrast(x, uniform(1.0 - r["contrast"], 1.0 + r["contrast"]))
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    x = tf.cond(uniform(0.0, 1.0) < 0.5,
+                lambda: augment.gaussian_filter2d(x, filter_shape=5, sigma=uniform(1e-3, r["blur_sigma"])),
+                lambda: x + tf.random.normal(tf.shape(x), stddev=uniform(0.0, r["noise"]), seed=seed))
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+
+
 class WindowDecoder(tf_example_decoder.TfExampleDecoder):
     """``TfExampleDecoder`` that decodes one random ``window`` (h, w) of each example, placed
     by ``crop_sampling`` (:meth:`_window_corner`), its colours jittered by :func:`stain_jitter`
-    when ``stain_jitter`` > 0."""
+    when ``stain_jitter`` > 0, then by :func:`photometric_jitter` when ``photometric_jitter`` > 0."""
 
-    def __init__(self, window, stain_jitter: float = 0.0, crop_sampling: str = "uniform", **kwargs):
+    def __init__(self, window, stain_jitter: float = 0.0, crop_sampling: str = "uniform",
+                 photometric_jitter: float = 0.0, **kwargs):
         super().__init__(include_mask=True, **kwargs)
         if crop_sampling not in CROP_SAMPLINGS:
             raise ValueError(f"crop_sampling {crop_sampling!r}: use one of {CROP_SAMPLINGS}")
         self._window = (int(window[0]), int(window[1]))
         self._stain_jitter = float(stain_jitter)
+        self._photometric_jitter = float(photometric_jitter)
         self._crop_sampling = crop_sampling
         self._keys_to_features[INSTANCE_MAP_KEY] = tf.io.FixedLenFeature((), tf.string, default_value="")
 
@@ -78,6 +113,7 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
         wh, ww = tf.minimum(h, self._window[0]), tf.minimum(w, self._window[1])
         y0, x0 = self._window_corner(parsed, h, w, wh, ww)
         image = stain_jitter(image[y0:y0 + wh, x0:x0 + ww], self._stain_jitter)
+        image = photometric_jitter(image, self._photometric_jitter)
 
         classes = parsed["image/object/class/label"]
         pngs = parsed["image/object/mask"]

@@ -102,6 +102,40 @@ def test_stain_jitter_changes_colour_but_not_geometry(records):
         np.testing.assert_array_equal(b, b[first][inverse.reshape(-1)])
 
 
+def test_photometric_jitter_changes_colour_and_sharpness_but_not_geometry(records):
+    """Same window with and without HoVer-Net's colour and blur jitter: identical masks and boxes,
+    a different image of the same shape; strength 0 is the image itself."""
+    import tensorflow as tf
+
+    from helpers.train.train_input import WindowDecoder, photometric_jitter
+
+    changed = []
+    for rec in records:
+        tf.random.set_seed(3)
+        plain = {k: v.numpy() for k, v in WindowDecoder((96, 112)).decode(rec).items()}
+        tf.random.set_seed(3)
+        jit = {k: v.numpy() for k, v in WindowDecoder((96, 112), photometric_jitter=1.0).decode(rec).items()}
+        np.testing.assert_array_equal(jit["groundtruth_instance_masks"], plain["groundtruth_instance_masks"])
+        np.testing.assert_array_equal(jit["groundtruth_boxes"], plain["groundtruth_boxes"])
+        assert jit["image"].dtype == np.uint8 and jit["image"].shape == plain["image"].shape
+        changed.append(np.abs(jit["image"].astype(int) - plain["image"].astype(int)).mean())
+    assert min(changed) > 0.5
+    img = tf.constant(np.full((8, 8, 3), 128, np.uint8))
+    assert photometric_jitter(img, 0.0) is img
+
+
+def test_the_task_reads_photometric_jitter_from_the_profile(tmp_path):
+    """Profile.photometric_jitter reaches the training input's decoder through the task config."""
+    from helpers.train import config, training
+    from helpers.train.configs import nuclei_maskrcnn as experiment
+
+    prof = config.get_profile("demo", photometric_jitter=0.5)
+    cfg = experiment.experiment_config(prof, "heads", ["x.tfrecord"], accelerator="cpu")
+    assert cfg.task.photometric_jitter == 0.5
+    with pytest.raises(config.ConfigError, match="photometric_jitter"):
+        config.get_profile("demo", photometric_jitter=3.0)
+
+
 def test_hed_round_trip_and_stain_directions():
     import tensorflow as tf
 

@@ -47,6 +47,7 @@ class NucleiTask(mg.MaskRCNNTask):
     stain_jitter: float = TASK_FIELD_DEFAULTS["stain_jitter"]  # Profile.stain_jitter: H&E OD jitter (training)
     identity_norms: bool = TASK_FIELD_DEFAULTS["identity_norms"]  # Profile.identity_norms: held frozen
     crop_sampling: str = TASK_FIELD_DEFAULTS["crop_sampling"]  # Profile.crop_sampling: where windows fall
+    photometric_jitter: float = TASK_FIELD_DEFAULTS["photometric_jitter"]  # Profile.photometric_jitter (training)
 
 
 def start_modules(prof: Profile):
@@ -112,6 +113,7 @@ def experiment_config(
             stain_jitter=prof.stain_jitter,
             identity_norms=prof.identity_norms,
             crop_sampling=prof.crop_sampling,
+            photometric_jitter=prof.photometric_jitter,
             annotation_file="",
             use_coco_metrics=False,  # we evaluate with pycocotools ourselves
             model=_model(prof),

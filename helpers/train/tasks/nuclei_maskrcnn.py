@@ -50,7 +50,8 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
         scale = float(task_field(self.task_config, "input_scale"))
         decoder = WindowDecoder(window=[round(v / scale) for v in model.input_size[:2]],
                                 stain_jitter=task_field(self.task_config, "stain_jitter"),
-                                crop_sampling=task_field(self.task_config, "crop_sampling"))
+                                crop_sampling=task_field(self.task_config, "crop_sampling"),
+                                photometric_jitter=task_field(self.task_config, "photometric_jitter"))
         # The same Parser, with the same arguments, as MaskRCNNTask.build_inputs.
         parser = maskrcnn_input.Parser(
             output_size=model.input_size[:2],
