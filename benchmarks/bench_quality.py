@@ -236,6 +236,7 @@ def _rescoring_of(previous: Path, trained: dict) -> dict | None:
 
 # --------------------------------------------------------------------------- notebook 04
 def evaluate(ws, args) -> dict:
+    from helpers.data.manifest import workspace_manifest
     from helpers.infer import evaluate as ev
     from helpers.infer import instance_metrics, predict, rescore
     from helpers.infer.fusion import merge_detections
@@ -270,10 +271,55 @@ def evaluate(ws, args) -> dict:
     cmp = rescore.compare_recipes(variants[best], gt, passes, metric=METRIC)
     print(cmp.format())
     n_dets = {i: len(d) for i, d in variants[best].items()}
-    return {"val_ids": val_ids, "n_gt": {i: len(g) for i, g in gt.items()}, "n_dets": n_dets,
+    organs = {r["image_id"]: r["organ"] for r in workspace_manifest(ws) if r["image_id"] in gt}
+    chosen = cmp.on_validation(variants[best], passes)  # what notebook 05 would submit and export
+    return {"val_ids": val_ids, "organs": organs, "n_gt": {i: len(g) for i, g in gt.items()}, "n_dets": n_dets,
             "predict_s_per_image": s_per_image, "ceiling": ev.ceiling(gt), "metric": METRIC,
             "variants": scores, "best_variant": best,
-            "rescoring": cmp.rows, "rescoring_chosen": cmp.chosen}
+            "rescoring": cmp.rows, "rescoring_chosen": cmp.chosen,
+            "per_organ": per_organ(chosen, gt, organs),
+            "segmentation": segmentation_report(chosen, gt, organs, args.holdout)}
+
+
+def per_organ(preds, gt, organs) -> dict:
+    """COCO AP and the split's ceiling of each organ's validation images."""
+    from helpers.infer import evaluate as ev
+
+    out = {}
+    for organ in sorted(set(organs.values())):
+        ids = [i for i in gt if organs[i] == organ]
+        sub_gt = {i: gt[i] for i in ids}
+        out[organ] = {"images": ids, **ev.evaluate({i: preds[i] for i in ids}, sub_gt, per_image=False).summary,
+                      "ceiling AP50@100": ev.ceiling(sub_gt)["AP50@100"]}
+    return out
+
+
+def segmentation_report(preds, gt, organs, holdout: str | None) -> dict:
+    """The exports' rule as notebook 04 chooses it (by PQ, on the validation images of the organs
+    the model trained on), the field's metrics at it and at 0.5 per image, and how each kind of
+    rule holds on images it was not chosen on: leave-one-image-out over the split, and, with an
+    organ held out of training, chosen on the other organs and scored on it."""
+    from helpers.infer import instance_metrics, thresholds
+    from helpers.infer.segmentation import DEFAULT_RULE
+
+    seen = [i for i in gt if organs[i] != holdout]
+    unseen = [i for i in gt if organs[i] == holdout]
+    choice = thresholds.choose_rule({i: preds[i] for i in seen}, {i: gt[i] for i in seen}, "PQ")
+    print(choice.format())
+    at = {name: instance_metrics.score_images(preds, gt, rule)
+          for name, rule in (("chosen", choice.rule), ("0.5", DEFAULT_RULE))}
+    out = {"rule": choice.rule.to_json(), "rule_described": choice.rule.describe(), "chosen_on": seen,
+           "curve": choice.curve, "cuts": choice.cuts,
+           **{f"at {name}": {"mean": s.summary, "per_image": s.per_image} for name, s in at.items()},
+           "families_loo": thresholds.compare_rule_families(preds, gt, "PQ")}
+    if unseen:
+        out["families_on_unseen"] = thresholds.compare_rule_families(preds, gt, "PQ", fit_ids=seen, test_ids=unseen)
+    for key in ("families_loo", "families_on_unseen"):
+        for r in out.get(key, ()):
+            print(f"  {key} {r['rule']:18s} PQ {r['PQ']:.4f} (worst {r['worst PQ']:.4f})  AJI {r['AJI']:.4f} "
+                  f"(worst {r['worst AJI']:.4f})  F1 {r['F1@0.5']:.4f}  kept worst {r['worst kept']:.2f}; "
+                  f"on all: {r['chosen on all']}")
+    return out
 
 
 # --------------------------------------------------------------------------- report

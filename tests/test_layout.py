@@ -22,7 +22,8 @@ LAYERS = {
     "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
               "torch_export", "torch_convert", "pretrained", "train_input", "tasks/nuclei_maskrcnn", "stages",
               "stage_plan", "mirror", "runner", "curves", "train_progress", "training"),
-    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "instance_metrics", "routing", "fusion",
+    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "segmentation", "instance_metrics",
+              "thresholds", "routing", "fusion",
               "strategy", "predict", "ranking", "rescore", "choice", "submission", "overlays", "exports", "selection", "own_images"),
 }
 GLUE = {"data/prepare", "train/training", "infer/selection", "infer/own_images", "notebooks"}

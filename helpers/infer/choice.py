@@ -2,13 +2,16 @@
 
 It holds all notebook 05 needs to replay the pick on the test images, so nothing is re-derived
 there: the ensemble strategy, the stage each of its models stands for, the rescoring recipe,
-the test-time augmentations both were measured with, and the metric and tables that chose them.
+the test-time augmentations both were measured with, the segmentation rule of the exports (their
+score threshold and overlap cuts, :mod:`helpers.infer.segmentation`), and the metric and tables
+that chose them. A record written before the rule was chosen reads with ``segmentation`` None:
+the exports then use :data:`~helpers.infer.segmentation.DEFAULT_RULE` and say so.
 A learned rescoring's ranking is saved beside it (``ranking.npz``, :mod:`helpers.infer.ranking`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +19,7 @@ from helpers.atomic import atomic_write_json
 from helpers.infer import ranking
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.rescore import RECIPES, Recipe
+from helpers.infer.segmentation import DEFAULT_RULE, SegmentationError, SegmentationRule
 from helpers.infer.strategy import EnsembleError, Strategy, strategy_from_json
 from helpers.infer.tta import TTA_SUFFIX, base_model
 
@@ -35,7 +39,9 @@ class Choice:
     recipe: Recipe = RECIPES["none"]   # the rescoring
     tta: tuple[str, ...] = ()          # the augmentations the '+tta' models and the rescoring were measured with
     metric: str = LEADERBOARD_METRIC   # what chose
-    tables: Mapping = field(default_factory=dict, compare=False)  # {"strategies": rows, "rescoring": rows}
+    tables: Mapping = field(default_factory=dict, compare=False)  # {"strategies": rows, "rescoring": rows, ...}
+    segmentation: SegmentationRule | None = None  # the exports' rule; None: chosen before rules were
+    segmentation_metric: str = ""      # what chose it (PQ, AJI or F1@0.5)
 
     def __post_init__(self):
         lacking = sorted({base_model(m) for m in self.strategy.models} - set(self.stages))
@@ -49,18 +55,40 @@ class Choice:
 
     def describe(self) -> str:
         stages = ", ".join(f"{m} = stage {s!r}" for m, s in self.stages.items())
+        exports = (f"; exports: {self.segmentation.describe()} (chosen by {self.segmentation_metric})"
+                   if self.segmentation else "")
         return (f"strategy {self.strategy.describe()}; rescoring {self.recipe.name!r}; "
-                f"tta {list(self.tta)}; models: {stages}; chosen by {self.metric}")
+                f"tta {list(self.tta)}; models: {stages}; chosen by {self.metric}{exports}")
 
     def to_json(self) -> dict:
-        return {"format": FORMAT_VERSION, "strategy": self.strategy.to_json(), "stages": dict(self.stages),
-                "recipe": asdict(self.recipe), "tta": list(self.tta), "metric": self.metric,
-                "tables": dict(self.tables)}
+        out = {"format": FORMAT_VERSION, "strategy": self.strategy.to_json(), "stages": dict(self.stages),
+               "recipe": asdict(self.recipe), "tta": list(self.tta), "metric": self.metric,
+               "tables": dict(self.tables)}
+        if self.segmentation is not None:
+            out["segmentation"] = {**self.segmentation.to_json(), "metric": self.segmentation_metric}
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping) -> "Choice":
+        seg = dict(obj.get("segmentation") or {})
+        seg_metric = str(seg.pop("metric", ""))
         return cls(strategy_from_json(obj["strategy"]), dict(obj["stages"]), Recipe(**obj["recipe"]),
-                   tuple(obj["tta"]), str(obj["metric"]), dict(obj.get("tables") or {}))
+                   tuple(obj["tta"]), str(obj["metric"]), dict(obj.get("tables") or {}),
+                   SegmentationRule.from_json(seg) if seg else None, seg_metric)
+
+
+def export_rule(choice: Choice | None, min_score: float | None = None) -> tuple[SegmentationRule, str]:
+    """(rule, where it comes from): the rule notebook 04 chose on validation; a ``min_score``
+    (a number) replaces its threshold, the same for every image; without a recorded rule,
+    :data:`DEFAULT_RULE`."""
+    recorded = choice.segmentation if choice is not None else None
+    rule = recorded or DEFAULT_RULE
+    if min_score is not None:
+        return rule.with_min_score(min_score), f"min_score = {min_score:g}, set here (for every image)"
+    if recorded is None:
+        return rule, (f"the default ({rule.describe()}): notebook 04 chose no threshold; run it to choose "
+                      "one on validation")
+    return rule, f"chosen on validation by {choice.segmentation_metric} in notebook 04"
 
 
 def choice_path(predictions_dir) -> Path:
@@ -77,6 +105,9 @@ def save_choice(predictions_dir, choice: Choice, ranker: ranking.Ranker | None =
             saved = load_choice(predictions_dir)
         except ChoiceError:
             saved = None
+        if saved is not None and saved.segmentation is None and choice.segmentation is not None:
+            saved = replace(saved, segmentation=choice.segmentation,  # an older record gains its rule
+                            segmentation_metric=choice.segmentation_metric)
         if saved != choice:
             was = f" ({saved.describe()})" if saved else ""
             raise FileExistsError(f"{path} holds another choice from an earlier run{was}; pass "
@@ -106,7 +137,7 @@ def load_choice(predictions_dir, required: bool = True) -> Choice | None:
         if obj.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {obj.get('format')!r}, not {FORMAT_VERSION}")
         return Choice.from_json(obj)
-    except (ValueError, KeyError, TypeError, AttributeError, EnsembleError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, EnsembleError, SegmentationError) as e:
         raise ChoiceError(f"{path} is not a choice record ({type(e).__name__}: {e}); run notebook 04 "
                           "again to write it") from None
 

@@ -12,9 +12,11 @@ One image's :class:`~helpers.detections.Detections` become, in ``<out_dir>/``:
 * ``<stem>.coco.json``: COCO results entries (RLE masks), as notebook 05's answer holds them;
 * ``<stem>.overlay.png``: the image with the masks coloured by score.
 
-Everything derives from one label image (detections scoring at least ``min_score``; where masks
-overlap the higher score owns the pixel), so the GeoJSON, the label image and the CSV hold the
-same nuclei under the same ids: id k is the k-th best-scoring nucleus that kept pixels.
+Everything derives from one label image, made by a
+:class:`~helpers.infer.segmentation.SegmentationRule` (the score threshold notebook 04 chose on
+validation; where masks overlap the higher score owns the pixel; each nucleus one connected
+region), so the GeoJSON, the label image and the CSV hold the same nuclei under the same ids:
+id k is the k-th best-scoring nucleus kept.
 Each file is written to a temporary name and renamed: a killed run leaves no half-written file.
 Notebook 06 writes them for your own images (``exports/<run>/``), notebook 05 for the test images
 beside ``answer.zip`` (``submission/exports/``, :func:`export_answer`).
@@ -33,7 +35,7 @@ import numpy as np
 from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_partials
 from helpers.coco_format import result_entries
 from helpers.detections import Detections
-from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
+from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule
 from helpers.stain import hed_optical_density
 
 # Outlines are simplified (Douglas-Peucker, topology kept) within this many pixels: QuPath
@@ -54,19 +56,6 @@ class ExportedImage:
     image: str
     nuclei: int
     files: dict[str, Path]
-
-
-def label_image(dets: Detections, min_score: float = SEGMENTATION_MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores): the label image of the detections scoring at least ``min_score``,
-    its ids made consecutive (a detection covered by better ones is dropped), and each id's
-    score (``scores[k - 1]`` for id k)."""
-    raw = dets.label_image(min_score)
-    kept = np.unique(raw[raw > 0])
-    order = np.argsort(-dets.scores, kind="stable")
-    order = order[dets.scores[order] >= min_score]
-    lut = np.zeros(len(order) + 1, raw.dtype)
-    lut[kept] = np.arange(1, len(kept) + 1)
-    return lut[raw], dets.scores[order][kept - 1]
 
 
 def measurements(labels: np.ndarray, image: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
@@ -170,24 +159,24 @@ def export_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
 
 
 def export_image(out_dir: str | os.PathLike, stem: str, image: np.ndarray, dets: Detections,
-                 min_score: float = SEGMENTATION_MIN_SCORE, image_id=None,
+                 rule: SegmentationRule = DEFAULT_RULE, image_id=None,
                  tolerance: float = POLYGON_TOLERANCE, overlay: bool = True) -> ExportedImage:
     """Write every export of one image (module doc) to ``out_dir``; ``image_id`` is the COCO
     results' image id (default ``stem``). The COCO entries keep every detection as the answer
-    does; the other files the nuclei scoring at least ``min_score``."""
+    does; the other files the nuclei ``rule`` keeps."""
     image = np.asarray(image)
     if tuple(image.shape[:2]) != tuple(dets.size):
         raise ValueError(f"{stem}: the image is {image.shape[:2]} but its predictions are for {dets.size}")
     paths = export_paths(out_dir, stem)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    labels, scores = label_image(dets, min_score)
+    labels, scores = rule.label_image(dets)
     table = measurements(labels, image, scores)
     atomic_write_text(paths["geojson"], json.dumps(geojson(labels, table, tolerance)))
     _write_tiff(paths["labels"], labels)
     atomic_write_text(paths["csv"], _csv_text(table))
     atomic_write_text(paths["coco"], json.dumps(result_entries(stem if image_id is None else image_id, dets)))
     if overlay:
-        _write_overlay(paths["overlay"], image, dets.filter(min_score), f"{stem}: {len(table['id'])} nuclei")
+        _write_overlay(paths["overlay"], image, dets.filter(rule.threshold(dets)), f"{stem}: {len(table['id'])} nuclei")
     else:
         paths.pop("overlay")
     return ExportedImage(stem, int(len(table["id"])), paths)
@@ -197,7 +186,7 @@ def export_image(out_dir: str | os.PathLike, stem: str, image: np.ndarray, dets:
 ANSWER_EXPORTS = "exports"  # notebook 05: <workspace>/submission/exports/, beside answer.zip
 
 
-def export_answer(workspace, predictions, test_images, images=None, min_score: float = SEGMENTATION_MIN_SCORE,
+def export_answer(workspace, predictions, test_images, images=None, rule: SegmentationRule = DEFAULT_RULE,
                   progress: bool = True) -> list[ExportedImage]:
     """Notebook 05: :func:`export_image` for every test image of the answer, into the workspace's
     ``submission/exports/``; each COCO file uses the image's submission id, as ``answer.json`` does.
@@ -216,7 +205,7 @@ def export_answer(workspace, predictions, test_images, images=None, min_score: f
             raise ValueError(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
         image = images[t.image_id] if images is not None else load_image(ws, t.image_id)
         exported.append(export_image(out_dir, t.image_id, image, predictions[t.image_id],
-                                     min_score, image_id=t.coco_id))
-    print(f"{len(exported)} images, {sum(e.nuclei for e in exported)} nuclei with score >= {min_score} "
+                                     rule, image_id=t.coco_id))
+    print(f"{len(exported)} images, {sum(e.nuclei for e in exported)} nuclei ({rule.describe()}) "
           f"exported to {out_dir} (GeoJSON for QuPath, label TIFF, CSV, COCO JSON, overlay)")
     return exported

@@ -2,10 +2,10 @@
 precision / recall at IoU 0.5, and pixel Dice.
 
 Each takes two label images of one image, ``gt`` and ``pred`` (H, W) ints: 0 background, every
-other value one nucleus. A model's overlapping masks become a label image first
-(:meth:`helpers.detections.Detections.label_image`, the higher score owning a shared pixel),
-because these metrics, unlike COCO AP, score one segmentation: every detection kept by the score
-threshold counts, not the top 100.
+other value one nucleus. A model's overlapping masks become a label image first, by the
+:class:`~helpers.infer.segmentation.SegmentationRule` the exports use (its score threshold, the
+higher score owning a shared pixel, one connected piece per nucleus), because these metrics,
+unlike COCO AP, score one segmentation: every detection the rule keeps counts, not the top 100.
 
 The definitions are those of HoVer-Net's ``metrics/stats_utils.py`` (Graham et al. 2019), which
 the field's papers (HoVer-Net, CellViT, the PanNuke and MoNuSAC benchmarks) report with:
@@ -27,10 +27,9 @@ from typing import Mapping
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule
+
 MATCH_IOU = 0.5
-# Detections kept for the segmentation these metrics score: a detector's own decision threshold
-# (Mask R-CNN's box score), not the 0.05 floor that keeps candidates for COCO AP's ranking.
-SEGMENTATION_MIN_SCORE = 0.5
 COLUMNS = ("AJI", "AJI+", "PQ", "DQ", "SQ", "F1@0.5", "precision@0.5", "recall@0.5", "Dice")
 TABLE_COLUMNS = ("AJI", "PQ", "F1@0.5")  # beside COCO AP in notebook 04's and the benchmark's tables
 
@@ -149,38 +148,55 @@ def image_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 @dataclass
 class FieldScores:
     """:func:`score_images`' answer: the mean over images (``summary``, keyed by
-    :data:`COLUMNS`) and one row per image."""
+    :data:`COLUMNS`) and one row per image (with ``nuclei`` in the truth and ``found`` in the
+    segmentation)."""
 
     summary: dict[str, float]
     per_image: list[dict]
-    min_score: float
+    rule: SegmentationRule
 
     def format(self) -> str:
         from helpers.infer.evaluate import format_table
 
         mean = "  ".join(f"{k}={v:.4f}" for k, v in self.summary.items())
-        return (f"detections scoring >= {self.min_score}, mean over images: {mean}\n\n"
+        return (f"segmentation: {self.rule.describe()}\nmean over images: {mean}\n\n"
                 + format_table(self.per_image))
 
 
-def score_images(predictions: Mapping, ground_truth: Mapping,
-                 min_score: float = SEGMENTATION_MIN_SCORE) -> FieldScores:
-    """The field's metrics of ``predictions`` ({image_id: Detections}) against ``ground_truth``
-    ({image_id: Detections | RLEs | (n, H, W) masks}), image by image and their mean.
-    Detections scoring below ``min_score`` are left out; an image without predictions counts as
-    none found."""
+def count(labels: np.ndarray) -> int:
+    """How many nuclei a label image holds."""
+    return int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
+
+
+def truth_label_images(ground_truth: Mapping, sizes: Mapping | None = None) -> dict[str, np.ndarray]:
+    """{image_id: label image} of the ground truth ({image_id: Detections | RLEs | (n, H, W)
+    masks}); ``sizes`` ({image_id: (H, W)}) sizes an image without nuclei."""
     from helpers.detections import Detections
     from helpers.infer.evaluate import gt_rles
 
-    rows = []
+    out = {}
     for image_id in sorted(ground_truth):
         rles = gt_rles(ground_truth[image_id], image_id)
-        pred = predictions.get(image_id)
-        size = pred.size if pred is not None else tuple(rles[0]["size"]) if rles else None
+        size = tuple(rles[0]["size"]) if rles else (sizes or {}).get(image_id)
         if size is None:
             raise ValueError(f"image {image_id}: no ground truth masks and no predictions to size it")
-        gt = Detections(rles, np.ones(len(rles)), size).label_image()
-        found = (pred if pred is not None else Detections.empty(size)).label_image(min_score)
-        rows.append({"image_id": image_id, "nuclei": len(rles), **image_scores(gt, found)})
+        out[image_id] = Detections(rles, np.ones(len(rles)), size).label_image()
+    return out
+
+
+def score_images(predictions: Mapping, ground_truth: Mapping, rule: SegmentationRule = DEFAULT_RULE,
+                 truth: Mapping | None = None) -> FieldScores:
+    """The field's metrics of ``predictions`` ({image_id: Detections}) against ``ground_truth``
+    ({image_id: Detections | RLEs | (n, H, W) masks}), image by image and their mean, on the
+    segmentation ``rule`` makes of each image's detections; an image without predictions counts
+    as none found. ``truth``: :func:`truth_label_images` already made."""
+    from helpers.detections import Detections
+
+    truth = truth or truth_label_images(ground_truth, {i: p.size for i, p in predictions.items()})
+    rows = []
+    for image_id, gt in truth.items():
+        pred = predictions.get(image_id)
+        found, _ = rule.label_image(pred if pred is not None else Detections.empty(gt.shape))
+        rows.append({"image_id": image_id, "nuclei": count(gt), "found": count(found), **image_scores(gt, found)})
     mean = {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in COLUMNS}
-    return FieldScores(mean, rows, min_score)
+    return FieldScores(mean, rows, rule)

@@ -9,8 +9,9 @@
 * **Any size**: images larger than the model's tile are predicted in overlapping tiles and
   stitched by the field's convention (``tiling.merge_tiles``): no nucleus counted twice or cut
   at a seam. One progress bar counts the tiles of every pass.
-* **As notebook 05 predicts**: the stage's input scale, the test-time augmentations and the
-  rescoring notebook 04 chose (when it chose one) apply.
+* **As notebook 05 predicts**: the stage's input scale, the test-time augmentations, the
+  rescoring and the exports' segmentation rule (score threshold, overlap cuts) notebook 04 chose
+  (when it chose one) apply; ``min_score`` overrides the threshold.
 * **Exports** per image in ``exports/<run>/`` (``helpers.infer.exports``): GeoJSON for QuPath,
   label image, measurements CSV, COCO results, overlay. An image whose exports are all there is
   skipped, so a re-run after a disconnect goes on where it stopped; every file is written to a
@@ -28,9 +29,8 @@ import numpy as np
 
 from helpers.atomic import remove_stale_partials
 from helpers.infer import exports, rescore
-from helpers.infer.choice import load_choice, load_ranker
+from helpers.infer.choice import export_rule, load_choice, load_ranker
 from helpers.infer.fusion import merge_detections
-from helpers.infer.instance_metrics import SEGMENTATION_MIN_SCORE
 from helpers.workspace import as_workspace
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -188,10 +188,11 @@ class TiledPredictor:
 
 
 def predict_own_images(workspace, source, stage: str = "all", run: str | None = None,
-                       tta: Sequence[str] | None = None, min_score: float = SEGMENTATION_MIN_SCORE,
+                       tta: Sequence[str] | None = None, min_score: float | None = None,
                        tile: int = 1024, overlap: int = 128, progress: bool = True) -> OwnImagesReport:
     """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
-    04's choice (or :data:`DEFAULT_TTA`). Returns the report (also printed)."""
+    04's choice (or :data:`DEFAULT_TTA`), ``min_score`` None its exports' rule (or the default
+    rule). Returns the report (also printed)."""
     from helpers.infer.model import load_model
     from helpers.progress import tqdm
 
@@ -201,7 +202,10 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     report = OwnImagesReport(ws.root / "exports" / run)
     report.out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(report.out_dir, quiet=True)
-    recipe, tta = _recipe_and_tta(ws, tta, report)
+    chosen = load_choice(ws.predictions, required=False)
+    recipe, tta = _recipe_and_tta(chosen, tta, report)
+    rule, source = export_rule(chosen, min_score)
+    report.notes.append(f"exports keep: {rule.describe()} ({source})")
     todo = _not_exported(paths, report)
     if todo:
         model, params = load_model(ws, stage, min_score=0.0)
@@ -212,15 +216,14 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
                   disable=not progress) as bar:
             for path, stem in todo:
                 if stem in sizes:
-                    _one_image(path, stem, sizes[stem], predictor, min_score, bar, report)
+                    _one_image(path, stem, sizes[stem], predictor, rule, bar, report)
     print(report.format())
     return report
 
 
-def _recipe_and_tta(ws, tta, report: OwnImagesReport):
-    """Notebook 04's rescoring and TTA, unless ``tta`` is given: then a rescoring that needs the
-    passes it was chosen with is not applied (a note says so)."""
-    chosen = load_choice(ws.predictions, required=False)
+def _recipe_and_tta(chosen, tta, report: OwnImagesReport):
+    """Notebook 04's rescoring and TTA (``chosen``, its record or None), unless ``tta`` is given:
+    then a rescoring that needs the passes it was chosen with is not applied (a note says so)."""
     recipe, chosen_tta = (chosen.recipe, list(chosen.tta)) if chosen else (rescore.RECIPES["none"], [])
     tta = list(chosen_tta or DEFAULT_TTA) if tta is None else list(tta)
     if recipe.needs_passes and tta != chosen_tta:
@@ -253,7 +256,7 @@ def _sizes(todo, report: OwnImagesReport) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _one_image(path, stem, size, predictor: TiledPredictor, min_score, bar, report) -> None:
+def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -> None:
     try:
         image, notes = read_image(path, size)
     except ValueError as e:
@@ -265,7 +268,7 @@ def _one_image(path, stem, size, predictor: TiledPredictor, min_score, bar, repo
         report.notes.append(f"{path.name}: {image.shape[1]} x {image.shape[0]} px, within one {side} px tile: "
                             "predicted whole")
     dets = predictor.predict(image, bar=bar)
-    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, min_score))
+    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule))
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from helpers.detections import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import choice as choice_record
-from helpers.infer import rescore
+from helpers.infer import rescore, thresholds
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.instance_metrics import TABLE_COLUMNS
 from helpers.infer.predict import image_ids_of, predict_stage
@@ -126,16 +126,33 @@ def rescoring(workspace, models, strategy, val_preds: Mapping[str, Detections], 
     return cmp, cmp.on_validation(val_preds, passes)
 
 
+def choose_segmentation(val_preds: Mapping[str, Detections], ground_truth: Mapping,
+                        metric: str = thresholds.DEFAULT_EXPORT_METRIC,
+                        min_score: float | None = None) -> thresholds.RuleChoice:
+    """Notebook 04: the exports' segmentation rule (score threshold, overlap cuts), chosen on the
+    validation predictions as rescored (the scores notebooks 05 and 06 will cut) by ``metric``;
+    ``min_score`` (a number) fixes the threshold instead, and the curve still shows what it costs."""
+    grid = thresholds.THRESHOLDS if min_score is None else sorted({*thresholds.THRESHOLDS, float(min_score)})
+    chosen = thresholds.choose_rule(val_preds, ground_truth, metric, thresholds=grid,
+                                    fixed=min_score)
+    print(chosen.format())
+    return chosen
+
+
 def save_choice(workspace, models, comparison, rescoring, tta: Sequence[str] = (),
-                overwrite: bool = False) -> choice_record.Choice:
+                overwrite: bool = False, segmentation: thresholds.RuleChoice | None = None) -> choice_record.Choice:
     """Notebook 04's one record for notebooks 05 and 06 (``predictions/choice.json``): the chosen
-    strategy, the stage of each model it uses, the rescoring and ``tta``."""
+    strategy, the stage of each model it uses, the rescoring, ``tta`` and the exports'
+    ``segmentation`` rule."""
     ws = as_workspace(workspace)
     strategy, stages = comparison.strategy, model_stages(models)
+    tables = {"strategies": comparison.rows, "rescoring": rescoring.rows}
+    if segmentation is not None:
+        tables["segmentation"] = {"curve": segmentation.curve, "cuts": segmentation.cuts}
     record = choice_record.Choice(
         strategy, {m: stages[m] for m in sorted({base_model(n) for n in strategy.models})},
-        rescore.RECIPES[rescoring.chosen], tuple(tta), comparison.metric,
-        {"strategies": comparison.rows, "rescoring": rescoring.rows})
+        rescore.RECIPES[rescoring.chosen], tuple(tta), comparison.metric, tables,
+        segmentation.rule if segmentation else None, segmentation.metric if segmentation else "")
     path = choice_record.save_choice(ws.predictions, record, rescoring.ranker(), overwrite=overwrite)
     print(f"saved to {path}: {record.describe()}")
     return record
@@ -169,6 +186,15 @@ def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progres
         return preds
     passes = prediction_passes(ws, strategy, test_ids, stages, tta, **kw) if recipe.needs_passes else None
     return rescore.apply_all(recipe, preds, passes, ranker=choice_record.load_ranker(ws.predictions, recipe))
+
+
+def export_rule(workspace, min_score: float | None = None):
+    """Notebooks 05 and 06: the segmentation rule of the exports, notebook 04's choice unless
+    ``min_score`` (a number) sets the threshold here; says which it is."""
+    chosen = choice_record.load_choice(as_workspace(workspace).predictions, required=False)
+    rule, source = choice_record.export_rule(chosen, min_score)
+    print(f"exports keep: {rule.describe()} ({source})")
+    return rule
 
 
 def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids: Sequence[str]) -> None:

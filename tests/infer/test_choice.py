@@ -68,3 +68,31 @@ def test_a_learned_rescoring_needs_its_ranking(tmp_path):
         save_choice(tmp_path, learned)
     assert not choice_path(tmp_path).exists()
     assert load_ranker(tmp_path, rescore.RECIPES["mask"]) is None  # a hand recipe needs none
+
+
+def test_the_exports_rule_is_recorded_and_an_older_record_gains_it(tmp_path):
+    from helpers.infer.choice import export_rule
+    from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule
+
+    older = Choice(Single("all", ("all",)), {"all": "all"})
+    save_choice(tmp_path, older)
+    rule, source = export_rule(load_choice(tmp_path))
+    assert rule == DEFAULT_RULE and "run it to choose one on validation" in source
+    chosen = Choice(Single("all", ("all",)), {"all": "all"},
+                    segmentation=SegmentationRule(min_score=0.3, min_kept=0.25), segmentation_metric="PQ")
+    save_choice(tmp_path, chosen)  # the same choice, now with its rule: no overwrite_choice needed
+    loaded = load_choice(tmp_path)
+    assert loaded == chosen and loaded.segmentation.min_score == 0.3
+    assert json.loads(choice_path(tmp_path).read_text())["segmentation"]["metric"] == "PQ"
+    assert export_rule(loaded) == (chosen.segmentation, "chosen on validation by PQ in notebook 04")
+    override, source = export_rule(loaded, 0.6)
+    assert override == SegmentationRule(min_score=0.6, min_kept=0.25) and "set here" in source
+    assert "exports: score >= 0.3" in loaded.describe()
+    with pytest.raises(FileExistsError):  # another rule is another choice
+        save_choice(tmp_path, Choice(Single("all", ("all",)), {"all": "all"},
+                                     segmentation=SegmentationRule(min_score=0.4), segmentation_metric="PQ"))
+    obj = json.loads(choice_path(tmp_path).read_text())
+    obj["segmentation"]["min_score"] = 7
+    choice_path(tmp_path).write_text(json.dumps(obj))
+    with pytest.raises(ChoiceError, match="is not a choice record"):
+        load_choice(tmp_path)

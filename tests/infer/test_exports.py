@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from helpers.detections import Detections
-from helpers.rle import rle_area
 from helpers.infer import exports
+from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule
 
 # |polygon area - mask area| <= 10% of the mask + 1 px: the outline follows the pixels' outer
 # edges, mitred at corners, then simplified within 0.5 px (measured: +13% at worst on 6-7 px
@@ -90,21 +90,20 @@ def test_label_image_and_csv_agree(exported):
         assert 0 < float(r["solidity"]) <= 1 and 0 <= float(r["eccentricity"]) < 1
     # ids follow the score, and each row carries its nucleus's score
     scores = [float(r["score"]) for r in rows]
-    assert scores == sorted(scores, reverse=True) and min(scores) >= exports.SEGMENTATION_MIN_SCORE
+    assert scores == sorted(scores, reverse=True) and min(scores) >= DEFAULT_RULE.min_score
 
 
-def test_overlaps_go_to_the_higher_score_and_covered_detections_drop_out():
-    a = np.zeros((20, 30), bool)
-    a[2:12, 2:12] = True
-    b = np.zeros_like(a)
-    b[6:16, 6:16] = True
-    inner = np.zeros_like(a)
-    inner[8:10, 8:10] = True  # wholly under b
-    dets = Detections.from_masks(np.stack([a, b, inner]), [0.7, 0.9, 0.6])
-    labels, scores = exports.label_image(dets)
-    assert labels.max() == 2 and list(scores) == [0.9, 0.7]
-    assert (labels == 1).sum() == 100 and (labels == 2).sum() == 100 - 36
-    assert rle_area(dets.rles)[2] == 4 and not (labels == 3).any()
+def test_the_rule_decides_what_the_exports_keep(tmp_path):
+    """A lower threshold exports the nuclei it keeps, and only those, in every file."""
+    masks = np.zeros((3, 30, 30), bool)
+    masks[0, 2:8, 2:8] = masks[1, 12:18, 12:18] = masks[2, 22:28, 22:28] = True
+    dets = Detections.from_masks(masks, [0.9, 0.4, 0.2])
+    image = np.full((30, 30, 3), 200, np.uint8)
+    for rule, n in ((DEFAULT_RULE, 1), (SegmentationRule(min_score=0.3), 2), (SegmentationRule(min_score=0.1), 3)):
+        ex = exports.export_image(tmp_path / str(n), "x", image, dets, rule, overlay=False)
+        assert ex.nuclei == n
+        assert len(json.loads(ex.files["geojson"].read_text())["features"]) == n
+        assert len(ex.files["csv"].read_text().strip().splitlines()) == n + 1
 
 
 def test_haematoxylin_density_is_higher_on_purple_nuclei(tmp_path):

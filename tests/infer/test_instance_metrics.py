@@ -4,6 +4,7 @@ import pytest
 
 from helpers.detections import Detections
 from helpers.infer import instance_metrics as im
+from helpers.infer.segmentation import SegmentationRule
 
 
 def labels(*boxes, shape=(4, 8)):
@@ -83,7 +84,8 @@ def test_score_images_averages_images_and_applies_the_score_threshold():
     mean, rows = scores.summary, scores.per_image
     assert [r["image_id"] for r in rows] == ["a", "b"] and rows[0]["nuclei"] == 2
     assert rows[0]["PQ"] == 1.0 and rows[1]["PQ"] == 0.0 and mean["PQ"] == 0.5  # the 0.2 one is dropped
-    mean_all = im.score_images(preds, ground_truth, min_score=0.0).summary
+    mean_all = im.score_images(preds, ground_truth, SegmentationRule(min_score=0.0)).summary
     assert mean_all["precision@0.5"] == pytest.approx((2 / 3 + 0) / 2)
     assert list(mean) == list(im.COLUMNS)
-    assert "PQ=0.5000" in scores.format() and "detections scoring >= 0.5" in scores.format()
+    assert "PQ=0.5000" in scores.format() and "score >= 0.5" in scores.format()
+    assert rows[0]["found"] == 2 and rows[1]["found"] == 0

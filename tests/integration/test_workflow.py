@@ -3,6 +3,8 @@ import json
 import re
 import zipfile
 
+import pytest
+
 from pycocotools.coco import COCO
 
 from helpers.infer import evaluate, predict, submission
@@ -72,9 +74,40 @@ def test_notebook_05_exports_the_answer_beside_answer_zip(demo_workflow):
         with open(out / f"{stem}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         features = json.loads((out / f"{stem}.geojson").read_text())["features"]
-        strong = sum(e["score"] >= 0.5 for e in answered)
-        assert 0 < len(rows) == len(features) <= strong
+        # the nuclei notebook 04's rule keeps of the answer's detections, and only those
+        expected, scores = _recorded_rule(demo_workflow).label_image(_detections(answered, t))
+        assert 0 < len(rows) == len(features) == expected.max()
+        assert [float(r["score"]) for r in rows] == pytest.approx(list(scores), rel=1e-5)
         assert (out / f"{stem}.labels.tif").is_file() and (out / f"{stem}.overlay.png").is_file()
+    text05, _, _ = _outputs(demo_workflow.runs / "05_submit.ipynb")
+    assert "chosen on validation by PQ in notebook 04" in text05
+
+
+def _recorded_rule(ws):
+    from helpers.infer.choice import load_choice
+
+    rule = load_choice(ws.predictions).segmentation
+    assert rule is not None
+    return rule
+
+
+def _detections(entries, t):
+    from helpers.detections import Detections
+
+    return Detections([e["segmentation"] for e in entries], [e["score"] for e in entries], (t.height, t.width))
+
+
+def test_notebook_04_chooses_the_exports_threshold_on_validation(demo_workflow):
+    saved = json.loads((demo_workflow.predictions / "choice.json").read_text())
+    seg, curve = saved["segmentation"], saved["tables"]["segmentation"]["curve"]
+    assert seg["metric"] == "PQ"  # notebook 04's default
+    best = max(curve, key=lambda r: r["PQ"])
+    assert seg["min_score"] == best["min_score"] and len(curve) == 19
+    cuts = saved["tables"]["segmentation"]["cuts"]
+    assert max(r["PQ"] for r in cuts) == next(r["PQ"] for r in cuts if r["min_kept"] == seg["min_kept"]
+                                              and r["min_area"] == seg["min_area"])
+    text, images, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
+    assert "threshold curve" in text and "chosen by PQ" in text
 
 
 def test_notebook_04_compares_models_route_and_merge(demo_workflow):
@@ -129,3 +162,7 @@ def test_notebook_06_exports_the_test_images_in_tiles(demo_workflow):
         geo = json.loads((out / f"{t.image_id}.geojson").read_text())
         labels = tifffile.imread(out / f"{t.image_id}.labels.tif")
         assert len(geo["features"]) == labels.max() > 5 and labels.shape == (t.height, t.width)
+        # notebook 04's rule, applied to what notebook 06 predicted (its COCO file keeps every detection)
+        entries = json.loads((out / f"{t.image_id}.coco.json").read_text())
+        assert _recorded_rule(demo_workflow).label_image(_detections(entries, t))[0].max() == labels.max()
+    assert "chosen on validation by PQ in notebook 04" in text
