@@ -244,8 +244,11 @@ def evaluate(ws, args) -> dict:
     val_ids = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val_ids)
     t0 = time.perf_counter()
-    _, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta + args.zoom, return_parts=True,
-                                     progress=not args.quiet)
+    if args.stain_normalize:
+        parts = macenko_parts(ws, val_ids, args.tta + args.zoom, quiet=args.quiet)
+    else:
+        _, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta + args.zoom, return_parts=True,
+                                         progress=not args.quiet)
     n_pred = len(val_ids) * (1 + len(args.tta) + len(args.zoom))
     s_per_image = (time.perf_counter() - t0) / n_pred
     # levers alone and together: the geometric TTA merge, multi-scale views, and mask NMS on each
@@ -279,6 +282,55 @@ def evaluate(ws, args) -> dict:
             "rescoring": cmp.rows, "rescoring_chosen": cmp.chosen,
             "per_organ": per_organ(chosen, gt, organs),
             "segmentation": segmentation_report(chosen, gt, organs, args.holdout)}
+
+
+def macenko_reference(ws):
+    """The training images' stain: the median of each one's Macenko stain vectors and maximal
+    concentrations (torchstain's numpy Macenko normalizer, fit image by image)."""
+    import numpy as np
+    import torchstain
+
+    from helpers.infer import predict
+
+    he, max_c = [], []
+    for image_id in predict.image_ids_of(ws, "train"):
+        normalizer = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+        normalizer.fit(predict.load_image(ws, image_id))
+        he.append(normalizer.HERef)
+        max_c.append(normalizer.maxCRef)
+    normalizer = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+    normalizer.HERef, normalizer.maxCRef = np.median(he, axis=0), np.median(max_c, axis=0)
+    return normalizer
+
+
+def macenko_parts(ws, image_ids, augs, quiet: bool = False) -> dict:
+    """{augmentation or "plain": {image_id: Detections}} of the ``all`` stage on the images
+    Macenko-normalised to the training images' stain (a lever at prediction time; cached in the
+    workspace's prediction cache as model ``all+macenko``)."""
+    from helpers.infer import predict
+    from helpers.infer.model import load_model, open_stage, resolve_checkpoint
+    from helpers.infer.prediction_cache import PredictionCache
+
+    prefix = resolve_checkpoint(ws, "all", None)
+    st = open_stage(ws, "all")
+    meta = {"checkpoint": prefix.name, "stage": "all", "stain": "macenko", "fingerprint": st.record.get("fingerprint")}
+    cache = PredictionCache(ws.predictions)
+    loaded = {}
+
+    def compute(image_id, aug):
+        if not loaded:
+            loaded["norm"] = macenko_reference(ws)
+            loaded["model"], loaded["params"] = load_model(ws, st, checkpoint=prefix, min_score=0.05)
+        image = loaded["norm"].normalize(I=predict.load_image(ws, image_id), stains=False)[0]
+        return predict.predict_detections(loaded["model"], loaded["params"], image, aug)
+
+    parts = {}
+    for aug in (None, *augs):
+        parts[aug or "plain"] = {i: cache.get_or_compute(("all+macenko", i, aug), lambda: compute(i, aug), meta)
+                                 for i in image_ids}
+        if not quiet:
+            print(f"macenko: {aug or 'plain'} done")
+    return parts
 
 
 def per_organ(preds, gt, organs) -> dict:
@@ -354,7 +406,7 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
     without rescoring (the lever alone), its better one with the recipe it chose, and every
     recipe for the ``all_recipes_of`` run (rescoring alone)."""
     head = ("| run | levers | prediction | rescoring | AP50@100 | AP50@100 / ceiling | AP@100 | AP75@100 "
-            "| AP@1000 | AP50@1000 | AJI | PQ | F1@0.5 | s/step | s/image/pass | commit |\n|" + "---|" * 16)
+            "| AP@1000 | AP50@1000 | AJI | PQ | F1@0.5 | s/step | s/image/pass |\n|" + "---|" * 15)
     rows = []
     for p in sorted(results_dir.glob("*.json")):
         r = json.loads(p.read_text())
@@ -363,8 +415,6 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
         sps = sum(t["s_per_step"] * t["steps"] for t in r["train"].values()) / sum(
             t["steps"] for t in r["train"].values())
         lev = ", ".join(f"{k}={v}" for k, v in r["levers"].items()) or "-"
-        commit = (f"{r['train_commit']} (scored at {r['commit']})" if r.get("train_commit")
-                  else r["commit"])
         wanted = ({x["recipe"] for x in ev["rescoring"]} if r["name"] == all_recipes_of
                   else {"none", ev["rescoring_chosen"]})
         others = [(v, {"recipe": "none", **sc}) for v, sc in ev["variants"].items() if v != ev["best_variant"]]
@@ -378,7 +428,30 @@ def table(results_dir: Path = RESULTS, all_recipes_of: str = "default-s1") -> st
                         f"| {x['AP@100']:.4f} | {x['AP75@100']:.4f} | {x['AP@1000']:.4f} | {x['AP50@1000']:.4f} "
                         + "".join(f"| {x[c]:.4f} " if c in x else "| - " for c in FIELD_TABLE)
                         + f"| {sps:.1f} "
-                        f"| {ev['predict_s_per_image']:.1f} | {commit} |")
+                        f"| {ev['predict_s_per_image']:.1f} |")
+    return "\n".join([head, *rows])
+
+
+def exports_table(results_dir: Path = RESULTS) -> str:
+    """Markdown, one row per run scored with its exports' rule: the rule chosen by PQ on the
+    validation images of the organs it trained on, and the field's metrics at it and at 0.5 (mean
+    and worst image), with the least share of an image's nuclei kept."""
+    head = ("| run | rule chosen by PQ | | AJI | PQ | F1@0.5 | worst AJI | worst PQ | least share of nuclei kept |\n|"
+            + "---|" * 9)
+    rows = []
+    for p in sorted(results_dir.glob("*.json")):
+        r = json.loads(p.read_text())
+        seg = r["eval"].get("segmentation")
+        if not seg:
+            continue
+        for at in ("chosen", "0.5"):
+            images = seg[f"at {at}"]["per_image"]
+            m = seg[f"at {at}"]["mean"]
+            rule = seg["rule_described"] if at == "chosen" else "score >= 0.5"
+            rows.append(f"| {r['name']} | {rule} | {'chosen' if at == 'chosen' else 'at 0.5'} "
+                        f"| {m['AJI']:.4f} | {m['PQ']:.4f} | {m['F1@0.5']:.4f} "
+                        f"| {min(i['AJI'] for i in images):.4f} | {min(i['PQ'] for i in images):.4f} "
+                        f"| {min(i['found'] / max(i['nuclei'], 1) for i in images):.0%} |")
     return "\n".join([head, *rows])
 
 
@@ -394,6 +467,8 @@ def main(argv=None) -> int:
     ap.add_argument("--zoom", default=",".join(ZOOM), help="comma-separated multi-scale views (a lever)")
     ap.add_argument("--holdout", metavar="ORGAN", help="hold this organ's images out of training and "
                     "score them beside the other organs' default validation images")
+    ap.add_argument("--stain-normalize", action="store_true", help="predict the validation images "
+                    "Macenko-normalised to the training images' stain (torchstain); saved as <name>+macenko")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--root", type=Path, default=ROOT, help="benchmark workspaces (outside the project)")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -405,6 +480,8 @@ def main(argv=None) -> int:
     args.zoom = tuple(t for t in args.zoom.split(",") if t)
     if args.table:
         print(table(args.results))
+        print()
+        print(exports_table(args.results))
         return 0
     if args.curves:
         print(save_curves(run_workspace(args.root, args.name), args.name, args.results))
@@ -426,10 +503,11 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     print(f"loss curves: {save_curves(ws, args.name, args.results)}")
     scored_at = _commit()  # prediction and scoring import the code as it is now
-    prev = _rescoring_of(args.results / f"{args.name}.json", trained)
+    result_name = args.name + ("+macenko" if args.stain_normalize else "")
+    prev = _rescoring_of(args.results / f"{result_name}.json", trained)
     if prev:
         commit = prev.get("train_commit", prev["commit"])
-    res = {"name": args.name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
+    res = {"name": result_name, "commit": scored_at, "date": time.strftime("%Y-%m-%d %H:%M"),
            "profile": PROFILE, "from_scratch": True, "levers": levers(args),
            "split": split_name(args.holdout),
            "tta": list(args.tta), "zoom": list(args.zoom),
@@ -439,7 +517,7 @@ def main(argv=None) -> int:
            "wall_s": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores"}
     if prev:  # cached predictions time nothing: keep the measured model pass
         res["eval"]["predict_s_per_image"] = prev["eval"]["predict_s_per_image"]
-    out = save_result(args.results, args.name, res)
+    out = save_result(args.results, result_name, res)
     print(report(res))
     print(f"saved {out}")
     return 0

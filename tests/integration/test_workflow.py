@@ -153,6 +153,7 @@ def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
 def test_notebook_06_exports_the_test_images_in_tiles(demo_workflow):
     """The demo runs notebook 06 on the dataset's test images, in 160 px tiles (notebooks.py)."""
     import tifffile
+    from scipy import ndimage
 
     text, images, _ = _outputs(demo_workflow.runs / "06_your_images.ipynb")
     tests = submission.load_test_images(demo_workflow.data / "demo")
@@ -162,6 +163,11 @@ def test_notebook_06_exports_the_test_images_in_tiles(demo_workflow):
         geo = json.loads((out / f"{t.image_id}.geojson").read_text())
         labels = tifffile.imread(out / f"{t.image_id}.labels.tif")
         assert len(geo["features"]) == labels.max() > 5 and labels.shape == (t.height, t.width)
+        # a nucleus is one region: one polygon, one connected piece of the label image (no crumbs
+        # left where a better detection took the pixels it overlapped)
+        assert {f["geometry"]["type"] for f in geo["features"]} == {"Polygon"}
+        pieces = [ndimage.label(labels == k)[1] for k in range(1, labels.max() + 1)]
+        assert set(pieces) == {1}
         # notebook 04's rule, applied to what notebook 06 predicted (its COCO file keeps every detection)
         entries = json.loads((out / f"{t.image_id}.coco.json").read_text())
         assert _recorded_rule(demo_workflow).label_image(_detections(entries, t))[0].max() == labels.max()
