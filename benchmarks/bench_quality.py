@@ -363,12 +363,13 @@ def segmentation_report(preds, gt, organs, holdout: str | None) -> dict:
     out = {"rule": choice.rule.to_json(), "rule_described": choice.rule.describe(), "chosen_on": seen,
            "curve": choice.curve, "cuts": choice.cuts,
            **{f"at {name}": {"mean": s.summary, "per_image": s.per_image} for name, s in at.items()},
-           "families_loo": thresholds.compare_rule_families(preds, gt, "PQ")}
-    if unseen:
-        out["families_on_unseen"] = thresholds.compare_rule_families(preds, gt, "PQ", fit_ids=seen, test_ids=unseen)
-    for key in ("families_loo", "families_on_unseen"):
-        for r in out.get(key, ()):
-            print(f"  {key} {r['rule']:18s} PQ {r['PQ']:.4f} (worst {r['worst PQ']:.4f})  AJI {r['AJI']:.4f} "
+           "families": thresholds.compare_rule_families(
+               preds, gt, "PQ", protocols={"leave-one-image-out": None,
+                                           **({f"chosen on the other organs, scored on {holdout}": (seen, unseen)}
+                                              if unseen else {})})}
+    for protocol, rows in out["families"].items():
+        for r in rows:
+            print(f"  {protocol}: {r['rule']:18s} PQ {r['PQ']:.4f} (worst {r['worst PQ']:.4f})  AJI {r['AJI']:.4f} "
                   f"(worst {r['worst AJI']:.4f})  F1 {r['F1@0.5']:.4f}  kept worst {r['worst kept']:.2f}; "
                   f"on all: {r['chosen on all']}")
     return out
