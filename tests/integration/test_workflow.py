@@ -101,11 +101,14 @@ def test_notebook_04_chooses_the_exports_threshold_on_validation(demo_workflow):
     saved = json.loads((demo_workflow.predictions / "choice.json").read_text())
     seg, curve = saved["segmentation"], saved["tables"]["segmentation"]["curve"]
     assert seg["metric"] == "PQ"  # notebook 04's default
-    best = max(curve, key=lambda r: r["PQ"])
-    assert seg["min_score"] == best["min_score"] and len(curve) == 19
+    from helpers.infer.thresholds import TOLERANCE
+
+    top = max(r["PQ"] for r in curve)  # a flat top is one choice: of those, the most nuclei kept
+    flat_top = [r for r in curve if r["PQ"] >= top - TOLERANCE]
+    assert seg["min_score"] == max(flat_top, key=lambda r: r["kept"])["min_score"] and len(curve) == 19
     cuts = saved["tables"]["segmentation"]["cuts"]
-    assert max(r["PQ"] for r in cuts) == next(r["PQ"] for r in cuts if r["min_kept"] == seg["min_kept"]
-                                              and r["min_area"] == seg["min_area"])
+    chosen = next(r for r in cuts if r["min_kept"] == seg["min_kept"] and r["min_area"] == seg["min_area"])
+    assert chosen["PQ"] >= max(r["PQ"] for r in cuts) - TOLERANCE
     text, images, _ = _outputs(demo_workflow.runs / "04_ensemble.ipynb")
     assert "threshold curve" in text and "chosen by PQ" in text
 
