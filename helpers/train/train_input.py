@@ -58,6 +58,7 @@ def stain_jitter(image, strength: float, seed=None):
 # (kernels up to 5 px: sigma up to 1.1) or Gaussian noise (sigma up to 0.05).
 PHOTOMETRIC_RANGES = {"hue": 0.044, "saturation": 0.2, "brightness": 26 / 255, "contrast": 0.25,
                       "blur_sigma": 1.1, "noise": 0.05}
+BLUR_LEVELS = 4  # the blur's sigma: blur_sigma x 1/4, 2/4, 3/4 or 1
 
 
 def photometric_jitter(image, strength: float, seed=None):
@@ -79,8 +80,12 @@ def photometric_jitter(image, strength: float, seed=None):
     x = tf.image.adjust_brightness(x, uniform(-r["brightness"], r["brightness"]))
     x = tf.image.adjust_contrast(x, uniform(1.0 - r["contrast"], 1.0 + r["contrast"]))
     x = tf.clip_by_value(x, 0.0, 1.0)
-    x = tf.cond(uniform(0.0, 1.0) < 0.5,
-                lambda: augment.gaussian_filter2d(x, filter_shape=5, sigma=uniform(1e-3, r["blur_sigma"])),
+    # gaussian_filter2d checks its sigma in Python, so a blur is one of BLUR_LEVELS fixed sigmas
+    sigmas = [r["blur_sigma"] * (k + 1) / BLUR_LEVELS for k in range(BLUR_LEVELS)]
+    level = tf.random.uniform([], 0, BLUR_LEVELS, dtype=tf.int32, seed=seed)
+    blurred = lambda: tf.switch_case(level, [  # noqa: E731
+        (lambda s=s: augment.gaussian_filter2d(x, filter_shape=5, sigma=s)) for s in sigmas])
+    x = tf.cond(uniform(0.0, 1.0) < 0.5, blurred,
                 lambda: x + tf.random.normal(tf.shape(x), stddev=uniform(0.0, r["noise"]), seed=seed))
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
 
