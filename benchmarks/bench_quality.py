@@ -244,11 +244,8 @@ def evaluate(ws, args) -> dict:
     val_ids = predict.image_ids_of(ws, "val")
     gt = predict.shard_ground_truth(ws, val_ids)
     t0 = time.perf_counter()
-    if args.stain_normalize:
-        parts = macenko_parts(ws, val_ids, args.tta + args.zoom, quiet=args.quiet)
-    else:
-        _, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta + args.zoom, return_parts=True,
-                                         progress=not args.quiet)
+    _, parts = predict.predict_stage(ws, "all", val_ids, tta=args.tta + args.zoom, return_parts=True,
+                                     progress=not args.quiet, stain="macenko" if args.stain_normalize else "none")
     n_pred = len(val_ids) * (1 + len(args.tta) + len(args.zoom))
     s_per_image = (time.perf_counter() - t0) / n_pred
     # levers alone and together: the geometric TTA merge, multi-scale views, and mask NMS on each
@@ -282,55 +279,6 @@ def evaluate(ws, args) -> dict:
             "rescoring": cmp.rows, "rescoring_chosen": cmp.chosen,
             "per_organ": per_organ(chosen, gt, organs),
             "segmentation": segmentation_report(chosen, gt, organs, args.holdout)}
-
-
-def macenko_reference(ws):
-    """The training images' stain: the median of each one's Macenko stain vectors and maximal
-    concentrations (torchstain's numpy Macenko normalizer, fit image by image)."""
-    import numpy as np
-    import torchstain
-
-    from helpers.infer import predict
-
-    he, max_c = [], []
-    for image_id in predict.image_ids_of(ws, "train"):
-        normalizer = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
-        normalizer.fit(predict.load_image(ws, image_id))
-        he.append(normalizer.HERef)
-        max_c.append(normalizer.maxCRef)
-    normalizer = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
-    normalizer.HERef, normalizer.maxCRef = np.median(he, axis=0), np.median(max_c, axis=0)
-    return normalizer
-
-
-def macenko_parts(ws, image_ids, augs, quiet: bool = False) -> dict:
-    """{augmentation or "plain": {image_id: Detections}} of the ``all`` stage on the images
-    Macenko-normalised to the training images' stain (a lever at prediction time; cached in the
-    workspace's prediction cache as model ``all+macenko``)."""
-    from helpers.infer import predict
-    from helpers.infer.model import load_model, open_stage, resolve_checkpoint
-    from helpers.infer.prediction_cache import PredictionCache
-
-    prefix = resolve_checkpoint(ws, "all", None)
-    st = open_stage(ws, "all")
-    meta = {"checkpoint": prefix.name, "stage": "all", "stain": "macenko", "fingerprint": st.record.get("fingerprint")}
-    cache = PredictionCache(ws.predictions)
-    loaded = {}
-
-    def compute(image_id, aug):
-        if not loaded:
-            loaded["norm"] = macenko_reference(ws)
-            loaded["model"], loaded["params"] = load_model(ws, st, checkpoint=prefix, min_score=0.05)
-        image = loaded["norm"].normalize(I=predict.load_image(ws, image_id), stains=False)[0]
-        return predict.predict_detections(loaded["model"], loaded["params"], image, aug)
-
-    parts = {}
-    for aug in (None, *augs):
-        parts[aug or "plain"] = {i: cache.get_or_compute(("all+macenko", i, aug), lambda: compute(i, aug), meta)
-                                 for i in image_ids}
-        if not quiet:
-            print(f"macenko: {aug or 'plain'} done")
-    return parts
 
 
 def per_organ(preds, gt, organs) -> dict:

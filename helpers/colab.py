@@ -25,7 +25,8 @@ LOCAL_WORKSPACE_EXAMPLE = "/content/nuclei_workspace"
 LOCAL_CHECKPOINTS = Path("/content/nuclei_local")  # the runtime's own disk: fast, lost at disconnect
 
 # Import name -> pip name of the small packages official.vision (Mask R-CNN, our path) and our
-# helpers import. Colab has all of them; the install step adds only the ones a runtime lacks.
+# helpers import. Colab has all of them but torchstain (stain normalisation at prediction, numpy
+# only); the install step adds only the ones a runtime lacks.
 # (tf-models-official also declares e.g. tensorflow-model-optimization, seqeval, sacrebleu: the
 # vision Mask R-CNN code never imports them, so they are not installed.)
 SMALL_PACKAGES = {
@@ -36,6 +37,7 @@ SMALL_PACKAGES = {
     "cv2": "opencv-python-headless",
     "gdown": "gdown",
     "tqdm": "tqdm",
+    "torchstain": "torchstain",
 }
 
 NO_TENSORFLOW = (

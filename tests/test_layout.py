@@ -22,7 +22,7 @@ LAYERS = {
     "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
               "torch_export", "torch_convert", "pretrained", "train_input", "tasks/nuclei_maskrcnn", "stages",
               "stage_plan", "mirror", "runner", "curves", "train_progress", "training"),
-    "infer": ("tta", "tiling", "model", "prediction_cache", "evaluate", "segmentation", "instance_metrics",
+    "infer": ("tta", "tiling", "model", "stain_normalization", "prediction_cache", "evaluate", "segmentation", "instance_metrics",
               "thresholds", "routing", "fusion",
               "strategy", "predict", "ranking", "rescore", "choice", "submission", "overlays", "exports", "selection", "own_images"),
 }

@@ -2,7 +2,8 @@
 
 It holds all notebook 05 needs to replay the pick on the test images, so nothing is re-derived
 there: the ensemble strategy, the stage each of its models stands for, the rescoring recipe,
-the test-time augmentations both were measured with, the segmentation rule of the exports (their
+the test-time augmentations both were measured with, the stain normalisation every pass was
+predicted with (:mod:`helpers.infer.stain_normalization`), the segmentation rule of the exports (their
 score threshold and overlap cuts, :mod:`helpers.infer.segmentation`), and the metric and tables
 that chose them. A record written before the rule was chosen reads with ``segmentation`` None:
 the exports then use :data:`~helpers.infer.segmentation.DEFAULT_RULE` and say so.
@@ -20,6 +21,7 @@ from helpers.infer import ranking
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.rescore import RECIPES, Recipe
 from helpers.infer.segmentation import DEFAULT_RULE, SegmentationError, SegmentationRule
+from helpers.infer.stain_normalization import StainError, check_method
 from helpers.infer.strategy import EnsembleError, Strategy, strategy_from_json
 from helpers.infer.tta import TTA_SUFFIX, base_model
 
@@ -42,6 +44,7 @@ class Choice:
     tables: Mapping = field(default_factory=dict, compare=False)  # {"strategies": rows, "rescoring": rows, ...}
     segmentation: SegmentationRule | None = None  # the exports' rule; None: chosen before rules were
     segmentation_metric: str = ""      # what chose it (PQ, AJI or F1@0.5)
+    stain: str = "none"                # the stain normalisation every pass was predicted with ("macenko"; older records: none)
 
     def __post_init__(self):
         lacking = sorted({base_model(m) for m in self.strategy.models} - set(self.stages))
@@ -58,12 +61,12 @@ class Choice:
         exports = (f"; exports: {self.segmentation.describe()} (chosen by {self.segmentation_metric})"
                    if self.segmentation else "")
         return (f"strategy {self.strategy.describe()}; rescoring {self.recipe.name!r}; "
-                f"tta {list(self.tta)}; models: {stages}; chosen by {self.metric}{exports}")
+                f"tta {list(self.tta)}; stain {self.stain!r}; models: {stages}; chosen by {self.metric}{exports}")
 
     def to_json(self) -> dict:
         out = {"format": FORMAT_VERSION, "strategy": self.strategy.to_json(), "stages": dict(self.stages),
                "recipe": asdict(self.recipe), "tta": list(self.tta), "metric": self.metric,
-               "tables": dict(self.tables)}
+               "tables": dict(self.tables), "stain": self.stain}
         if self.segmentation is not None:
             out["segmentation"] = {**self.segmentation.to_json(), "metric": self.segmentation_metric}
         return out
@@ -74,7 +77,8 @@ class Choice:
         seg_metric = str(seg.pop("metric", ""))
         return cls(strategy_from_json(obj["strategy"]), dict(obj["stages"]), Recipe(**obj["recipe"]),
                    tuple(obj["tta"]), str(obj["metric"]), dict(obj.get("tables") or {}),
-                   SegmentationRule.from_json(seg) if seg else None, seg_metric)
+                   SegmentationRule.from_json(seg) if seg else None, seg_metric,
+                   check_method(str(obj.get("stain", "none"))))
 
 
 def export_rule(choice: Choice | None, min_score: float | None = None) -> tuple[SegmentationRule, str]:
@@ -137,7 +141,7 @@ def load_choice(predictions_dir, required: bool = True) -> Choice | None:
         if obj.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {obj.get('format')!r}, not {FORMAT_VERSION}")
         return Choice.from_json(obj)
-    except (ValueError, KeyError, TypeError, AttributeError, EnsembleError, SegmentationError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, EnsembleError, SegmentationError, StainError) as e:
         raise ChoiceError(f"{path} is not a choice record ({type(e).__name__}: {e}); run notebook 04 "
                           "again to write it") from None
 

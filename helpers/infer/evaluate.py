@@ -33,7 +33,7 @@ from helpers.rle import encode_masks
 DEFAULT_MAX_DETS = (100, 1000)
 MATCH_IOU = 0.5
 # What the course leaderboard scores: AP at IoU 0.5 with pycocotools' 100 detections per image
-# (README "Quality on the real data" gives the evidence). Notebook 04 chooses by it by default.
+# (docs/quality.md gives the evidence). Notebook 04 chooses by it by default.
 LEADERBOARD_METRIC = "AP50@100"
 
 

@@ -147,7 +147,8 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndar
 # --------------------------------------------------------------------------- predicting
 @dataclass
 class TiledPredictor:
-    """A loaded stage predicting images of any size as notebook 05 predicts: each pass (plain and
+    """A loaded stage predicting images of any size as notebook 05 predicts: the image brought to
+    the ``stain`` reference (:mod:`helpers.infer.stain_normalization`; None: as it is), each pass (plain and
     every ``tta``) in overlapping tiles, stitched (``tiling.merge_tiles``), the passes merged as
     notebook 04 merges them, then ``recipe``'s rescoring."""
 
@@ -159,10 +160,16 @@ class TiledPredictor:
     tile: int = 1024
     overlap: int = 128
     score_threshold: float = 0.05
+    stain: object = None  # a StainReference, or None
 
-    def predict(self, image: np.ndarray, bar=None):
+    def predict(self, image: np.ndarray, bar=None, notes: list | None = None):
+        """The image's detections; ``notes`` gains a line when its stain cannot be normalised."""
         from helpers.infer.predict import predict_detections
 
+        if self.stain is not None:
+            image, note = self.stain.normalize(image)
+            if note and notes is not None:
+                notes.append(note)
         passes = [predict_detections(self.model, self.params, image, aug, tile=self.tile, overlap=self.overlap,
                                      score_threshold=self.score_threshold, bar=bar)
                   for aug in (None, *self.tta)]
@@ -204,13 +211,14 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     remove_stale_partials(report.out_dir, quiet=True)
     chosen = load_choice(ws.predictions, required=False)
     recipe, tta = _recipe_and_tta(chosen, tta, report)
+    stain = _stain_reference(ws, chosen, report)
     rule, source = export_rule(chosen, min_score)
     report.notes.append(f"exports keep: {rule.describe()} ({source})")
     todo = _not_exported(paths, report)
     if todo:
         model, params = load_model(ws, stage, min_score=0.0)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
-                                   tile, overlap)
+                                   tile, overlap, stain=stain)
         sizes = _sizes(todo, report)
         with tqdm(total=sum(map(predictor.tiles, sizes.values())), desc="tiles", unit="tile",
                   disable=not progress) as bar:
@@ -230,6 +238,20 @@ def _recipe_and_tta(chosen, tta, report: OwnImagesReport):
         report.notes.append(f"rescoring {recipe.name!r} was chosen with tta {chosen_tta}; with {tta} it is not applied")
         recipe = rescore.RECIPES["none"]
     return recipe, tta
+
+
+def _stain_reference(ws, chosen, report: OwnImagesReport):
+    """The stain reference of notebook 04's choice (its default without one), or None; a note says which."""
+    from helpers.infer.predict import stain_reference
+    from helpers.infer.stain_normalization import DEFAULT_STAIN
+
+    method = chosen.stain if chosen else DEFAULT_STAIN
+    reference = stain_reference(ws, method)
+    if method != "none" and reference is None:
+        report.notes.append("stain: not normalised (the shards hold no training image to take the stain from)")
+    else:
+        report.notes.append(f"stain: {method}" + (" (to the training images' stain)" if reference else ""))
+    return reference
 
 
 def _not_exported(paths: Sequence[Path], report: OwnImagesReport) -> list[tuple[Path, str]]:
@@ -267,7 +289,9 @@ def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -
     if max(image.shape[:2]) <= side:
         report.notes.append(f"{path.name}: {image.shape[1]} x {image.shape[0]} px, within one {side} px tile: "
                             "predicted whole")
-    dets = predictor.predict(image, bar=bar)
+    stain_notes: list[str] = []
+    dets = predictor.predict(image, bar=bar, notes=stain_notes)
+    report.notes += [f"{path.name}: {n}" for n in stain_notes]
     report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule))
 
 

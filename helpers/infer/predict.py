@@ -77,6 +77,20 @@ def load_images(workspace, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
     return {i: load_image(ws, i, e) for i, e in zip(image_ids, _entries(ws, image_ids))}
 
 
+def stain_reference(workspace, method: str, progress: bool = False):
+    """What images are brought to under stain normalisation ``method``: for "macenko", the
+    training images' stain, fit once and kept in ``predictions/stain_reference.json``
+    (:mod:`helpers.infer.stain_normalization`); None for "none", or when the shards hold no
+    training image."""
+    from helpers.infer.stain_normalization import REFERENCE_FILE, check_method, saved_reference
+
+    if check_method(method) == "none":
+        return None
+    ws = as_workspace(workspace)
+    return saved_reference(ws.predictions / REFERENCE_FILE, image_ids_of(ws, "train"),
+                           lambda ids: load_images(ws, ids), progress=progress)
+
+
 def shard_ground_truth(workspace, image_ids: Sequence[str]) -> dict[str, list[dict]]:
     """``{image_id: [RLE, ...]}`` of the labeled images, from their shards."""
     ws = as_workspace(workspace)
@@ -139,19 +153,23 @@ def _checkpoint_meta(prefix: Path, **extra) -> dict:
 def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence[str] = (),
                   name: str | None = None, checkpoint=None, merge: str = "wmf", iou_threshold: float = 0.5,
                   score_threshold: float = 0.05, tile: int = 1024, progress: bool = True,
-                  return_parts: bool = False):
+                  return_parts: bool = False, stain: str = "none"):
     """``{image_id: Detections}`` of a trained stage, plain + ``tta`` augmentations fused.
 
     Each (model ``name`` (default: the stage), image, augmentation) is cached; the model
     is only loaded when something is not cached yet. ``return_parts`` also returns
-    ``{augmentation or "plain": {image_id: Detections}}`` before fusion.
+    ``{augmentation or "plain": {image_id: Detections}}`` before fusion. ``stain``: "macenko"
+    predicts each image brought to the training images' stain (:mod:`helpers.infer.stain_normalization`),
+    cached apart as ``<name>+macenko``.
     """
+    from helpers.infer.stain_normalization import check_method
     from helpers.progress import tqdm
 
     from helpers.infer.model import load_model, open_stage, resolve_checkpoint
 
     ws = as_workspace(workspace)
     name = name or stage
+    cache_name = name if check_method(stain) == "none" else f"{name}+{stain}"
     unknown = [a for a in tta if a not in AUGMENTATIONS]
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
@@ -160,7 +178,8 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
                             outputs="masks+mask_scores",
                             # a stage trained again (other config) to the same step is another model
-                            fingerprint=st.record.get("fingerprint"))
+                            fingerprint=st.record.get("fingerprint"),
+                            **({} if stain == "none" else {"stain": stain}))
     cache = PredictionCache(ws.predictions)
     entries = dict(zip(image_ids, _entries(ws, image_ids)))  # unknown ids fail before any work
     loaded = {}
@@ -169,8 +188,22 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     def compute(image_id, aug):
         if "model" not in loaded:
             loaded["model"], loaded["params"] = load_model(ws, st, checkpoint=prefix, min_score=score_threshold)
-        return predict_detections(loaded["model"], loaded["params"], load_image(ws, image_id, entries[image_id]), aug,
+        return predict_detections(loaded["model"], loaded["params"], model_input(image_id), aug,
                                   tile=tile, score_threshold=score_threshold)
+
+    def model_input(image_id):
+        """The image as the model sees it, stain-normalised once for all its augmentations."""
+        if loaded.get("image_id") != image_id:
+            image = load_image(ws, image_id, entries[image_id])
+            if stain != "none":
+                if "reference" not in loaded:
+                    loaded["reference"] = stain_reference(ws, stain, progress=progress)
+                if loaded["reference"] is not None:
+                    image, note = loaded["reference"].normalize(image)
+                    if note:
+                        print(f"{image_id}: {note}")
+            loaded["image_id"], loaded["image"] = image_id, image
+        return loaded["image"]
 
     parts: dict[str, dict[str, Detections]] = {a or "plain": {} for a in augs}
     todo = [(i, a) for i in image_ids for a in augs]
@@ -178,13 +211,13 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     bar = tqdm(todo, desc=f"predict {name}", unit="img", disable=not progress)
     for image_id, aug in bar:
         bar.set_postfix_str(f"{image_id[:12]} {aug or 'plain'}")
-        key = (name, image_id, aug)
+        key = (cache_name, image_id, aug)
         if not cache.has(key, meta):
             computed += 1
         parts[aug or "plain"][image_id] = cache.get_or_compute(key, lambda: compute(image_id, aug), meta)
     bar.close()
     # one line even without a bar: what was computed and what came from the cache
-    print(f"{name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "
+    print(f"{cache_name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "
           f"with {prefix.name} in {time.time() - t0:.1f} s")
     if tta:
         fused = {i: merge_detections([parts[a or "plain"][i] for a in augs], merge, iou_threshold)

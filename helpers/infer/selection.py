@@ -140,10 +140,11 @@ def choose_segmentation(val_preds: Mapping[str, Detections], ground_truth: Mappi
 
 
 def save_choice(workspace, models, comparison, rescoring, tta: Sequence[str] = (),
-                overwrite: bool = False, segmentation: thresholds.RuleChoice | None = None) -> choice_record.Choice:
+                overwrite: bool = False, segmentation: thresholds.RuleChoice | None = None,
+                stain: str = "none") -> choice_record.Choice:
     """Notebook 04's one record for notebooks 05 and 06 (``predictions/choice.json``): the chosen
-    strategy, the stage of each model it uses, the rescoring, ``tta`` and the exports'
-    ``segmentation`` rule."""
+    strategy, the stage of each model it uses, the rescoring, ``tta``, the ``stain`` normalisation
+    the predictions were made with and the exports' ``segmentation`` rule."""
     ws = as_workspace(workspace)
     strategy, stages = comparison.strategy, model_stages(models)
     tables = {"strategies": comparison.rows, "rescoring": rescoring.rows}
@@ -152,7 +153,7 @@ def save_choice(workspace, models, comparison, rescoring, tta: Sequence[str] = (
     record = choice_record.Choice(
         strategy, {m: stages[m] for m in sorted({base_model(n) for n in strategy.models})},
         rescore.RECIPES[rescoring.chosen], tuple(tta), comparison.metric, tables,
-        segmentation.rule if segmentation else None, segmentation.metric if segmentation else "")
+        segmentation.rule if segmentation else None, segmentation.metric if segmentation else "", stain)
     path = choice_record.save_choice(ws.predictions, record, rescoring.ranker(), overwrite=overwrite)
     print(f"saved to {path}: {record.describe()}")
     return record
@@ -163,9 +164,10 @@ def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progres
     """Notebook 05: notebook 04's choice (strategy and rescoring) applied to the test images,
     predicting what is not cached. ``tta``: None takes the choice's; a list must match it.
     ``use_final``: the ``final`` stage (all labelled images) stands in for ``all`` wherever the
-    strategy uses it."""
+    strategy uses it. Every pass is predicted with the stain normalisation notebook 04 chose with."""
     ws = as_workspace(workspace)
     chosen = choice_record.load_choice(ws.predictions)
+    kw = {**kw, "stain": chosen.stain}
     if tta is not None and chosen.uses_tta and list(tta) != list(chosen.tta):
         raise ValueError(f"notebook 04 chose {chosen.strategy.name!r} with rescoring {chosen.recipe.name!r} "
                          f"measured with tta = {list(chosen.tta)}: use the same here (got {list(tta)}), or "

@@ -96,3 +96,19 @@ def test_the_exports_rule_is_recorded_and_an_older_record_gains_it(tmp_path):
     choice_path(tmp_path).write_text(json.dumps(obj))
     with pytest.raises(ChoiceError, match="is not a choice record"):
         load_choice(tmp_path)
+
+
+def test_the_stain_normalisation_is_recorded_and_an_older_record_had_none(tmp_path):
+    chosen = Choice(Single("all+tta", ("all+tta",)), {"all": "all"}, tta=("hflip",), stain="macenko")
+    save_choice(tmp_path, chosen)
+    assert load_choice(tmp_path).stain == "macenko" and "stain 'macenko'" in chosen.describe()
+    obj = json.loads(choice_path(tmp_path).read_text())
+    del obj["stain"]  # written before notebook 04 normalised stains: its predictions were not
+    choice_path(tmp_path).write_text(json.dumps(obj))
+    assert load_choice(tmp_path).stain == "none"
+    with pytest.raises(FileExistsError):  # predictions of other images are another choice
+        save_choice(tmp_path, chosen)
+    obj["stain"] = "reinhard"
+    choice_path(tmp_path).write_text(json.dumps(obj))
+    with pytest.raises(ChoiceError, match="is not a choice record"):
+        load_choice(tmp_path)

@@ -124,7 +124,7 @@ def test_notebook_04_compares_models_route_and_merge(demo_workflow):
     # one image is scored, so runs vary. AP50@100 of `all`, measured: 0.76-0.93 in 11 runs here,
     # 0.47 once in CI; heads alone 0.002-0.28 (the same 11); an untrained model ~0.
     val = predict.image_ids_of(demo_workflow, "val")
-    preds = predict.predict_stage(demo_workflow, "all", val, progress=False)  # cached by notebook 04
+    preds = predict.predict_stage(demo_workflow, "all", val, progress=False, stain="macenko")  # cached by notebook 04
     result = evaluate.evaluate(preds, predict.shard_ground_truth(demo_workflow, val))
     assert result.summary["AP50@100"] > 0.3
 
@@ -147,9 +147,24 @@ def test_notebook_04_rescores_for_the_top_100_and_05_applies_it(demo_workflow):
     assert f"rescoring {saved['recipe']['name']!r}" in text05
 
 
+def test_the_images_are_brought_to_the_training_stain_in_04_05_and_06(demo_workflow):
+    """Notebook 04's default stain normalisation is recorded and replayed: 05's test predictions
+    come from the normalised images' cache, and 06 says it normalised."""
+    saved = json.loads((demo_workflow.predictions / "choice.json").read_text())
+    assert saved["stain"] == "macenko"
+    reference = json.loads((demo_workflow.predictions / "stain_reference.json").read_text())
+    assert reference["image_ids"] == predict.image_ids_of(demo_workflow, "train")
+    cached = {p.name.split(".")[0] for p in (demo_workflow.predictions / "all+macenko").glob("*.json")}
+    assert set(predict.image_ids_of(demo_workflow, "val", "test")) <= cached
+    text05, _, _ = _outputs(demo_workflow.runs / "05_submit.ipynb")
+    assert "all+macenko: " in text05 and "stain 'macenko'" in _outputs(demo_workflow.runs / "04_ensemble.ipynb")[0]
+    text06, _, _ = _outputs(demo_workflow.runs / "06_your_images.ipynb")
+    assert "stain: macenko (to the training images' stain)" in text06
+
+
 def test_rerunning_prediction_computes_nothing(demo_workflow, capsys):
     ids = predict.image_ids_of(demo_workflow, "val", "test")
-    predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False)
+    predict.predict_stage(demo_workflow, "all", ids, tta=("hflip", "vflip"), progress=False, stain="macenko")
     assert f"(0 computed, {3 * len(ids)} from cache)" in capsys.readouterr().out
 
 
