@@ -211,14 +211,13 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     remove_stale_partials(report.out_dir, quiet=True)
     chosen = load_choice(ws.predictions, required=False)
     recipe, tta = _recipe_and_tta(chosen, tta, report)
-    stain = _stain_reference(ws, chosen, report)
     rule, source = export_rule(chosen, min_score)
     report.notes.append(f"exports keep: {rule.describe()} ({source})")
     todo = _not_exported(paths, report)
     if todo:
         model, params = load_model(ws, stage, min_score=0.0)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
-                                   tile, overlap, stain=stain)
+                                   tile, overlap, stain=_stain_reference(ws, chosen, report))
         sizes = _sizes(todo, report)
         with tqdm(total=sum(map(predictor.tiles, sizes.values())), desc="tiles", unit="tile",
                   disable=not progress) as bar:

@@ -112,3 +112,25 @@ def test_a_zip_of_images_is_unpacked_into_the_workspace(demo_copy, demo_test_ima
     found = own_images.find_images(archive, demo_copy)
     assert [p.name for p in found] == ["a.png"] and (demo_copy.data / "own" / "batch") in found[0].parents
     shutil.rmtree(demo_copy.data / "own" / "batch")
+
+
+def test_own_images_are_brought_to_the_training_stain(demo_copy, demo_test_images, tmp_path):
+    """As notebook 04 chose (its default: Macenko to the training images' stain); an image with no
+    stain to estimate is predicted as it is, and says so."""
+    from helpers.infer.model import load_model
+    from helpers.infer.predict import stain_reference
+
+    src = tmp_path / "stain"
+    src.mkdir()
+    shutil.copy(demo_test_images[0], src / "one.png")
+    _png(src / "white.png", np.full((96, 96, 3), 250, np.uint8))
+    report = own_images.predict_own_images(demo_copy, src, run="stain", tile=160, overlap=48, progress=False)
+    text = report.format()
+    assert "stain: macenko (to the training images' stain)" in text
+    assert "white.png: too little stained tissue" in text and "one.png: too little" not in text
+    model, params = load_model(demo_copy, "all", min_score=0.0)
+    image = cv2.cvtColor(cv2.imread(str(demo_test_images[0])), cv2.COLOR_BGR2RGB)
+    plain = own_images.TiledPredictor(model, params, tta=()).predict(image)
+    normalised = own_images.TiledPredictor(model, params, tta=(),
+                                           stain=stain_reference(demo_copy, "macenko")).predict(image)
+    assert len(plain) != len(normalised) or not np.allclose(plain.scores, normalised.scores)
