@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quality.py                       # the default recipe ("chosen" levers)
     python benchmarks/bench_quality.py --name scale1.5 --scale 1.5
-    python benchmarks/bench_quality.py --table               # the README table from saved runs
+    python benchmarks/bench_quality.py --table               # the table of docs/quality.md from saved runs
 
 What it runs, on this machine's CPU (profile ``cpu``), with notebooks 01-04's helpers:
 * notebook 01: the dataset checked against the manifest and sharded, default validation split
@@ -47,7 +47,7 @@ RESULTS = REPO / "benchmarks" / "results" / "quality"
 ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / "nuclei-bench-quality"
 PROFILE = "cpu"
 # The cpu profile's from-scratch plan: about one CPU-hour on this 2-core machine at ~1.9 s/step
-# (see the README); 300 + 400 were an hour on the slower machine of the first runs (4.9-5.9 s/step).
+# (see docs/quality.md); 300 + 400 were an hour on the slower machine of the first runs (4.9-5.9 s/step).
 _PLAN = get_profile(PROFILE, from_scratch=True).steps
 HEADS_STEPS, ALL_STEPS = _PLAN["heads"], _PLAN["all"]
 TTA = ("hflip", "vflip")

@@ -98,10 +98,10 @@ def test_the_check_sees_an_upward_import_inside_a_function():
 
 
 def test_readme_layout_lists_every_module():
-    """The README's "Where things live" tree names each helpers module in its folder, no more."""
+    """docs/layout.md's tree names each helpers module in its folder, no more."""
     import re
 
-    text = (HELPERS.parent / "README.md").read_text()
+    text = (HELPERS.parent / "docs" / "layout.md").read_text()
     block = text[text.index("\nhelpers/ "):text.index("\nconstraints/ ")].splitlines()[2:]
     listed, rooms = set(), {}  # rooms: indent -> the folder opened at that indent
     for line in block:

@@ -241,7 +241,7 @@ _COLAB = Profile(
     learning_rate_all=LR_PER_IMAGE * 2,
     # Sized for the free tier's few GPU hours: a Colab step waits on the input pipeline on its
     # 2 CPU cores (2.9 s per batch of 2 measured here, far above the ~0.25 s of GPU compute:
-    # bench_coco_start), so 500 + 2000 steps are ~0.4 + 1.6 h (README). From COCO weights that
+    # bench_coco_start), so 500 + 2000 steps are ~0.4 + 1.6 h (docs/pretrained.md). From COCO weights that
     # is ~13 passes over the 20 images for the heads, ~50 for all (a 512 crop = 1/4 image).
     steps={"heads": 500, "all": 2000, "specialist": 500},
     # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
@@ -251,7 +251,7 @@ _COLAB = Profile(
     max_num_instances=800,          # a 512^2 crop holds ~26% of <=1,900 nuclei, +60% margin
     predict_size=1024,              # 1000x1000 test images padded to a multiple of 64
     warmup_steps=200,               # ~1 pass over the data at a tenth of the LR, then cosine
-    pretrained="coco",              # torchvision's COCO Mask R-CNN (README: why)
+    pretrained="coco",              # torchvision's COCO Mask R-CNN (docs/pretrained.md: why)
     freeze_backbone_norm=True,
     mixed_precision=True,
     stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)

@@ -144,7 +144,7 @@ def test_converted_model_computes_torchvisions_outputs(converted, reference):
 def test_differences_by_design_are_measured(converted, reference):
     """torch's own padding (both sides) against TF's 'same' (bottom/right on even sizes), and
     torchvision's ROIAlign (aligned=False) against Model Garden's: not float noise, not a
-    different network either. The figures are the README's."""
+    different network either. The figures are docs/pretrained.md's."""
     import tensorflow as tf
 
     model, _, _ = converted

@@ -146,7 +146,7 @@ def _precision(accelerator: str, prof: Profile) -> str:
 
 
 def _model(prof: Profile) -> mg.MaskRCNN:
-    """``task.model``: the architecture knobs of the profile (matterport's names in the README)."""
+    """``task.model``: the architecture knobs of the profile (matterport's names in docs/profiles.md)."""
     return mg.MaskRCNN(
         num_classes=2,  # background + nucleus
         input_size=[prof.crop_size, prof.crop_size, 3],
