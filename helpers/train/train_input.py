@@ -92,7 +92,7 @@ def photometric_jitter(image, strength: float, seed=None):
 
 class WindowDecoder(tf_example_decoder.TfExampleDecoder):
     """``TfExampleDecoder`` that decodes one random ``window`` (h, w) of each example, placed
-    by ``crop_sampling`` (:meth:`_window_corner`), its colours jittered by :func:`stain_jitter`
+    by ``crop_sampling`` (:func:`window_corner`), its colours jittered by :func:`stain_jitter`
     when ``stain_jitter`` > 0, then by :func:`photometric_jitter` when ``photometric_jitter`` > 0."""
 
     def __init__(self, window, stain_jitter: float = 0.0, crop_sampling: str = "uniform",
@@ -107,16 +107,28 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
         self._keys_to_features[INSTANCE_MAP_KEY] = tf.io.FixedLenFeature((), tf.string, default_value="")
 
     def decode(self, serialized_example):
+        parsed = self.parse(serialized_example)
+        image = self._decode_image(parsed)
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        wh, ww = tf.minimum(h, self._window[0]), tf.minimum(w, self._window[1])
+        y0, x0 = window_corner({k: parsed[f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")},
+                               h, w, wh, ww, self._crop_sampling)
+        return self.decode_window(parsed, image, y0, x0)
+
+    def parse(self, serialized_example):
+        """The record's features, sparse ones made dense."""
         parsed = tf.io.parse_single_example(serialized=serialized_example,
                                             features=self._keys_to_features)
         for k in parsed:
             if isinstance(parsed[k], tf.SparseTensor):
                 parsed[k] = tf.sparse.to_dense(parsed[k], default_value="" if parsed[k].dtype == tf.string else 0)
-        source_id = parsed["image/source_id"]
-        image = self._decode_image(parsed)
+        return parsed
+
+    def decode_window(self, parsed, image, y0, x0):
+        """What ``TfExampleDecoder`` returns, for the window at (y0, x0) of the parsed record and
+        its decoded image."""
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         wh, ww = tf.minimum(h, self._window[0]), tf.minimum(w, self._window[1])
-        y0, x0 = self._window_corner(parsed, h, w, wh, ww)
         image = stain_jitter(image[y0:y0 + wh, x0:x0 + ww], self._stain_jitter)
         image = photometric_jitter(image, self._photometric_jitter)
 
@@ -145,58 +157,63 @@ class WindowDecoder(tf_example_decoder.TfExampleDecoder):
 
         masks, idx = tf.cond(tf.strings.length(imap) > 0, from_map, from_pngs)
         masks = tf.ensure_shape(masks, [None, None, None])
-        rows = tf.reduce_any(masks, axis=2)  # [k, wh]
-        cols = tf.reduce_any(masks, axis=1)  # [k, ww]
-        fh, fw = tf.cast(wh, tf.float32), tf.cast(ww, tf.float32)
-        ymin = tf.cast(tf.argmax(tf.cast(rows, tf.int32), axis=1), tf.float32)
-        ymax = fh - tf.cast(tf.argmax(tf.cast(tf.reverse(rows, [1]), tf.int32), axis=1), tf.float32)
-        xmin = tf.cast(tf.argmax(tf.cast(cols, tf.int32), axis=1), tf.float32)
-        xmax = fw - tf.cast(tf.argmax(tf.cast(tf.reverse(cols, [1]), tf.int32), axis=1), tf.float32)
-        boxes = tf.stack([ymin / fh, xmin / fw, ymax / fh, xmax / fw], axis=-1)
         masks_f = tf.cast(masks, tf.float32)
         is_crowd = tf.cond(tf.shape(parsed["image/object/is_crowd"])[0] > 0,
                            lambda: tf.cast(parsed["image/object/is_crowd"], tf.bool),
                            lambda: tf.zeros_like(classes, dtype=tf.bool))
         return {
-            "source_id": source_id,
+            "source_id": parsed["image/source_id"],
             "image": image,
             "height": tf.cast(wh, tf.int64),
             "width": tf.cast(ww, tf.int64),
             "groundtruth_classes": tf.gather(classes, idx),
             "groundtruth_is_crowd": tf.gather(is_crowd, idx),
             "groundtruth_area": tf.reduce_sum(masks_f, axis=[1, 2]),
-            "groundtruth_boxes": boxes,
+            "groundtruth_boxes": tight_boxes(masks),
             "groundtruth_instance_masks": masks_f,
             "groundtruth_instance_masks_png": tf.gather(pngs, idx),
         }
 
 
-    def _window_corner(self, parsed, h, w, wh, ww):
-        """Top-left corner of the window. "uniform": anywhere in the image. "nuclei": centred on
-        a random nucleus (its box centre), shifted by up to a quarter window, so a region is
-        drawn as often as it holds nuclei: crowded tissue more, empty stroma less. An image
-        without nuclei falls back to uniform."""
-        def uniform():
-            return (tf.random.uniform([], 0, h - wh + 1, dtype=tf.int32),
-                    tf.random.uniform([], 0, w - ww + 1, dtype=tf.int32))
+def tight_boxes(masks):
+    """Normalized (ymin, xmin, ymax, xmax) of each bool mask plane [k, h, w], ends exclusive."""
+    rows = tf.reduce_any(masks, axis=2)  # [k, h]
+    cols = tf.reduce_any(masks, axis=1)  # [k, w]
+    fh, fw = tf.cast(tf.shape(masks)[1], tf.float32), tf.cast(tf.shape(masks)[2], tf.float32)
+    ymin = tf.cast(tf.argmax(tf.cast(rows, tf.int32), axis=1), tf.float32)
+    ymax = fh - tf.cast(tf.argmax(tf.cast(tf.reverse(rows, [1]), tf.int32), axis=1), tf.float32)
+    xmin = tf.cast(tf.argmax(tf.cast(cols, tf.int32), axis=1), tf.float32)
+    xmax = fw - tf.cast(tf.argmax(tf.cast(tf.reverse(cols, [1]), tf.int32), axis=1), tf.float32)
+    return tf.stack([ymin / fh, xmin / fw, ymax / fh, xmax / fw], axis=-1)
 
-        if self._crop_sampling == "uniform":
-            return uniform()
-        box = {k: tf.cast(parsed[f"image/object/bbox/{k}"], tf.float32) for k in ("ymin", "xmin", "ymax", "xmax")}
-        n = tf.shape(box["ymin"])[0]
 
-        def on_a_nucleus():
-            i = tf.random.uniform([], 0, n, dtype=tf.int32)
+def window_corner(boxes: dict, h, w, wh, ww, crop_sampling: str = "uniform"):
+    """Top-left corner of a (wh, ww) window of an (h, w) image. "uniform": anywhere in the image.
+    "nuclei": centred on a random nucleus (the centre of one of ``boxes``, normalized ymin, xmin,
+    ymax, xmax vectors), shifted by up to a quarter window, so a region is drawn as often as it
+    holds nuclei: crowded tissue more, empty stroma less. An image without nuclei falls back to
+    uniform."""
+    def uniform():
+        return (tf.random.uniform([], 0, h - wh + 1, dtype=tf.int32),
+                tf.random.uniform([], 0, w - ww + 1, dtype=tf.int32))
 
-            def corner(lo, hi, side, win):
-                centre = (lo[i] + hi[i]) / 2 * tf.cast(side, tf.float32)
-                shift = tf.random.uniform([], -0.25, 0.25) * tf.cast(win, tf.float32)
-                start = tf.cast(tf.round(centre + shift), tf.int32) - win // 2
-                return tf.clip_by_value(start, 0, side - win)
+    if crop_sampling == "uniform":
+        return uniform()
+    box = {k: tf.cast(boxes[k], tf.float32) for k in ("ymin", "xmin", "ymax", "xmax")}
+    n = tf.shape(box["ymin"])[0]
 
-            return corner(box["ymin"], box["ymax"], h, wh), corner(box["xmin"], box["xmax"], w, ww)
+    def on_a_nucleus():
+        i = tf.random.uniform([], 0, n, dtype=tf.int32)
 
-        return tf.cond(n > 0, on_a_nucleus, uniform)
+        def corner(lo, hi, side, win):
+            centre = (lo[i] + hi[i]) / 2 * tf.cast(side, tf.float32)
+            shift = tf.random.uniform([], -0.25, 0.25) * tf.cast(win, tf.float32)
+            start = tf.cast(tf.round(centre + shift), tf.int32) - win // 2
+            return tf.clip_by_value(start, 0, side - win)
+
+        return corner(box["ymin"], box["ymax"], h, wh), corner(box["xmin"], box["xmax"], w, ww)
+
+    return tf.cond(n > 0, on_a_nucleus, uniform)
 
 
 class ListedFilesReader(core_input_reader.InputReader):

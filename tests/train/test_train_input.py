@@ -229,22 +229,23 @@ def test_densest_real_image_makes_a_training_batch_in_bounded_memory(real_data, 
     assert got["rss_mb"] < 8000  # measured 5.8 GB for the colab profile's input; Colab has 12.7 GB
 
 
-def _parser_keywords(fn) -> set[str]:
-    """The keyword names of the ``maskrcnn_input.Parser(...)`` call in ``fn``'s source."""
+def _parser_keywords(fn, name: str = "Parser") -> set[str]:
+    """The keyword names of the ``...<name>(...)`` call in ``fn``'s source."""
     import ast
     import inspect
     import textwrap
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Attribute) and n.func.attr == "Parser"]
-    assert len(calls) == 1, f"expected one Parser(...) call in {fn.__qualname__}"
+             and getattr(n.func, "attr", getattr(n.func, "id", None)) == name]
+    assert len(calls) == 1, f"expected one {name}(...) call in {fn.__qualname__}"
     return {k.arg for k in calls[0].keywords}
 
 
 def test_parser_call_copies_model_gardens_in_full():
-    """build_inputs copies Model Garden's 20-argument Parser call: a Model Garden upgrade that
-    adds, drops or renames an argument must fail here, not drift silently."""
+    """Our parsers get the arguments of Model Garden's 20-argument Parser call in its
+    build_inputs: a Model Garden upgrade that adds, drops or renames one must fail here, not
+    drift silently."""
     import inspect
 
     from official.vision.dataloaders import maskrcnn_input
@@ -252,7 +253,7 @@ def test_parser_call_copies_model_gardens_in_full():
 
     from helpers.train.tasks.nuclei_maskrcnn import NucleiMaskRCNNTask
 
-    ours = _parser_keywords(NucleiMaskRCNNTask.build_inputs)
+    ours = _parser_keywords(NucleiMaskRCNNTask.parser_arguments, "dict")
     signature = set(inspect.signature(maskrcnn_input.Parser).parameters)
     assert ours == signature
     assert ours == _parser_keywords(mg_maskrcnn.MaskRCNNTask.build_inputs)

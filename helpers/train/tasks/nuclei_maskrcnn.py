@@ -2,8 +2,8 @@
 (:class:`~helpers.train.configs.nuclei_maskrcnn.NucleiTask`), as ``official/vision/tasks/maskrcnn.py``
 registers ``MaskRCNNTask``: ``task_factory.get_task(cfg.task)`` builds it.
 
-It is Model Garden's ``MaskRCNNTask`` with training data read through
-:class:`~helpers.train.train_input.WindowDecoder`, and weights converted from torchvision read
+It is Model Garden's ``MaskRCNNTask`` with training data read from instance maps
+(:mod:`helpers.train.instance_map_input`: the targets of Model Garden's parser, made faster), and weights converted from torchvision read
 and kept as they were converted; model, losses and train step are the library's.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from official.core import task_factory
 from official.vision.dataloaders import input_reader, maskrcnn_input
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-from helpers.train import torch_convert
+from helpers.train import instance_map_input, torch_convert
 from helpers.train.config import task_field
 from helpers.train.configs.nuclei_maskrcnn import NucleiTask
 from helpers.train.train_input import ListedFilesReader, WindowDecoder
@@ -21,7 +21,7 @@ from helpers.train.train_input import ListedFilesReader, WindowDecoder
 
 @task_factory.register_task_cls(NucleiTask)
 class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
-    """Model Garden's MaskRCNNTask; training data decoded through :class:`WindowDecoder`, and
+    """Model Garden's MaskRCNNTask; training data read from instance maps, and
     weights converted from torchvision (:mod:`helpers.train.torch_convert`) read and kept as
     they were converted."""
 
@@ -43,17 +43,51 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
                                            self.task_config.model)
 
     def build_inputs(self, params, input_context=None, dataset_fn=None):
+        """Training data: from instance maps (:mod:`helpers.train.instance_map_input`), each image
+        decoded once; shards without one (overlapping masks) through :class:`WindowDecoder` and
+        Model Garden's parser, as ``MaskRCNNTask.build_inputs`` reads them. Evaluation: Model Garden's."""
         if not params.is_training:
             return super().build_inputs(params, input_context, dataset_fn)
-        model = self.task_config.model
-        # A crop of input_size shows input_size / input_scale native px (Profile.scale).
+        window, jitters = self._window()
+        files = ListedFilesReader(params, dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type)
+                                  ).get_files(params.input_path)
+        shards = instance_map_input.describe_shards(files)
+        if dataset_fn is not None or not all(s["instance_map"] for s in shards):
+            return self.model_garden_inputs(params, input_context, dataset_fn)
+        parser = instance_map_input.InstanceMapParser(**self.parser_arguments(params))
+        cache = 5 * sum(s["pixels"] for s in shards) <= instance_map_input.CACHE_BUDGET_BYTES
+        return instance_map_input.training_dataset(
+            files, instance_map_input.WindowSampler(window, **jitters), parser.parse_fn(True),
+            params.global_batch_size, input_context, seed=params.seed, cache=cache,
+            shuffle_buffer=params.shuffle_buffer_size, drop_remainder=params.drop_remainder)
+
+    def _window(self):
+        """The training window's (h, w) in native px and the decoder's jitters, from the config.
+        A crop of input_size shows input_size / input_scale native px (Profile.scale)."""
         scale = float(task_field(self.task_config, "input_scale"))
-        decoder = WindowDecoder(window=[round(v / scale) for v in model.input_size[:2]],
-                                stain_jitter=task_field(self.task_config, "stain_jitter"),
-                                crop_sampling=task_field(self.task_config, "crop_sampling"),
-                                photometric_jitter=task_field(self.task_config, "photometric_jitter"))
-        # The same Parser, with the same arguments, as MaskRCNNTask.build_inputs.
-        parser = maskrcnn_input.Parser(
+        window = [round(v / scale) for v in self.task_config.model.input_size[:2]]
+        return window, {"stain_jitter": task_field(self.task_config, "stain_jitter"),
+                        "crop_sampling": task_field(self.task_config, "crop_sampling"),
+                        "photometric_jitter": task_field(self.task_config, "photometric_jitter")}
+
+    def model_garden_inputs(self, params, input_context=None, dataset_fn=None):
+        """Training data the way ``MaskRCNNTask.build_inputs`` reads it: Model Garden's reader and
+        parser, each example decoded by :class:`WindowDecoder` (a plane per nucleus)."""
+        window, jitters = self._window()
+        decoder = WindowDecoder(window=window, **jitters)
+        parser = maskrcnn_input.Parser(**self.parser_arguments(params))
+        reader = ListedFilesReader(
+            params,
+            dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
+            decoder_fn=decoder.decode,
+            combine_fn=input_reader.create_combine_fn(params),
+            parser_fn=parser.parse_fn(params.is_training))
+        return reader.read(input_context=input_context)
+
+    def parser_arguments(self, params) -> dict:
+        """The arguments ``MaskRCNNTask.build_inputs`` gives Model Garden's ``Parser``, all of them."""
+        model = self.task_config.model
+        return dict(
             output_size=model.input_size[:2],
             min_level=model.min_level,
             max_level=model.max_level,
@@ -76,10 +110,3 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
             mask_crop_size=params.parser.mask_crop_size,
             dtype=params.dtype,
         )
-        reader = ListedFilesReader(
-            params,
-            dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
-            decoder_fn=decoder.decode,
-            combine_fn=input_reader.create_combine_fn(params),
-            parser_fn=parser.parse_fn(params.is_training))
-        return reader.read(input_context=input_context)
