@@ -239,11 +239,12 @@ _COLAB = Profile(
     # = 0.00375), as detectron2 fine-tunes at its base LR once the backbone is unfrozen.
     learning_rate=LR_PER_IMAGE * 2,
     learning_rate_all=LR_PER_IMAGE * 2,
-    # Sized for the free tier's few GPU hours: a Colab step waits on the input pipeline on its
-    # 2 CPU cores (2.9 s per batch of 2 measured here, far above the ~0.25 s of GPU compute:
-    # bench_coco_start), so 500 + 2000 steps are ~0.4 + 1.6 h (docs/pretrained.md). From COCO weights that
-    # is ~13 passes over the 20 images for the heads, ~50 for all (a 512 crop = 1/4 image).
-    steps={"heads": 500, "all": 2000, "specialist": 500},
+    # Sized for the free tier's few GPU hours at the estimated T4 step, its GPU compute (~0.26 s:
+    # FLOPs at 12 TFLOPS; the input takes ~0.09 s a batch on the runtime's 2 CPU cores, measured
+    # on idle cores by bench_input): 1,000 + 12,000 steps are ~0.07 + 0.9 h (README, "Training
+    # time"), half the former ~2 h envelope, so an estimate twice too low still fits it. From COCO
+    # weights that is ~25 passes over the 20 images for the heads, ~300 for all (a 512 crop = 1/4 image).
+    steps={"heads": 1000, "all": 12000, "specialist": 2000},
     # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
     # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
     # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.

@@ -216,7 +216,8 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 train_files: Sequence[str] | None = None, splits: Sequence[str] | None = None,
                 from_scratch: bool | None = None, pretrained: str | None = None,
                 init_checkpoint: str | None = None, init_modules=None, strategy=None,
-                progress: bool = True, local_checkpoints=None, **profile_overrides) -> StageResult:
+                progress: bool = True, local_checkpoints=None, accelerator: str | None = None,
+                **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
     Args:
@@ -253,6 +254,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         newest checkpoint is copied to the workspace in the background, or False to save
         straight into the workspace. Default (None): ``$NUCLEI_LOCAL_CHECKPOINTS``, else local
         disk when the workspace is on Colab's Drive mount (see :mod:`helpers.train.mirror`).
+      accelerator: "gpu", "tpu" or "cpu": what the precision and the input's dtype are chosen
+        for (float16 on a GPU when the profile's ``mixed_precision`` allows it); default: the
+        runtime's. "gpu" on a CPU runs a GPU's code path there (the tests do).
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
     t_call = time.perf_counter()
@@ -266,7 +270,8 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         parent = st.open_parent()
         prof, cfg = stage_plan.plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
                                     train_files=train_files, splits=splits, init_modules=init_modules,
-                                    from_scratch=from_scratch, pretrained=pretrained, **profile_overrides)
+                                    from_scratch=from_scratch, pretrained=pretrained, accelerator=accelerator,
+                                    **profile_overrides)
         model_dir = _model_dir(ws, st, local_checkpoints)
         run = StageRun(ws, st, parent, prof, cfg, model_dir, *_resume(st, model_dir, cfg), stop_at_step, t_call)
         if run.latest and run.start >= run.target:

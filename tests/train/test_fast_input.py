@@ -198,3 +198,42 @@ def test_mask_sampling_equals_crop_and_resize():
     want = tf.image.crop_and_resize(planes, boxes, np.arange(len(ids)), [28, 28])[..., 0]
     got = indicator_crop_and_resize(tf.constant(label_map), tf.constant(ids), tf.constant(boxes), 28)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+
+
+def _batch(task_cfg, files):
+    from helpers.train.tasks.nuclei_maskrcnn import NucleiMaskRCNNTask
+
+    task_cfg.train_data.input_path = [str(f) for f in files]
+    return next(iter(NucleiMaskRCNNTask(task_cfg).build_inputs(task_cfg.train_data)))
+
+
+def test_the_task_reads_instance_maps_and_the_old_way_without_them(tmp_path_factory, monkeypatch):
+    """Shards with instance maps: the new input, cached or (over the cache budget) decoded each
+    time; a shard stored without one (overlapping masks): every shard read the old way. Each
+    gives a training batch with nuclei in it, of the same structure."""
+    import tensorflow as tf
+
+    from helpers.data.shards import INSTANCE_MAP_KEY
+    from helpers.train import instance_map_input
+    from helpers.train.configs.nuclei_maskrcnn import experiment_config
+
+    shards = demo_shards(tmp_path_factory.getbasetemp() / "training")
+    files = sorted(shards.glob("labeled-*.tfrecord"))[:3]
+    assert all(s["instance_map"] for s in instance_map_input.describe_shards(files))
+    stripped = tmp_path_factory.mktemp("no_map") / files[0].name
+    ex = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(str(files[0])))).numpy())
+    del ex.features.feature[INSTANCE_MAP_KEY]
+    with tf.io.TFRecordWriter(str(stripped)) as w:
+        w.write(ex.SerializeToString())
+    assert not instance_map_input.describe_shards([stripped])[0]["instance_map"]
+
+    cfg = experiment_config("demo", "heads", [], accelerator="cpu")
+    built = {}
+    for name, fs, budget in (("cached", files, None), ("uncached", files, 0), ("old way", [stripped] + files[1:], None)):
+        if budget is not None:
+            monkeypatch.setattr(instance_map_input, "CACHE_BUDGET_BYTES", budget)
+        images, labels = _batch(cfg.task, fs)
+        monkeypatch.undo()
+        built[name] = (images.shape, {k: tf.nest.map_structure(lambda t: t.shape, v) for k, v in labels.items()})
+        assert (labels["gt_classes"].numpy() > 0).sum() > 0, name
+    assert built["cached"] == built["uncached"] == built["old way"]

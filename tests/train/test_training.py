@@ -234,6 +234,23 @@ def test_a_begun_stage_keeps_its_input_knobs_when_the_profile_default_changes(ba
     assert training.plan_stage("all", "cpu", ws, steps=1800)[1].trainer.train_steps == 1800
 
 
+def test_a_colab_stage_begun_under_the_former_recipe_resumes_with_its_plan(base):
+    """The colab recipe grew from 500 + 2,000 to 1,000 + 12,000 steps once the input stopped
+    holding the T4 back: a stage begun at 2,000 finishes at 2,000, on its own schedule."""
+    from helpers.atomic import atomic_write_json
+    from helpers.train import config
+
+    assert config.get_profile("colab").steps == {"heads": 1000, "all": 12000, "specialist": 2000}
+    ws = new_workspace(base, "begun_colab")
+    for stage, planned in (("heads", 500), ("all", 2000)):
+        (ws.checkpoints / stage).mkdir(parents=True)
+        atomic_write_json(ws.checkpoints / stage / training.STAGE_FILE, {"profile": "colab", "planned_steps": planned})
+    for stage, planned in (("heads", 500), ("all", 2000)):
+        cfg = training.plan_stage(stage, "colab", ws, accelerator="gpu")[1]
+        assert cfg.trainer.train_steps == planned
+        assert cfg.trainer.optimizer_config.learning_rate.cosine.decay_steps == planned
+
+
 def test_the_all_stage_continues_its_parents_mask_head_and_crop_sampling(base):
     """mask_upsample fixes the mask head's weights' shapes, so `all` must take its parent's;
     crop_sampling follows like the other input knobs. A record older than both knobs means
