@@ -4,8 +4,9 @@
     python benchmarks/bench_coco_start.py --steps 3     # CPU training steps to time (0: none)
 
 Prints, from one run:
-  * the input pipeline alone (window decoder + Model Garden's parser, 2 crops of 512 px per
-    batch) on this machine's 2 cores, as on Colab: s/batch and the process's peak RSS;
+  * the training input alone (2 crops of 512 px per batch; ``bench_input.py`` compares it with
+    the former one, part by part) on this machine's 2 cores, as on Colab: s/batch and the
+    process's peak RSS;
   * the training FLOPs of one step, counted by TensorFlow's profiler on the colab model
     (backbone, FPN and RPN on 2 x 512^2, box head on 2 x 512 ROIs, mask head on 2 x 256),
     for the heads stage (backbone frozen: no backward pass through it) and for `all`;
