@@ -46,7 +46,8 @@ DATA = REPO.parent / "shared" / "data" / "vrdl_hw3"
 RESULTS = REPO / "benchmarks" / "results" / "quality"
 ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / "nuclei-bench-quality"
 PROFILE = "cpu"
-# The cpu profile's from-scratch plan: about one CPU-hour on this 2-core machine at ~1.9 s/step
+# The cpu profile's from-scratch plan: about one CPU-hour on a 2-core machine at ~1.9 s/step (45 min at
+# the 1.47 s/step of the input built on instance maps, docs/speed.md)
 # (see docs/quality.md); 300 + 400 were an hour on the slower machine of the first runs (4.9-5.9 s/step).
 _PLAN = get_profile(PROFILE, from_scratch=True).steps
 HEADS_STEPS, ALL_STEPS = _PLAN["heads"], _PLAN["all"]
