@@ -133,7 +133,7 @@ class Profile:
     steps: dict                         # planned global steps per stage kind
     crop_size: int                      # square training crop, at native resolution
     predict_size: int                   # model input for prediction (full image, padded)
-    checkpoint_every: int = 5           # a Colab disconnect loses at most this many steps
+    checkpoint_every: int = 5           # steps between checkpoints: a disconnect loses about this many
     keep_checkpoints: int = 3           # last few kept; older ones deleted by CheckpointManager
     warmup_steps: int = 50
     weight_decay: float = 4e-5          # Model Garden's COCO value
@@ -245,6 +245,10 @@ _COLAB = Profile(
     # time"), half the former ~2 h envelope, so an estimate twice too low still fits it. From COCO
     # weights that is ~25 passes over the 20 images for the heads, ~300 for all (a 512 crop = 1/4 image).
     steps={"heads": 1000, "all": 12000, "specialist": 2000},
+    # A save holds training up ~0.33 s (the background save, bench_checkpoints): every 25 steps
+    # (~6.5 s of T4 compute, estimate) that is ~5%; every 5 it would be ~25%. A disconnect still
+    # loses under a minute: 25 steps plus two Drive copies (docs/colab.md).
+    checkpoint_every=25,
     # native-resolution crops (multiple of 2^max_level). 512, not 640: on the densest real
     # images (1,862 nuclei) the input pipeline needed 11-13 GB host RAM at 640 (too much
     # for a 12.7 GB Colab) and 5.8 GB at 512, as matterport's nucleus sample crops.
@@ -275,6 +279,7 @@ _PROFILES = {
         backbone="resnet50",            # half the FLOPs of ResNet-101
         max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False,
         images_per_batch=1,             # memory and s/step on CPU
+        checkpoint_every=5,             # 5 steps are ~7 s on 2 cores
         learning_rate=0.005,            # batch 1: matterport's 0.01 x batch / 2
         learning_rate_all=0.0005,
         steps={"heads": 500, "all": 1500, "specialist": 300},
@@ -312,6 +317,7 @@ _PROFILES = {
         freeze_backbone_norm=False,
         learning_rate_all=0.002,
         steps={"heads": 10, "all": 10, "specialist": 5},
+        checkpoint_every=5,
         images_per_batch=1,
         learning_rate=0.01,
         crop_size=128,                  # tiny crops of the tiny synthetic images

@@ -217,7 +217,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 from_scratch: bool | None = None, pretrained: str | None = None,
                 init_checkpoint: str | None = None, init_modules=None, strategy=None,
                 progress: bool = True, local_checkpoints=None, accelerator: str | None = None,
-                **profile_overrides) -> StageResult:
+                checkpoint_every: int | None = None, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
 
     Args:
@@ -254,12 +254,16 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         newest checkpoint is copied to the workspace in the background, or False to save
         straight into the workspace. Default (None): ``$NUCLEI_LOCAL_CHECKPOINTS``, else local
         disk when the workspace is on Colab's Drive mount (see :mod:`helpers.train.mirror`).
+      checkpoint_every: steps between checkpoints; default (None) the profile's (colab 25,
+        cpu and demo 5). Not part of the config fingerprint: a stage may resume with another.
       accelerator: "gpu", "tpu" or "cpu": what the precision and the input's dtype are chosen
         for (float16 on a GPU when the profile's ``mixed_precision`` allows it); default: the
         runtime's. "gpu" on a CPU runs a GPU's code path there (the tests do).
       **profile_overrides: profile knobs, e.g. ``checkpoint_every=10``.
     """
     t_call = time.perf_counter()
+    if checkpoint_every is not None:
+        profile_overrides["checkpoint_every"] = checkpoint_every
     ws = as_workspace(workspace)
     named = Stage.named(ws, stage)
     if splits is None:
