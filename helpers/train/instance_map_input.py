@@ -176,19 +176,22 @@ class InstanceMapParser(maskrcnn_input.Parser):
         hflip = flip[0] & tf.constant(bool(self._aug_rand_hflip))
         vflip = flip[1] & tf.constant(bool(self._aug_rand_vflip))
         scale = tf.random.uniform([], self._aug_scale_min, self._aug_scale_max) if self._jitter else tf.constant(1.0)
+        scaled = self._scaled_size(tf.cast(image_shape, tf.float32), scale)
         desired = tf.cast(self._output_size, tf.float32)
-        scaled = tf.round(scale * desired) if self._jitter else desired
-        size = tf.cast(image_shape, tf.float32)
-        scaled = tf.round(size * tf.minimum(scaled[0] / size[0], scaled[1] / size[1]))
         offset = tf.cast(tf.maximum(scaled - desired, 0.0) * tf.random.uniform([2]), tf.int32)
         return {"hflip": hflip, "vflip": vflip, "scale": scale, "offset": offset if self._jitter else tf.zeros([2], tf.int32)}
+
+    def _scaled_size(self, size, scale):
+        """The image's size after ``resize_and_crop_image``'s scaling by ``scale`` (its formula)."""
+        desired = tf.cast(self._output_size, tf.float32)
+        scaled = tf.round(scale * desired) if self._jitter else desired
+        return tf.round(size * tf.minimum(scaled[0] / size[0], scaled[1] / size[1]))
 
     def _resize_and_crop(self, image, scale, offset):
         """``preprocess_ops.resize_and_crop_image`` with its random scale and offset given."""
         size = tf.cast(tf.shape(image)[0:2], tf.float32)
         desired = self._output_size
-        scaled = tf.round(scale * tf.cast(desired, tf.float32)) if self._jitter else tf.cast(desired, tf.float32)
-        scaled = tf.round(size * tf.minimum(scaled[0] / size[0], scaled[1] / size[1]))
+        scaled = self._scaled_size(size, scale)
         image = tf.image.resize(image, tf.cast(scaled, tf.int32), method=tf.image.ResizeMethod.BILINEAR)
         if self._jitter:
             image = image[offset[0]:offset[0] + desired[0], offset[1]:offset[1] + desired[1], :]

@@ -13,10 +13,6 @@ import pytest
 
 from _training_support import demo_shards
 
-PROFILE_KEYS = ("output_size", "min_level", "max_level", "num_scales", "aspect_ratios", "anchor_size",
-                "rpn_batch_size_per_im", "max_num_instances", "mask_crop_size")
-
-
 def _parser_kwargs(profile: str, scale: float) -> dict:
     from helpers.train.config import get_profile
 
@@ -59,7 +55,7 @@ def _ours(record, corner, window, hflip, vflip, scale, offset, kwargs):
                                      "scale": tf.constant(scale, tf.float32), "offset": offset})
 
 
-def _compare(ref, ours, kwargs):
+def _compare(ref, ours):
     (ri, rl), (oi, ol) = ref, ours
     np.testing.assert_allclose(oi.numpy(), ri.numpy(), atol=1e-5)
     np.testing.assert_array_equal(ol["image_info"].numpy(), rl["image_info"].numpy())
@@ -115,7 +111,7 @@ def _check_record(record, profile, cases, seed=0):
         corner = (int(rng.integers(0, h - win[0] + 1)), int(rng.integers(0, w - win[1] + 1)))
         ref = _reference(record, corner, win, hflip, vflip, kwargs)
         offset = tf.cast(ref[1]["image_info"][3], tf.int32)
-        seen.append(_compare(ref, _ours(record, corner, win, hflip, vflip, scale, offset, kwargs), kwargs))
+        seen.append(_compare(ref, _ours(record, corner, win, hflip, vflip, scale, offset, kwargs)))
     return seen
 
 
