@@ -119,6 +119,19 @@ def discard(path: str | os.PathLike) -> bool:
     return True
 
 
+def discard_tree(path: str | os.PathLike) -> bool:
+    """Delete a folder (or a file) and everything under it, each file by :func:`discard` (nothing
+    kept in Drive's Trash); True if it existed."""
+    path = Path(path)
+    if not path.is_dir():
+        return discard(path)
+    for root, _, files in os.walk(path):
+        for name in files:
+            discard(Path(root) / name)
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` on success.

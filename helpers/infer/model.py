@@ -131,6 +131,8 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
     import tf_keras
     from official.vision.modeling import factory
 
+    from helpers.train import torch_resnet  # noqa: F401 - registers the backbone "resnet_torch"
+
     st = open_stage(workspace, stage)
     params, info = stage_params(workspace, st, profile)
     prefix = resolve_checkpoint(workspace, st, checkpoint)

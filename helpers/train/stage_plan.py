@@ -26,12 +26,12 @@ from helpers.workspace import Workspace
 # (a newer release's defaults must not break its resume): the input it sees, its start and
 # whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
 KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample",
-              "photometric_jitter")
+              "photometric_jitter", "torch_padding")
 # a stage continues its parent's model
 INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample",
-                   "photometric_jitter")
+                   "photometric_jitter", "torch_padding")
 LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
-                "mask_upsample": 2, "photometric_jitter": 0.0}
+                "mask_upsample": 2, "photometric_jitter": 0.0, "torch_padding": False}
 
 
 class NoTrainingData(RuntimeError):
@@ -76,7 +76,9 @@ def inherited_knobs(parent: Stage | None) -> dict:
     """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
     continues its parent's model (random or pretrained start, mask head, input knobs)."""
     info = parent.record if parent else None
-    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k == "pretrained")}
+    # the start and the backbone's padding fix the network, so a record older than them reads as its legacy
+    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS
+            if info and (k in info or k in ("pretrained", "torch_padding"))}
 
 
 def check_parent_profile(stage: Stage, parent: Stage | None, profile: str) -> None:

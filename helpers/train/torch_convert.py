@@ -35,15 +35,16 @@ differ, and the report names them. The norms the converter adds are identities, 
 ``identity_norms`` keeps them frozen so the converted model computes torchvision's function
 in training too.
 
-Different by design (tests/train/test_torch_convert.py measures both):
-
-* **'same' padding.** A stride-2 conv or pool in TF pads only bottom/right on even inputs,
-  torch pads both sides: TF samples each strided layer one pixel further on, and the 3x3 main
-  branch no longer lines up with the 1x1 projection shortcut. The converted backbone is a
-  slightly different function (exact when torch is given TF's padding).
-* **ROIAlign.** Model Garden samples each bin once, bilinearly at its centre
-  (``sample_offset=0.5``); torchvision averages 2x2 bilinear samples per bin
-  (``sampling_ratio=2``, ``aligned=False``). The heads match exactly on the same ROI features.
+The backbone is Model Garden's ResNet padded as torch pads (``resnet_torch``,
+:mod:`helpers.train.torch_resnet`, the profile's ``torch_padding``): with TF's 'same' padding a
+stride-2 layer pads only the bottom/right of an even input and samples one pixel further on, a
+different function of the same weights. Different by design, and measured
+(tests/train/test_torch_convert.py): **ROIAlign.** Model Garden samples each bin once,
+bilinearly at its centre (``sample_offset=0.5``); torchvision averages 2x2 bilinear samples per
+bin (``sampling_ratio=2``, ``aligned=False``). The heads match exactly on the same ROI features.
+**Anchor centres.** torchvision's lie at k x stride, Model Garden's at (k + 1/2) x stride, so the
+RPN's deltas are read against anchors half a stride apart (our own anchors re-initialise the RPN's
+predictors anyway).
 
 Where it is read: a checkpoint of :func:`transferable_items` (backbone, decoder and the heads'
 shared layers, as nested ``tf.train.Checkpoint`` objects) is restored by the task's
@@ -56,14 +57,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from helpers.atomic import atomic_write_json
+from helpers.atomic import atomic_write_json, discard_tree
 from helpers.train.config import HEAD_MODULES
 
 TORCH_BN_EPS = 1e-5                 # torch.nn.BatchNorm2d's default, torchvision's everywhere
@@ -456,7 +457,7 @@ def weight_architecture(model_config) -> dict:
     """The config fields that decide the shapes and meaning of the transferable weights."""
     c = model_config
     return {
-        "backbone": f"resnet{c.backbone.resnet.model_id}", "min_level": c.min_level,
+        "backbone": f"resnet{c.backbone.get().model_id}", "min_level": c.min_level,
         "max_level": c.max_level, "fpn_filters": c.decoder.fpn.num_filters,
         "rpn_convs": c.rpn_head.num_convs, "rpn_filters": c.rpn_head.num_filters,
         "head_convs": c.detection_head.num_convs, "head_filters": c.detection_head.num_filters,
@@ -474,8 +475,7 @@ def write_converted(folder: Path, items: dict, record: dict) -> str:
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.converting")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a killed conversion's leftovers
+    discard_tree(tmp)  # a killed conversion's leftovers, kept out of Drive's Trash
     tmp.mkdir(parents=True)
     tf.train.Checkpoint(**items).write(str(tmp / CHECKPOINT_NAME))
     atomic_write_json(tmp / CONVERSION_FILE, record)
@@ -560,7 +560,7 @@ def cache_folder(root, start: str, model_config, modules) -> Path:
     per source and architecture."""
     import hashlib
 
-    name = source_weights(start, model_config.backbone.resnet.model_id)
+    name = source_weights(start, model_config.backbone.get().model_id)
     arch = json.dumps(_architecture(model_config, modules), sort_keys=True)
     return Path(root) / "pretrained" / f"torchvision-{name.replace('.', '-')}-{hashlib.sha256(arch.encode()).hexdigest()[:8]}"
 
@@ -568,30 +568,31 @@ def cache_folder(root, start: str, model_config, modules) -> Path:
 def resolve_start(root, start: str, model_config, modules) -> str:
     """The converted checkpoint of a torchvision start for ``model_config`` (cached in
     ``<root>/pretrained/``): downloaded by torchvision and converted the first time, read
-    back whole every time; a damaged cached copy is set aside and converted again."""
+    back whole every time; a damaged cached copy is deleted and converted again, and what a
+    killed or older run left beside it is deleted too (by :func:`helpers.atomic.discard`: on
+    Drive, nothing goes to its Trash with its bytes)."""
     from helpers.train import checkpoints as ckpts
 
     modules = [modules] if isinstance(modules, str) else list(modules)
     folder = cache_folder(root, start, model_config, modules)
     prefix = folder / CHECKPOINT_NAME
+    for stale in (*folder.parent.glob(f".{folder.name}.*"), *folder.parent.glob(f"{folder.name}.damaged-*")):
+        discard_tree(stale)  # a killed conversion's temp folder or file, a copy set aside by an older release
     if folder.is_dir():
         reason = ckpts.check_checkpoint(prefix) or (None if (folder / CONVERSION_FILE).is_file()
                                                     else f"no {CONVERSION_FILE}")
         if reason is None:
             return str(prefix)
-        aside = folder.with_name(f"{folder.name}.damaged-{int(time.time())}")
-        os.replace(folder, aside)
-        print(f"the converted weights in {folder} are damaged ({reason}); set aside as {aside.name}, "
-              "converting again")
-    name = source_weights(start, model_config.backbone.resnet.model_id)
-    npz = folder.with_name(f".{folder.name}.npz")
-    try:
+        discard_tree(folder)  # our own cache, made again from torchvision's weights
+        print(f"the converted weights in {folder} were damaged ({reason}); deleted, converting again")
+    name = source_weights(start, model_config.backbone.get().model_id)
+    # the ~185 MB intermediate file stays on the runtime's own disk, never on Drive
+    with tempfile.TemporaryDirectory(prefix="nuclei-torchvision-") as local:
+        npz = Path(local) / "state_dict.npz"
         export_torchvision(name, npz)
         with np.load(npz) as data:
             state = dict(data)
-        convert(state, model_config, modules, folder, source=name)
-    finally:
-        npz.unlink(missing_ok=True)
+    convert(state, model_config, modules, folder, source=name)
     return str(prefix)
 
 
@@ -629,6 +630,16 @@ def export_torchvision(name: str, out: Path) -> None:
         raise PretrainedWeightsUnavailable(
             f"torchvision's download of {name} was damaged twice ({detail}); it has been removed. "
             f"Re-run to download it again. {other}")
+    if proc.returncode == torch_export.CUT:
+        raise PretrainedWeightsUnavailable(
+            f"the download of torchvision's {name} was cut off ({detail}): the connection dropped. Re-run to "
+            f"download it again. {other}")
+    if proc.returncode == torch_export.REFUSED:
+        raise PretrainedWeightsUnavailable(
+            f"torchvision's server did not give {name} ({detail}). Re-run later; if it persists, the file has "
+            f"moved and this version of torchvision cannot fetch it. {other}")
+    if proc.returncode == torch_export.MISFIT:
+        raise PretrainedWeightsUnavailable(f"torchvision's {name} could not be loaded ({detail}). {other}")
     if proc.returncode != 0:
         raise PretrainedWeightsUnavailable(f"exporting torchvision's {name} failed (exit {proc.returncode}): "
                                            f"{said[-400:]} {tail}")

@@ -26,10 +26,11 @@ def test_a_record_older_than_a_knob_reads_as_the_value_stages_had_then():
 def test_a_stage_inherits_what_its_parents_record_holds():
     assert stage_plan.inherited_knobs(None) == {}
     heads = _stage("heads", {"profile": "demo", "from_scratch": True, "scale": 0.5})
-    assert stage_plan.inherited_knobs(heads) == {"from_scratch": True, "scale": 0.5, "pretrained": None}
+    assert stage_plan.inherited_knobs(heads) == {"from_scratch": True, "scale": 0.5, "pretrained": None,
+                                                   "torch_padding": False}  # an older record: TF padding
     overrides = {"from_scratch": None, "scale": None}
     stage_plan.inherit(_stage("all"), overrides, stage_plan.inherited_knobs(heads))
-    assert overrides == {"from_scratch": True, "scale": 0.5}  # pretrained None: the profile's own
+    assert overrides == {"from_scratch": True, "scale": 0.5, "torch_padding": False}  # pretrained None: the profile's own
 
 
 def test_another_start_or_profile_than_the_parents_is_refused():

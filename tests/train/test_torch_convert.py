@@ -5,16 +5,18 @@ in a subprocess (tests/_torch_reference.py: torch never shares a process with Te
 with random batch-norm statistics and biases; its outputs on one image are compared with the
 converted Model Garden model's on the same input:
 
-* the FPN's five levels, with torch given TensorFlow's 'same' padding: the same function;
+* the FPN's five levels (the backbone padded as torch pads, helpers/train/torch_resnet.py);
 * the RPN head's objectness and box deltas per anchor, on the same FPN features;
 * the box head's class logits and deltas, and the mask head's logits, on the same ROI features.
 
-Then what differs by design is measured (torch's own padding, the two ROIAligns), and each
-comparison is shown to fail on a wrong mapping.
+Then Model Garden's own ResNet ('same' padding) is shown to compute another function, the two
+ROIAligns' difference is measured, and each comparison is shown to fail on a wrong mapping.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,7 +96,7 @@ def converted(reference):
     return model, cfg, report
 
 
-def fpn_errors(model, ref, key="fpn_tf") -> dict:
+def fpn_errors(model, ref, key="fpn") -> dict:
     out = model.decoder(model.backbone(ref["x"], training=False), training=False)
     return {lvl: rel(out[lvl], ref[f"{key}/{lvl}"]) for lvl in LEVELS}
 
@@ -141,19 +143,36 @@ def test_converted_model_computes_torchvisions_outputs(converted, reference):
     assert "coarser_6" in report.added
 
 
-def test_differences_by_design_are_measured(converted, reference):
-    """torch's own padding (both sides) against TF's 'same' (bottom/right on even sizes), and
-    torchvision's ROIAlign (aligned=False) against Model Garden's: not float noise, not a
-    different network either. The figures are docs/pretrained.md's."""
+def test_model_gardens_own_resnet_pads_otherwise(converted, reference):
+    """The same weights in Model Garden's own ResNet ('same' padding: bottom/right on even sizes)
+    compute what torch computes when given TensorFlow's padding, and not torchvision's own
+    function: the FPN is off by tens of percent, which is why the torchvision starts use
+    ``resnet_torch``."""
+    from helpers.train.tasks.nuclei_maskrcnn import NucleiMaskRCNNTask
+
+    model, cfg, _ = converted
+    assert cfg.task.model.backbone.type == "resnet_torch"
+    same = model_config(torch_padding=False)
+    assert same.task.model.backbone.type == "resnet"
+    tf_padded = NucleiMaskRCNNTask(same.task).build_model()
+    tc.map_maskrcnn(reference["state_dict"], tf_padded, same.task.model)
+    as_tf, as_torch = fpn_errors(tf_padded, reference, key="fpn_tf"), fpn_errors(tf_padded, reference)
+    print("Model Garden's ResNet, FPN against torch's padding:", {k: f"{v:.2f}" for k, v in as_torch.items()})
+    assert max(as_tf.values()) < EXACT, as_tf
+    assert min(as_torch.values()) > 0.1, as_torch
+
+
+def test_roialign_difference_is_measured(converted, reference):
+    """torchvision's ROIAlign (2x2 samples a bin, aligned=False) against Model Garden's (one
+    sample at the bin's centre): not float noise, not another function either."""
     import tensorflow as tf
 
     model, _, _ = converted
-    padding = fpn_errors(model, reference, key="fpn")
     feats, rois = torch_fpn(reference), reference["rois"][:, [1, 0, 3, 2]][None]  # y1 x1 y2 x2
     roi_align = {"box 7x7": rel(model.roi_aligner(feats, tf.constant(rois))[0], reference["box_feats"]),
                  "mask 14x14": rel(model.mask_roi_aligner(feats, tf.constant(rois))[0], reference["mask_feats"])}
-    print("torch padding, FPN:", {k: f"{v:.2f}" for k, v in padding.items()}, "ROIAlign:", roi_align)
-    for err in (*padding.values(), *roi_align.values()):
+    print("ROIAlign:", roi_align)
+    for err in roi_align.values():
         assert 100 * EXACT < err < 1.0
 
 
@@ -319,9 +338,37 @@ def test_colab_heads_stage_starts_from_the_converted_coco_weights(converted, bas
         if part == "backbone/":  # frozen in the heads stage, batch norm statistics included
             for k, v in converted.items():
                 np.testing.assert_array_equal(ended[k], v, err_msg=k)
-    rpn_norm_gamma = [k for k in end.get_variable_to_shape_map() if "rpn_head/_norms" in k and "gamma" in k
-                      and "OPTIMIZER_SLOT" not in k]
-    assert rpn_norm_gamma and all((end.get_tensor(k) == 1).all() for k in rpn_norm_gamma)
+    assert_identity_norms(end)
+    # the all stage trains the backbone, but not its batch norms (freeze_backbone_norm), nor the identities
+    res = training.train_stage("all", "colab", ws, steps=2, progress=False, **knobs)
+    assert res.finished
+    after = tf.train.load_checkpoint(str(res.checkpoint))
+    assert_identity_norms(after)
+    norms = {k: v for k, v in values(conv, "backbone/").items() if re.search(r"(gamma|beta|moving_\w+)/", k)}
+    assert len(norms) == 4 * 53  # ResNet-50's 53 batch norms
+    moved = values(after, "backbone/")
+    for k, v in norms.items():
+        np.testing.assert_array_equal(moved[k], v, err_msg=k)
+    assert any((moved[k] != v).any() for k, v in values(conv, "backbone/").items() if k not in norms)
+
+
+# The norms Model Garden has where torchvision has none, by the attribute that holds them: after
+# each RPN conv (a list per level), after the box head's fc, after the mask head's deconv
+IDENTITY_NORMS = re.compile(r"(rpn_head/_norms/\d+/\d+|detection_head/\d+/_fc_norms/\d+|mask_head/_deconv_bn)/"
+                            r"(gamma|beta|moving_mean|moving_variance)/")
+IDENTITY = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0 - 1e-5}
+
+
+def assert_identity_norms(reader):
+    """Every added norm of a checkpoint is still the identity it was converted as."""
+    found = {}
+    for k in reader.get_variable_to_shape_map():
+        m = IDENTITY_NORMS.search(k)
+        if m and "OPTIMIZER_SLOT" not in k:
+            found.setdefault(m.group(1).split("/")[0], []).append(k)
+            np.testing.assert_allclose(reader.get_tensor(k), IDENTITY[m.group(2)], rtol=0, atol=1e-7, err_msg=k)
+    # the RPN's 2 convs on 5 levels, the box head's fc, the mask deconv: 4 variables each
+    assert {part: len(keys) for part, keys in found.items()} == {"rpn_head": 40, "detection_head": 4, "mask_head": 4}
 
 
 SMALL = dict(max_level=6, norm_epsilon=1e-5, identity_norms=True, rpn_convs=1, head_convs=0, head_fcs=1,
@@ -371,8 +418,9 @@ def test_a_converted_trained_model_fine_tunes_better_than_a_random_start(base):
     assert tail["converted"] < 0.92 * tail["random"], tail
 
 
-def test_a_damaged_cached_conversion_is_set_aside_and_converted_again(converted, tmp_path, monkeypatch):
-    """A cut copy of the converted weights (Drive) is never read: it is moved aside whole and
+def test_a_damaged_cached_conversion_is_deleted_and_converted_again(converted, tmp_path, monkeypatch):
+    """A cut copy of the converted weights (Drive) is never read: it is deleted, each file
+    emptied first (Drive's Trash keeps nothing of it), with what killed runs left beside it, and
     the start is converted again (here, offline, that fails with the no-network message)."""
     if torch_available() is not None or not _offline():
         pytest.skip("needs torch and no route to torchvision's server")
@@ -385,8 +433,50 @@ def test_a_damaged_cached_conversion_is_set_aside_and_converted_again(converted,
     assert tc.resolve_start(root, "coco", cfg.task.model, COCO_MODULES) == str(folder / tc.CHECKPOINT_NAME)
     data = folder / "model.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    trash = os.open(data, os.O_RDONLY)  # an open descriptor stands for Drive's Trash: what it keeps
+    leftovers = [folder.with_name(f".{folder.name}.converting"), folder.with_name(f".{folder.name}.npz"),
+                 folder.with_name(f"{folder.name}.damaged-1765000000")]
+    leftovers[0].mkdir()
+    (leftovers[0] / "model.index").write_bytes(b"x" * 1000)
+    leftovers[1].write_bytes(b"x" * 1000)
+    shutil.copytree(folder, leftovers[2])
+    other = root / "pretrained" / "torchvision-ResNet50_Weights-IMAGENET1K_V2-12345678"
+    other.mkdir()  # another start's conversion: not this one's to delete
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(tc.PretrainedWeightsUnavailable, match="no network"):
         tc.resolve_start(root, "coco", cfg.task.model, COCO_MODULES)
-    left = sorted(p.name for p in (root / "pretrained").iterdir())
-    assert len(left) == 1 and left[0].startswith(folder.name + ".damaged-")  # nothing half-written
+    assert sorted(p.name for p in (root / "pretrained").iterdir()) == [other.name]
+    assert os.fstat(trash).st_size == 0  # emptied before it was deleted: nothing of it in the Trash
+    os.close(trash)
+
+
+def test_a_file_with_older_key_names_is_exported_as_torchvision_loads_it(converted, reference, tmp_path):
+    """The export loads the file into torchvision's model, so torchvision's own hooks rename the
+    keys of files saved by older versions: the converter then finds every key. Read raw, the same
+    file does not convert. A file of another model is named as such."""
+    model, cfg, _ = converted
+    subprocess.run([sys.executable, str(REPO / "tests" / "_torch_old_file.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    name = tc.TORCHVISION_WEIGHTS["coco"][50]
+    out = tmp_path / "exported.npz"
+    proc = subprocess.run([sys.executable, "-m", "helpers.train.torch_export", name, str(out), "--file",
+                           str(tmp_path / "old.pth")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with np.load(out) as got, np.load(tmp_path / "new.npz") as want, np.load(tmp_path / "old.npz") as old:
+        exported, new, raw = dict(got), dict(want), dict(old)
+    assert set(raw) != set(new) and set(exported) == set(new)
+    for k, v in new.items():
+        np.testing.assert_array_equal(exported[k], v, err_msg=k)
+    with pytest.raises(tc.ConversionError, match="inner_blocks.0.0.weight"):
+        tc.map_maskrcnn(raw, model, cfg.task.model)
+    try:
+        report = tc.map_maskrcnn(exported, model, cfg.task.model)
+    finally:
+        tc.map_maskrcnn(reference["state_dict"], model, cfg.task.model)  # the module's model stays the right one
+    assert report.unused == [] and report.reinitialised == []
+    resnet = subprocess.run([sys.executable, "-m", "helpers.train.torch_export", "ResNet50_Weights.IMAGENET1K_V2",
+                             str(tmp_path / "r.npz"), "--file", str(tmp_path / "old.pth")], cwd=REPO,
+                            capture_output=True, text=True)
+    from helpers.train import torch_export
+
+    assert resnet.returncode == torch_export.MISFIT and "does not fit torchvision's resnet50" in resnet.stdout

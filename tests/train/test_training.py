@@ -280,21 +280,21 @@ def test_a_stage_begun_before_the_coco_start_resumes_as_it_began(base):
 
     ws = new_workspace(base, "begun_imagenet")
     _, fresh, _ = training.plan_stage("heads", "colab", ws, accelerator="gpu")
-    assert fresh.task.model.backbone.resnet.model_id == 50 and fresh.task.model.max_level == 6
+    assert fresh.task.model.backbone.get().model_id == 50 and fresh.task.model.max_level == 6
     (ws.checkpoints / "heads").mkdir(parents=True)
     atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "colab"})
     for stage in ("heads", "all"):
         _, cfg, _ = training.plan_stage(stage, "colab", ws, accelerator="gpu")
         m = cfg.task.model
-        assert (m.backbone.resnet.model_id, m.max_level, m.rpn_head.num_convs) == (101, 5, 1)
+        assert (m.backbone.get().model_id, m.max_level, m.rpn_head.num_convs) == (101, 5, 1)
         assert m.norm_activation.norm_epsilon == 1e-4 and cfg.task.identity_norms is False
         lr = cfg.trainer.optimizer_config.learning_rate.cosine.initial_learning_rate
         assert lr == (0.01 if stage == "heads" else 0.001)
     _, heads, _ = training.plan_stage("heads", "colab", ws, accelerator="gpu")
-    assert heads.task.model.backbone.resnet.bn_trainable is True  # as it began
+    assert heads.task.model.backbone.get().bn_trainable is True  # as it began
     atomic_write_json(ws.checkpoints / "heads" / training.STAGE_FILE, {"profile": "colab", "pretrained": "coco"})
     _, cfg, _ = training.plan_stage("all", "colab", ws, accelerator="gpu")
-    assert cfg.task.model.max_level == 6 and cfg.task.model.backbone.resnet.bn_trainable is False
+    assert cfg.task.model.max_level == 6 and cfg.task.model.backbone.get().bn_trainable is False
     with pytest.raises(config.ConfigError, match="started from 'coco'"):
         training.plan_stage("all", "colab", ws, pretrained="imagenet")
 
@@ -321,7 +321,7 @@ def test_later_stages_follow_the_heads_stages_from_scratch_choice(base):
         assert cfg.task.freeze_backbone is False
         assert lr(cfg) == config.get_profile("demo", from_scratch=True).learning_rate_all
     _, cfg, _ = training.plan_stage("all", "cpu", ws)
-    assert cfg.task.model.backbone.resnet.model_id == 18  # the cpu profile's scratch recipe
+    assert cfg.task.model.backbone.get().model_id == 18  # the cpu profile's scratch recipe
     with pytest.raises(config.ConfigError, match="from_scratch"):
         training.plan_stage("all", "cpu", ws, from_scratch=False)  # would not fit the parent
     _, heads, _ = training.plan_stage("heads", "demo", ws, from_scratch=True)
@@ -424,3 +424,30 @@ def test_a_stage_record_is_read_once_per_train_stage_and_per_predict_stage(base,
     reads.clear()
     predict_stage(ws, "all", image_ids_of(ws, "val")[:2], tta=("hflip",), progress=False)
     assert reads == ["all"]
+
+
+def test_a_torch_padded_stage_is_continued_and_predicted_with_its_padding(base):
+    """torch_padding (the torchvision starts' backbone, helpers/train/torch_resnet.py): recorded
+    by the stage, inherited by the stage that continues it though the profile's own padding is
+    TensorFlow's, and rebuilt for prediction by a process that never trained (the backbone
+    builder is registered where models are built)."""
+    from helpers.train.stages import Stage
+
+    ws = new_workspace(base, "torch_padding")
+    res = training.train_stage("heads", "demo", ws, steps=2, progress=False, torch_padding=True)
+    assert res.finished
+    record = Stage.open(ws, "heads").record
+    assert record["torch_padding"] is True
+    assert record["config"]["task"]["model"]["backbone"]["type"] == "resnet_torch"
+    _, cfg, _ = training.plan_stage("all", "demo", ws, accelerator="cpu")
+    assert cfg.task.model.backbone.type == "resnet_torch"
+    child = run_child(
+        "import numpy as np\n"
+        "from helpers.infer.model import load_model, predict_image\n"
+        f"model, params = load_model({str(ws.root)!r}, 'heads', min_score=0.0)\n"
+        "print('BACKBONE', type(model.keras.backbone).__name__)\n"
+        "out = predict_image(model, params, np.full((130, 150, 3), 128, np.uint8), score_threshold=0.0)\n"
+        "print('SHAPE', tuple(out['image_shape']))\n")
+    out, _ = child.communicate(timeout=600)
+    assert child.returncode == 0, out[-3000:]
+    assert "BACKBONE TorchPaddedResNet" in out and "SHAPE (130, 150)" in out

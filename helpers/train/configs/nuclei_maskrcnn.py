@@ -40,8 +40,25 @@ _MG_RESTRICTIONS = ["task.train_data.is_training != None", "task.validation_data
 
 
 @dataclasses.dataclass
+class Backbone(backbones.Backbone):
+    """Model Garden's backbone choices and ``resnet_torch``: its ResNet with torch's padding
+    (:mod:`helpers.train.torch_resnet`), configured by the same fields."""
+
+    resnet_torch: backbones.ResNet = dataclasses.field(default_factory=backbones.ResNet)
+
+
+@dataclasses.dataclass
+class MaskRCNN(mg.MaskRCNN):
+    """Model Garden's Mask R-CNN config, whose backbone may be ``resnet_torch``."""
+
+    backbone: Backbone = dataclasses.field(default_factory=lambda: Backbone(type="resnet", resnet=backbones.ResNet()))
+
+
+@dataclasses.dataclass
 class NucleiTask(mg.MaskRCNNTask):
-    """Model Garden's Mask R-CNN task config and two fields of ours."""
+    """Model Garden's Mask R-CNN task config and fields of ours."""
+
+    model: MaskRCNN = dataclasses.field(default_factory=MaskRCNN)
 
     input_scale: float = TASK_FIELD_DEFAULTS["input_scale"]  # Profile.scale: training windows, prediction input
     stain_jitter: float = TASK_FIELD_DEFAULTS["stain_jitter"]  # Profile.stain_jitter: H&E OD jitter (training)
@@ -145,9 +162,12 @@ def _precision(accelerator: str, prof: Profile) -> str:
     return "float32"
 
 
-def _model(prof: Profile) -> mg.MaskRCNN:
+def _model(prof: Profile) -> MaskRCNN:
     """``task.model``: the architecture knobs of the profile (matterport's names in docs/profiles.md)."""
-    return mg.MaskRCNN(
+    resnet = backbones.ResNet(model_id=prof.resnet_depth, bn_trainable=not prof.freeze_backbone_norm)
+    backbone = (Backbone(type="resnet_torch", resnet_torch=resnet) if prof.torch_padding
+                else Backbone(type="resnet", resnet=resnet))
+    return MaskRCNN(
         num_classes=2,  # background + nucleus
         input_size=[prof.crop_size, prof.crop_size, 3],
         include_mask=True,
@@ -155,8 +175,7 @@ def _model(prof: Profile) -> mg.MaskRCNN:
         max_level=prof.max_level,
         anchor=mg.Anchor(anchor_size=prof.anchor_size, num_scales=prof.num_scales,
                          aspect_ratios=list(prof.aspect_ratios)),
-        backbone=backbones.Backbone(type="resnet", resnet=backbones.ResNet(
-            model_id=prof.resnet_depth, bn_trainable=not prof.freeze_backbone_norm)),
+        backbone=backbone,
         decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=prof.fpn_filters)),
         rpn_head=mg.RPNHead(num_convs=prof.rpn_convs, num_filters=prof.rpn_filters),
         detection_head=mg.DetectionHead(num_convs=prof.head_convs, num_filters=prof.head_filters,

@@ -13,7 +13,7 @@ from official.core import task_factory
 from official.vision.dataloaders import input_reader, maskrcnn_input
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-from helpers.train import instance_map_input, torch_convert
+from helpers.train import instance_map_input, torch_convert, torch_resnet  # noqa: F401 (resnet_torch)
 from helpers.train.config import task_field
 from helpers.train.configs.nuclei_maskrcnn import NucleiTask
 from helpers.train.train_input import ListedFilesReader, WindowDecoder
