@@ -304,6 +304,7 @@ _PROFILES = {
         # 500 + 1,300 steps were one CPU-hour at ~1.9 s/step on 2 cores (45 min at 1.47 s/step
         # since the input is built on instance maps: bench_input), and the schedule is the
         # lever that counts there: AP50@100 0.222 -> 0.255 against 300 + 400 (bench_quality).
+        # The whole hour at 1.47 s/step, 650 + 1,700, did not win with two seeds (docs/speed.md).
         scratch={"backbone": "resnet18", "fpn_filters": 128, "rpn_filters": 128, "head_filters": 128,
                  "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50,
                  "freeze_backbone_norm": False, "torch_padding": False,
