@@ -65,6 +65,7 @@ from typing import Mapping
 import numpy as np
 
 from helpers.atomic import atomic_write_json, discard_tree
+from helpers.train import torch_export
 from helpers.train.config import HEAD_MODULES
 
 TORCH_BN_EPS = 1e-5                 # torch.nn.BatchNorm2d's default, torchvision's everywhere
@@ -596,13 +597,27 @@ def resolve_start(root, start: str, model_config, modules) -> str:
     return str(prefix)
 
 
+# torch_export's exit codes -> what went wrong and what to do
+_EXPORT_FAILURES = {
+    torch_export.NO_TORCH: "the {name} start converts torchvision's weights and needs torch and torchvision "
+                           "({detail}). Colab has both; elsewhere `pip install torch torchvision`.",
+    torch_export.NO_DOWNLOAD: "torchvision's {name} could not be downloaded ({detail}): this runtime has no network "
+                              "to torchvision's server. Re-run once it has one (the weights are then cached).",
+    torch_export.DAMAGED: "torchvision's download of {name} was damaged twice ({detail}); it has been removed. "
+                          "Re-run to download it again.",
+    torch_export.CUT: "the download of torchvision's {name} was cut off ({detail}): the connection dropped. "
+                      "Re-run to download it again.",
+    torch_export.REFUSED: "torchvision's server did not give {name} ({detail}). Re-run later; if it persists, the "
+                          "file has moved and this version of torchvision cannot fetch it.",
+    torch_export.MISFIT: "torchvision's {name} could not be loaded ({detail}).",
+}
+
+
 def export_torchvision(name: str, out: Path) -> None:
     """torchvision's weights ``name`` as ``out`` (.npz), by :mod:`helpers.train.torch_export`
     in a subprocess (torch never enters this TensorFlow process)."""
     import subprocess
     import sys
-
-    from helpers.train import torch_export
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
@@ -618,28 +633,9 @@ def export_torchvision(name: str, out: Path) -> None:
     detail = (said.splitlines() or [""])[-1]
     other = ("Or choose another start: pretrained='imagenet' (Model Garden's ImageNet backbone), or "
              "from_scratch=True.")
-    if proc.returncode == torch_export.NO_TORCH:
-        raise PretrainedWeightsUnavailable(
-            f"the {name} start converts torchvision's weights and needs torch and torchvision ({detail}). "
-            f"Colab has both; elsewhere `pip install torch torchvision`. {other}")
-    if proc.returncode == torch_export.NO_DOWNLOAD:
-        raise PretrainedWeightsUnavailable(
-            f"torchvision's {name} could not be downloaded ({detail}): this runtime has no network to "
-            f"torchvision's server. Re-run once it has one (the weights are then cached). {other}")
-    if proc.returncode == torch_export.DAMAGED:
-        raise PretrainedWeightsUnavailable(
-            f"torchvision's download of {name} was damaged twice ({detail}); it has been removed. "
-            f"Re-run to download it again. {other}")
-    if proc.returncode == torch_export.CUT:
-        raise PretrainedWeightsUnavailable(
-            f"the download of torchvision's {name} was cut off ({detail}): the connection dropped. Re-run to "
-            f"download it again. {other}")
-    if proc.returncode == torch_export.REFUSED:
-        raise PretrainedWeightsUnavailable(
-            f"torchvision's server did not give {name} ({detail}). Re-run later; if it persists, the file has "
-            f"moved and this version of torchvision cannot fetch it. {other}")
-    if proc.returncode == torch_export.MISFIT:
-        raise PretrainedWeightsUnavailable(f"torchvision's {name} could not be loaded ({detail}). {other}")
+    why = _EXPORT_FAILURES.get(proc.returncode)
+    if why is not None:
+        raise PretrainedWeightsUnavailable(f"{why.format(name=name, detail=detail)} {other}")
     if proc.returncode != 0:
         raise PretrainedWeightsUnavailable(f"exporting torchvision's {name} failed (exit {proc.returncode}): "
                                            f"{said[-400:]} {tail}")
