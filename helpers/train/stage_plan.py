@@ -30,6 +30,8 @@ KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_ba
 # a stage continues its parent's model
 INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample",
                    "photometric_jitter", "torch_padding")
+# knobs that fix the network itself: a parent's record older than them reads as their legacy value
+NETWORK_KNOBS = ("pretrained", "torch_padding")
 LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
                 "mask_upsample": 2, "photometric_jitter": 0.0, "torch_padding": False}
 
@@ -76,9 +78,7 @@ def inherited_knobs(parent: Stage | None) -> dict:
     """The knobs of :data:`INHERITED_KNOBS` that the parent stage's record holds: a stage
     continues its parent's model (random or pretrained start, mask head, input knobs)."""
     info = parent.record if parent else None
-    # the start and the backbone's padding fix the network, so a record older than them reads as its legacy
-    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS
-            if info and (k in info or k in ("pretrained", "torch_padding"))}
+    return {k: recorded_knob(info, k) for k in INHERITED_KNOBS if info and (k in info or k in NETWORK_KNOBS)}
 
 
 def check_parent_profile(stage: Stage, parent: Stage | None, profile: str) -> None:

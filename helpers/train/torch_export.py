@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         return 2
     name, out = argv[:2]
     try:
-        import torch
+        import torch  # noqa: F401
         import torchvision  # noqa: F401
     except Exception as e:
         print(f"torch/torchvision not importable: {type(e).__name__}: {e}")

@@ -11,7 +11,8 @@ converted FPN differs from torchvision's by ~40% of its range (tests/train/test_
 checkpoints) whose strided convs and stem max pool pad symmetrically; it is registered with Model
 Garden's backbone factory as ``resnet_torch``, configured by the same ``backbones.ResNet`` fields
 (``helpers.train.configs.nuclei_maskrcnn.Backbone`` adds the choice). Its output sizes are those
-of ``'same'`` padding, for any input size. Model Garden's own ResNet stays the backbone of its own ImageNet weights and of random ones.
+of ``'same'`` padding, for any input size. Model Garden's own ResNet stays the backbone of its
+own ImageNet weights and of random ones.
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ class TorchPaddedResidualBlock(nn_blocks.ResidualBlock):
         _torch_padded_convs(self)
 
 
-_TORCH_BLOCKS = {nn_blocks.BottleneckBlock: TorchPaddedBottleneckBlock, nn_blocks.ResidualBlock: TorchPaddedResidualBlock}
+_TORCH_BLOCKS = {nn_blocks.BottleneckBlock: TorchPaddedBottleneckBlock,
+                 nn_blocks.ResidualBlock: TorchPaddedResidualBlock}
 
 
 @tf_keras.utils.register_keras_serializable(package="Nuclei")

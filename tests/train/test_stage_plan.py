@@ -30,7 +30,8 @@ def test_a_stage_inherits_what_its_parents_record_holds():
                                                    "torch_padding": False}  # an older record: TF padding
     overrides = {"from_scratch": None, "scale": None}
     stage_plan.inherit(_stage("all"), overrides, stage_plan.inherited_knobs(heads))
-    assert overrides == {"from_scratch": True, "scale": 0.5, "torch_padding": False}  # pretrained None: the profile's own
+    # pretrained None: the profile's own
+    assert overrides == {"from_scratch": True, "scale": 0.5, "torch_padding": False}
 
 
 def test_another_start_or_profile_than_the_parents_is_refused():
