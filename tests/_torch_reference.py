@@ -16,6 +16,21 @@ random image:
   rois                     16 boxes (x1, y1, x2, y2, image px)
   box_feats, box_cls, box_deltas  box ROIAlign of fpn/* on rois, then box head + predictor
   mask_feats, mask_logits  mask ROIAlign, then mask head + predictor (all classes)
+
+and the whole model in inference, as ``GeneralizedRCNN.forward`` runs it after its transform
+(the input is already normalised and a multiple of 32, so the transform's resize is left out):
+
+  e2e/anchors, e2e/objectness, e2e/proposals   every anchor (x1 y1 x2 y2), its objectness
+                           logit and its decoded proposal before NMS, levels 2-6, each level
+                           ordered (y, x, anchor) as ``concat_box_prediction_layers`` orders it
+  e2e/rois, e2e/roi_scores the RPN's proposals after NMS (``filter_proposals``)
+  e2e/box_scores, e2e/box_boxes  the box head on those: softmax scores and decoded, clipped
+                           boxes of every class but the background ([N, 90], [N, 90, 4])
+  e2e/det_boxes, e2e/det_scores, e2e/det_labels, e2e/det_masks  the final detections, masks
+                           as the 28 x 28 probabilities of the detected class, before pasting
+  nuclei_anchors           torchvision's AnchorGenerator with sizes of our own (NUCLEI_ANCHORS:
+                           two a level, not whole pixels) on the same feature maps, each
+                           level ordered (y, x, aspect ratio h/w 0.5, 1, 2, then size)
 """
 from __future__ import annotations
 
@@ -39,7 +54,18 @@ def randomise(model, seed: int):
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
             elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)) and m.bias is not None:
                 m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
+        # The predictors scaled to the range of a trained model's outputs (random ones give
+        # logits of ~100, saturated scores and deltas that throw every box off the image).
+        for layer, scale in PREDICTOR_SCALES.items():
+            for v in model.get_submodule(layer).parameters():
+                v.mul_(scale)
     return model.eval()
+
+
+# std of the outputs on the test image: objectness ~2, RPN deltas ~0.3, class logits ~3,
+# box deltas ~2 (before their 10/10/5/5 weights), mask logits ~3
+PREDICTOR_SCALES = {"rpn.head.cls_logits": 0.4, "rpn.head.bbox_pred": 0.04, "roi_heads.box_predictor.cls_score": 0.025,
+                    "roi_heads.box_predictor.bbox_pred": 0.015, "roi_heads.mask_predictor.mask_fcn_logits": 0.004}
 
 
 def tf_padding(module):
@@ -77,6 +103,44 @@ def nhwc(t) -> np.ndarray:
     return np.transpose(t.detach().numpy(), (0, 2, 3, 1))
 
 
+# the colab profile's anchors: anchor_size 3 x stride, 2 scales a level (x 2^0, x 2^0.5), on P2-P6
+NUCLEI_ANCHORS = tuple((3.0 * 2 ** lvl, 3.0 * 2 ** lvl * 2 ** 0.5) for lvl in range(2, 7))
+
+
+def nuclei_anchors(xt, feats) -> np.ndarray:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    generator = AnchorGenerator(NUCLEI_ANCHORS, ((0.5, 1.0, 2.0),) * len(NUCLEI_ANCHORS))
+    return generator(ImageList(xt, [tuple(xt.shape[-2:])]), list(feats.values()))[0].numpy()
+
+
+def end_to_end(model, xt, feats) -> dict:
+    """torchvision's inference, stage by stage (see the module doc)."""
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+    from torchvision.ops import boxes as box_ops
+
+    sizes = [tuple(xt.shape[-2:])]
+    images, levels = ImageList(xt, sizes), list(feats.values())
+    objectness, deltas = model.rpn.head(levels)
+    anchors = model.rpn.anchor_generator(images, levels)
+    per_level = [o[0].numel() for o in objectness]
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    proposals = model.rpn.box_coder.decode(deltas, anchors).view(1, -1, 4)
+    rois, roi_scores = model.rpn.filter_proposals(proposals, objectness, sizes, per_level)
+    heads = model.roi_heads
+    logits, regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, rois, sizes)))
+    boxes = box_ops.clip_boxes_to_image(heads.box_coder.decode(regression, rois), sizes[0])
+    detections, _ = heads(feats, rois, sizes)
+    det = detections[0]
+    return {"e2e/anchors": anchors[0].numpy(), "e2e/objectness": objectness[:, 0].numpy(),
+            "e2e/proposals": proposals[0].numpy(), "e2e/rois": rois[0].numpy(), "e2e/roi_scores": roi_scores[0].numpy(),
+            "e2e/box_scores": F.softmax(logits, -1)[:, 1:].numpy(), "e2e/box_boxes": boxes[:, 1:].numpy(),
+            "e2e/det_boxes": det["boxes"].numpy(), "e2e/det_scores": det["scores"].numpy(),
+            "e2e/det_labels": det["labels"].numpy(), "e2e/det_masks": det["masks"][:, 0].numpy()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -106,6 +170,8 @@ def main():
         out.update(box_feats=nhwc(bf), box_cls=cls.numpy(), box_deltas=dl.numpy())
         mf = model.roi_heads.mask_roi_pool(feats, [torch.from_numpy(boxes)], sizes)
         out.update(mask_feats=nhwc(mf), mask_logits=model.roi_heads.mask_predictor(model.roi_heads.mask_head(mf)).numpy())
+        out.update(end_to_end(model, xt, feats))
+        out["nuclei_anchors"] = nuclei_anchors(xt, feats)
         tf_padding(model.backbone)
         out.update({f"fpn_tf/{l}": nhwc(v) for l, v in zip(levels, model.backbone(xt).values())})
     tmp = a.out + ".partial.npz"

@@ -129,9 +129,8 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
     """
     import tensorflow as tf
     import tf_keras
-    from official.vision.modeling import factory
 
-    from helpers.train import torch_resnet  # noqa: F401 - registers the backbone "resnet_torch"
+    from helpers.train import torch_resnet, torchvision_ops  # noqa: F401 - registers the backbone "resnet_torch"
 
     st = open_stage(workspace, stage)
     params, info = stage_params(workspace, st, profile)
@@ -152,9 +151,9 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
     if det:
         params.override({"task": {"model": {"detection_generator": det}}}, is_strict=True)
     tf_keras.mixed_precision.set_global_policy("float32")
-    # Model Garden's factory, as MaskRCNNTask.build_model uses it, but with a
+    # Model Garden's factory, as the task's build_model uses it, but with a
     # free input height/width so any padded image size can be fed.
-    model = factory.build_maskrcnn(
+    model = torchvision_ops.build_maskrcnn(
         input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]),
         model_config=params.task.model)
     _ = model(tf.zeros([1, size, size, 3]), image_shape=tf.constant([[size, size]], tf.float32),

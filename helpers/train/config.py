@@ -62,7 +62,7 @@ COCO_ARCHITECTURE = {
     "backbone": "resnet50", "min_level": 2, "max_level": 6, "fpn_filters": 256,
     "rpn_convs": 2, "rpn_filters": 256, "head_convs": 4, "head_filters": 256, "head_fcs": 1,
     "head_fc_dims": 1024, "mask_convs": 4, "mask_filters": 256, "mask_upsample": 2, "norm_epsilon": 1e-5,
-    "identity_norms": True, "torch_padding": True,
+    "identity_norms": True, "torchvision_ops": True,
 }
 CROP_SAMPLINGS = ("uniform", "nuclei")  # Profile.crop_sampling
 MASK_ROI_SIZE = 14  # Model Garden's MaskROIAligner crop (and torchvision's): the mask head's input side
@@ -172,9 +172,11 @@ class Profile:
     # The norms after the RPN convs, the box fc and the mask deconv frozen as identities
     # (weights converted from torchvision, which has none there).
     identity_norms: bool = False
-    # The backbone's strided layers pad as torch does (helpers.train.torch_resnet), for weights
-    # trained in torch; Model Garden's ResNet pads as TensorFlow does, for its own and random ones.
-    torch_padding: bool = False
+    # Compute as torchvision does, for weights trained there (helpers.train.torchvision_ops): the
+    # backbone's strided layers pad as torch does (helpers.train.torch_resnet), anchors centred on
+    # k x stride and rounded, ROIAlign with 2 x 2 samples a bin. Model Garden's own padding,
+    # anchors and ROIAlign for its own weights and random ones.
+    torchvision_ops: bool = False
     # Backbone batch norm frozen (Model Garden's ResNet bn_trainable=False) in every stage:
     # statistics of 1-2 crops per step are noise, so a pretrained backbone keeps its own.
     freeze_backbone_norm: bool = False
@@ -233,7 +235,7 @@ class Profile:
 # ImageNet backbones: ResNet-101 (matterport's nucleus backbone), P2-P5, 1-conv RPN, and
 # matterport's fine-tuning rates (heads 0.01, then LR/10 once the backbone trains)
 _R101_IMAGENET = {"backbone": "resnet101", "max_level": 5, "rpn_convs": 1, "norm_epsilon": 1e-4,
-                  "identity_norms": False, "torch_padding": False, "learning_rate": 0.01, "learning_rate_all": 0.001,
+                  "identity_norms": False, "torchvision_ops": False, "learning_rate": 0.01, "learning_rate_all": 0.001,
                   "steps": {"heads": 2000, "all": 6000, "specialist": 1000}}
 _COLAB = Profile(
     name="colab",
@@ -265,11 +267,11 @@ _COLAB = Profile(
     stain_jitter=0.1,               # H&E jitter: +3% AP@100, +7% AP@1000 (bench_quality)
     # random weights: every layer trains at once, so one LR (x10 matterport's `all`)
     scratch={"learning_rate": 0.02, "learning_rate_all": 0.01, "freeze_backbone_norm": False,
-             "torch_padding": False},
+             "torchvision_ops": False},
     starts={
         "coco": {},
         "imagenet": _R101_IMAGENET,
-        "imagenet-torchvision": {**_R101_IMAGENET, "norm_epsilon": 1e-5, "torch_padding": True},
+        "imagenet-torchvision": {**_R101_IMAGENET, "norm_epsilon": 1e-5, "torchvision_ops": True},
     },
     **COCO_ARCHITECTURE,
 )
@@ -281,7 +283,7 @@ _PROFILES = {
         _COLAB,
         name="cpu",
         backbone="resnet50",            # half the FLOPs of ResNet-101
-        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False, torch_padding=False,
+        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False, torchvision_ops=False,
         images_per_batch=1,             # memory and s/step on CPU
         checkpoint_every=5,             # 5 steps are ~7 s on 2 cores
         learning_rate=0.005,            # batch 1: matterport's 0.01 x batch / 2
@@ -307,10 +309,10 @@ _PROFILES = {
         # The whole hour at 1.47 s/step, 650 + 1,700, did not win with two seeds (docs/speed.md).
         scratch={"backbone": "resnet18", "fpn_filters": 128, "rpn_filters": 128, "head_filters": 128,
                  "learning_rate": 0.02, "learning_rate_all": 0.01, "warmup_steps": 50,
-                 "freeze_backbone_norm": False, "torch_padding": False,
+                 "freeze_backbone_norm": False, "torchvision_ops": False,
                  "steps": {"heads": 500, "all": 1300, "specialist": 300}},
         # torchvision's weights: COCO's whole architecture (4-conv box head: slower on CPU)
-        starts={"imagenet": {}, "imagenet-torchvision": {"norm_epsilon": 1e-5, "torch_padding": True},
+        starts={"imagenet": {}, "imagenet-torchvision": {"norm_epsilon": 1e-5, "torchvision_ops": True},
                 "coco": COCO_ARCHITECTURE},
     ),
     # Tests and the README's demo run: a few steps on 2 CPU cores in a couple of minutes.
@@ -318,7 +320,7 @@ _PROFILES = {
         _COLAB,
         name="demo",
         backbone="resnet18",            # smallest standard ResNet in Model Garden
-        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False, torch_padding=False,
+        max_level=5, rpn_convs=1, norm_epsilon=1e-4, identity_norms=False, torchvision_ops=False,
         freeze_backbone_norm=False,
         learning_rate_all=0.002,
         steps={"heads": 10, "all": 10, "specialist": 5},

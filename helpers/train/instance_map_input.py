@@ -28,6 +28,7 @@ from official.vision.ops import anchor as mg_anchor
 from official.vision.ops import box_ops, preprocess_ops
 
 from helpers.data.shards import INSTANCE_MAP_KEY
+from helpers.train import torchvision_ops
 from helpers.train.anchor_labels import LocalRpnAnchorLabeler
 from helpers.train.train_input import photometric_jitter, stain_jitter, window_corner
 
@@ -160,8 +161,9 @@ class InstanceMapParser(maskrcnn_input.Parser):
     :meth:`draw` makes the random choices (flips, scale, crop offset) and :meth:`parse_drawn`
     applies them, so that a test can replay Model Garden's for the same choices."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, torchvision_anchors: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self._torchvision_anchors = torchvision_anchors
         self._labeler = LocalRpnAnchorLabeler(self._rpn_match_threshold, self._rpn_unmatched_threshold,
                                               self._rpn_batch_size_per_im, self._rpn_fg_fraction)
         self._jitter = not (self._aug_scale_min == 1.0 and self._aug_scale_max == 1.0)
@@ -231,9 +233,7 @@ class InstanceMapParser(maskrcnn_input.Parser):
         cropped = box_ops.normalize_boxes(cropped, image_shape)
         masks = indicator_crop_and_resize(instance_map, ids, cropped, self._mask_crop_size)
 
-        anchor_boxes = mg_anchor.build_anchor_generator(
-            min_level=self._min_level, max_level=self._max_level, num_scales=self._num_scales,
-            aspect_ratios=self._aspect_ratios, anchor_size=self._anchor_size)(image_size=(image_height, image_width))
+        anchor_boxes = parser_anchors(self, (image_height, image_width))
         rpn_score_targets, rpn_box_targets = self._labeler.label_anchors(
             anchor_boxes, boxes, tf.cast(classes[:, None], tf.float32))
 
@@ -249,6 +249,38 @@ class InstanceMapParser(maskrcnn_input.Parser):
             "gt_masks": preprocess_ops.clip_or_pad_to_fixed_size(masks, pad, -1),
         }
         return tf.cast(image, self._dtype), labels
+
+
+def parser_anchors(parser: maskrcnn_input.Parser, image_size):
+    """The anchors a parser labels: Model Garden's, or torchvision's when it was made with
+    ``torchvision_anchors`` (:func:`helpers.train.torchvision_ops.anchor_boxes`)."""
+    settings = dict(min_level=parser._min_level, max_level=parser._max_level, num_scales=parser._num_scales,
+                    aspect_ratios=parser._aspect_ratios, anchor_size=parser._anchor_size)
+    if getattr(parser, "_torchvision_anchors", False):
+        return torchvision_ops.torchvision_anchors(settings, image_size)
+    return mg_anchor.build_anchor_generator(**settings)(image_size=image_size)
+
+
+class TorchvisionAnchorsParser(maskrcnn_input.Parser):
+    """Model Garden's ``Parser`` (shards without an instance map) whose RPN targets are for
+    torchvision's anchors: its training labels, the anchors labelled again against its boxes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._torchvision_anchors = True
+        self._labeler = LocalRpnAnchorLabeler(self._rpn_match_threshold, self._rpn_unmatched_threshold,
+                                              self._rpn_batch_size_per_im, self._rpn_fg_fraction)
+
+    def _parse_train_data(self, data):
+        image, labels = super()._parse_train_data(data)
+        height, width, _ = image.get_shape().as_list()
+        valid = labels["gt_classes"] >= 0  # padded with -1
+        anchor_boxes = parser_anchors(self, (height, width))
+        score, box = self._labeler.label_anchors(anchor_boxes, tf.boolean_mask(labels["gt_boxes"], valid),
+                                                 tf.cast(tf.boolean_mask(labels["gt_classes"], valid)[:, None],
+                                                         tf.float32))
+        labels.update(anchor_boxes=anchor_boxes, rpn_score_targets=score, rpn_box_targets=box)
+        return image, labels
 
 
 # Decoded training images are kept in memory up to this size (image + instance map, 5 bytes a

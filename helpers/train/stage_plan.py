@@ -26,14 +26,14 @@ from helpers.workspace import Workspace
 # (a newer release's defaults must not break its resume): the input it sees, its start and
 # whether its backbone's batch norm trains. A record older than a knob: LEGACY_KNOBS.
 KEPT_KNOBS = ("scale", "stain_jitter", "crop_sampling", "pretrained", "freeze_backbone_norm", "mask_upsample",
-              "photometric_jitter", "torch_padding")
+              "photometric_jitter", "torchvision_ops")
 # a stage continues its parent's model
 INHERITED_KNOBS = ("from_scratch", "scale", "stain_jitter", "crop_sampling", "pretrained", "mask_upsample",
-                   "photometric_jitter", "torch_padding")
+                   "photometric_jitter", "torchvision_ops")
 # knobs that fix the network itself: a parent's record older than them reads as their legacy value
-NETWORK_KNOBS = ("pretrained", "torch_padding")
+NETWORK_KNOBS = ("pretrained", "torchvision_ops")
 LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "freeze_backbone_norm": False,
-                "mask_upsample": 2, "photometric_jitter": 0.0, "torch_padding": False}
+                "mask_upsample": 2, "photometric_jitter": 0.0, "torchvision_ops": False}
 
 
 class NoTrainingData(RuntimeError):
@@ -69,6 +69,8 @@ def recorded_knob(info: dict, knob: str):
     colab and cpu profiles started from Model Garden's ImageNet ResNet then)."""
     if knob in info:
         return info[knob]
+    if knob == "torchvision_ops" and "torch_padding" in info:  # its first name: the backbone only
+        return info["torch_padding"]
     if knob == "pretrained":  # it also fixes the architecture, from scratch too
         return "imagenet" if info.get("profile") in ("colab", "cpu") else None
     return LEGACY_KNOBS[knob]

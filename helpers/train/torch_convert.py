@@ -35,16 +35,11 @@ differ, and the report names them. The norms the converter adds are identities, 
 ``identity_norms`` keeps them frozen so the converted model computes torchvision's function
 in training too.
 
-The backbone is Model Garden's ResNet padded as torch pads (``resnet_torch``,
-:mod:`helpers.train.torch_resnet`, the profile's ``torch_padding``): with TF's 'same' padding a
-stride-2 layer pads only the bottom/right of an even input and samples one pixel further on, a
-different function of the same weights. Different by design, and measured
-(tests/train/test_torch_convert.py): **ROIAlign.** Model Garden samples each bin once,
-bilinearly at its centre (``sample_offset=0.5``); torchvision averages 2x2 bilinear samples per
-bin (``sampling_ratio=2``, ``aligned=False``). The heads match exactly on the same ROI features.
-**Anchor centres.** torchvision's lie at k x stride, Model Garden's at (k + 1/2) x stride, so the
-RPN's deltas are read against anchors half a stride apart (our own anchors re-initialise the RPN's
-predictors anyway).
+The model computes as torchvision's does (the profile's ``torchvision_ops``,
+:mod:`helpers.train.torchvision_ops`): the backbone pads as torch pads (``resnet_torch``,
+:mod:`helpers.train.torch_resnet`), anchors are centred on k x stride and rounded, and ROIAlign
+averages 2 x 2 samples a bin. With COCO's classes kept, its proposals, boxes, scores and masks are
+torchvision's to float32 rounding (tests/train/test_torch_convert.py, end to end).
 
 Where it is read: a checkpoint of :func:`transferable_items` (backbone, decoder and the heads'
 shared layers, as nested ``tf.train.Checkpoint`` objects) is restored by the task's
@@ -323,7 +318,7 @@ def map_rpn(head, src: _Source, report: Report, anchor) -> None:
             report.reinitialised.append((layer.name, "our anchors differ from torchvision's "
                                                      "(32-512 px, one scale, 3 aspect ratios)"))
         return
-    rows = (order[:, None] * 4 + np.array([1, 0, 3, 2])[None]).reshape(-1)
+    rows = box_delta_rows(4 * len(order)).reshape(-1, 4)[order].reshape(-1)
     _set(head._classifier, [conv_kernel(src.take("cls_logits.weight")[order]), src.take("cls_logits.bias")[order]],
          report, "rpn.head.cls_logits")
     _set(head._box_regressor, [conv_kernel(src.take("bbox_pred.weight")[rows]), src.take("bbox_pred.bias")[rows]],

@@ -415,7 +415,7 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
         "from_scratch": prof.from_scratch, "scale": prof.scale, "stain_jitter": prof.stain_jitter,
         "pretrained": prof.pretrained, "freeze_backbone_norm": prof.freeze_backbone_norm,
         "crop_sampling": prof.crop_sampling, "mask_upsample": prof.mask_upsample,
-        "photometric_jitter": prof.photometric_jitter, "torch_padding": prof.torch_padding,
+        "photometric_jitter": prof.photometric_jitter, "torchvision_ops": prof.torchvision_ops,
         "fingerprint": cfglib.fingerprint(cfg),
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -25,10 +25,13 @@ def _parser_kwargs(profile: str, scale: float) -> dict:
                 include_mask=True, mask_crop_size=p.mask_crop_size)
 
 
-def _reference(record, corner, window, hflip, vflip, kwargs):
-    """Model Garden's parser on the old decoder's window, flipped before it."""
+def _reference(record, corner, window, hflip, vflip, kwargs, torchvision_anchors=False):
+    """Model Garden's parser on the old decoder's window, flipped before it (labelled for
+    torchvision's anchors: the task's parser of such shards when the model takes them)."""
     import tensorflow as tf
     from official.vision.dataloaders import maskrcnn_input
+
+    from helpers.train.instance_map_input import TorchvisionAnchorsParser
 
     from helpers.train.train_input import WindowDecoder, tight_boxes
 
@@ -40,17 +43,19 @@ def _reference(record, corner, window, hflip, vflip, kwargs):
             data["image"] = tf.reverse(data["image"], [axis])
             data["groundtruth_instance_masks"] = tf.reverse(data["groundtruth_instance_masks"], [axis + 1])
     data["groundtruth_boxes"] = tight_boxes(data["groundtruth_instance_masks"] > 0.5)
-    parser = maskrcnn_input.Parser(aug_rand_hflip=False, aug_rand_vflip=False, **kwargs)
+    parser_cls = TorchvisionAnchorsParser if torchvision_anchors else maskrcnn_input.Parser
+    parser = parser_cls(aug_rand_hflip=False, aug_rand_vflip=False, **kwargs)
     return parser._parse_train_data(data)
 
 
-def _ours(record, corner, window, hflip, vflip, scale, offset, kwargs):
+def _ours(record, corner, window, hflip, vflip, scale, offset, kwargs, torchvision_anchors=False):
     import tensorflow as tf
 
     from helpers.train.instance_map_input import InstanceMapParser, WindowSampler, decode_whole
 
     data = WindowSampler(window).window_at(decode_whole(record), *corner)
-    parser = InstanceMapParser(aug_rand_hflip=True, aug_rand_vflip=True, **kwargs)
+    parser = InstanceMapParser(aug_rand_hflip=True, aug_rand_vflip=True, torchvision_anchors=torchvision_anchors,
+                               **kwargs)
     return parser.parse_drawn(data, {"hflip": tf.constant(hflip), "vflip": tf.constant(vflip),
                                      "scale": tf.constant(scale, tf.float32), "offset": offset})
 
@@ -93,7 +98,7 @@ def _dense_indicators(labels):
     return dense.matcher(dense.similarity_calc(flat, boxes))[1].numpy()
 
 
-def _check_record(record, profile, cases, seed=0):
+def _check_record(record, profile, cases, seed=0, torchvision_anchors=False):
     """Every case (flips, scale) at a random window of ``record``; returns nuclei and positives seen."""
     import tensorflow as tf
 
@@ -109,9 +114,10 @@ def _check_record(record, profile, cases, seed=0):
                                 .bytes_list.value[0]).shape[:2]
         win = (min(h, window[0]), min(w, window[1]))
         corner = (int(rng.integers(0, h - win[0] + 1)), int(rng.integers(0, w - win[1] + 1)))
-        ref = _reference(record, corner, win, hflip, vflip, kwargs)
+        ref = _reference(record, corner, win, hflip, vflip, kwargs, torchvision_anchors)
         offset = tf.cast(ref[1]["image_info"][3], tf.int32)
-        seen.append(_compare(ref, _ours(record, corner, win, hflip, vflip, scale, offset, kwargs)))
+        seen.append(_compare(ref, _ours(record, corner, win, hflip, vflip, scale, offset, kwargs,
+                                        torchvision_anchors)))
     return seen
 
 
@@ -129,6 +135,26 @@ def demo_records(tmp_path_factory):
 def test_targets_equal_model_gardens_parser_on_demo_data(demo_records):
     seen = [s for rec in demo_records for s in _check_record(rec, "demo", CASES)]
     assert sum(n for n, _ in seen) > 20 and sum(p for _, p in seen) > 20, seen  # the comparison had content
+
+
+def test_torchvisions_anchors_are_labelled_alike_by_both_parsers(demo_records):
+    """With torchvision's anchors (helpers/train/torchvision_ops.py) both parsers label the same
+    anchors alike: torchvision's, not Model Garden's (centres half a stride apart)."""
+    from official.vision.ops import anchor
+
+    from helpers.train import torchvision_ops
+
+    seen = _check_record(demo_records[0], "demo", CASES[:2], torchvision_anchors=True)
+    assert sum(n for n, _ in seen) > 5 and sum(p for _, p in seen) > 5, seen
+    kwargs = _parser_kwargs("demo", 1.0)
+    settings = {k: kwargs[k] for k in ("min_level", "max_level", "num_scales", "aspect_ratios", "anchor_size")}
+    size = kwargs["output_size"]
+    _, labels = _ours(demo_records[0], (0, 0), size, False, False, 1.0, np.zeros(2, np.int32), kwargs, True)
+    ours, theirs = (torchvision_ops.torchvision_anchors(settings, size),
+                    anchor.build_anchor_generator(**settings)(image_size=size))
+    for level, boxes in labels["anchor_boxes"].items():
+        np.testing.assert_array_equal(boxes.numpy(), ours[level].numpy())
+        assert np.abs(boxes.numpy() - theirs[level].numpy()).max() >= 2 ** int(level) / 2 - 1
 
 
 @pytest.mark.realdata

@@ -21,17 +21,18 @@ def test_a_record_older_than_a_knob_reads_as_the_value_stages_had_then():
     assert stage_plan.recorded_knob({}, "mask_upsample") == stage_plan.LEGACY_KNOBS["mask_upsample"]
     assert stage_plan.recorded_knob({"profile": "colab"}, "pretrained") == "imagenet"
     assert stage_plan.recorded_knob({"profile": "demo"}, "pretrained") is None
+    assert stage_plan.recorded_knob({"torch_padding": True}, "torchvision_ops") is True  # its first name
 
 
 def test_a_stage_inherits_what_its_parents_record_holds():
     assert stage_plan.inherited_knobs(None) == {}
     heads = _stage("heads", {"profile": "demo", "from_scratch": True, "scale": 0.5})
     assert stage_plan.inherited_knobs(heads) == {"from_scratch": True, "scale": 0.5, "pretrained": None,
-                                                   "torch_padding": False}  # an older record: TF padding
+                                                   "torchvision_ops": False}  # an older record: TF padding
     overrides = {"from_scratch": None, "scale": None}
     stage_plan.inherit(_stage("all"), overrides, stage_plan.inherited_knobs(heads))
     # pretrained None: the profile's own
-    assert overrides == {"from_scratch": True, "scale": 0.5, "torch_padding": False}
+    assert overrides == {"from_scratch": True, "scale": 0.5, "torchvision_ops": False}
 
 
 def test_another_start_or_profile_than_the_parents_is_refused():

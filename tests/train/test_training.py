@@ -426,28 +426,30 @@ def test_a_stage_record_is_read_once_per_train_stage_and_per_predict_stage(base,
     assert reads == ["all"]
 
 
-def test_a_torch_padded_stage_is_continued_and_predicted_with_its_padding(base):
-    """torch_padding (the torchvision starts' backbone, helpers/train/torch_resnet.py): recorded
-    by the stage, inherited by the stage that continues it though the profile's own padding is
-    TensorFlow's, and rebuilt for prediction by a process that never trained (the backbone
-    builder is registered where models are built)."""
+def test_a_torchvision_ops_stage_is_continued_and_predicted_with_them(base):
+    """torchvision_ops (the torchvision starts' padding, anchors and ROIAlign,
+    helpers/train/torchvision_ops.py): recorded by the stage, inherited by the stage that
+    continues it though the profile's own are Model Garden's, and rebuilt for prediction by a
+    process that never trained (the backbone builder is registered where models are built)."""
     from helpers.train.stages import Stage
 
-    ws = new_workspace(base, "torch_padding")
-    res = training.train_stage("heads", "demo", ws, steps=2, progress=False, torch_padding=True)
+    ws = new_workspace(base, "torchvision_ops")
+    res = training.train_stage("heads", "demo", ws, steps=2, progress=False, torchvision_ops=True)
     assert res.finished
     record = Stage.open(ws, "heads").record
-    assert record["torch_padding"] is True
+    assert record["torchvision_ops"] is True
     assert record["config"]["task"]["model"]["backbone"]["type"] == "resnet_torch"
     _, cfg, _ = training.plan_stage("all", "demo", ws, accelerator="cpu")
-    assert cfg.task.model.backbone.type == "resnet_torch"
+    assert cfg.task.model.backbone.type == "resnet_torch" and cfg.task.model.torchvision_ops
     child = run_child(
         "import numpy as np\n"
         "from helpers.infer.model import load_model, predict_image\n"
         f"model, params = load_model({str(ws.root)!r}, 'heads', min_score=0.0)\n"
         "print('BACKBONE', type(model.keras.backbone).__name__)\n"
+        "print('MODEL', type(model.keras).__name__, type(model.keras.mask_roi_aligner).__name__)\n"
         "out = predict_image(model, params, np.full((130, 150, 3), 128, np.uint8), score_threshold=0.0)\n"
         "print('SHAPE', tuple(out['image_shape']))\n")
     out, _ = child.communicate(timeout=600)
     assert child.returncode == 0, out[-3000:]
     assert "BACKBONE TorchPaddedResNet" in out and "SHAPE (130, 150)" in out
+    assert "MODEL TorchvisionMaskRCNNModel TorchvisionROIAligner" in out

@@ -49,9 +49,11 @@ class Backbone(backbones.Backbone):
 
 @dataclasses.dataclass
 class MaskRCNN(mg.MaskRCNN):
-    """Model Garden's Mask R-CNN config, whose backbone may be ``resnet_torch``."""
+    """Model Garden's Mask R-CNN config, whose backbone may be ``resnet_torch``, and that may take
+    torchvision's anchors and ROIAlign (:mod:`helpers.train.torchvision_ops`)."""
 
     backbone: Backbone = dataclasses.field(default_factory=lambda: Backbone(type="resnet", resnet=backbones.ResNet()))
+    torchvision_ops: bool = False  # Profile.torchvision_ops: anchors and ROIAlign as torchvision's
 
 
 @dataclasses.dataclass
@@ -165,9 +167,10 @@ def _precision(accelerator: str, prof: Profile) -> str:
 def _model(prof: Profile) -> MaskRCNN:
     """``task.model``: the architecture knobs of the profile (matterport's names in docs/profiles.md)."""
     resnet = backbones.ResNet(model_id=prof.resnet_depth, bn_trainable=not prof.freeze_backbone_norm)
-    backbone = (Backbone(type="resnet_torch", resnet_torch=resnet) if prof.torch_padding
+    backbone = (Backbone(type="resnet_torch", resnet_torch=resnet) if prof.torchvision_ops
                 else Backbone(type="resnet", resnet=resnet))
     return MaskRCNN(
+        torchvision_ops=prof.torchvision_ops,
         num_classes=2,  # background + nucleus
         input_size=[prof.crop_size, prof.crop_size, 3],
         include_mask=True,

@@ -8,12 +8,13 @@ and kept as they were converted; model, losses and train step are the library's.
 """
 from __future__ import annotations
 
+import tf_keras
 from official.common import dataset_fn as dataset_fn_lib
 from official.core import task_factory
 from official.vision.dataloaders import input_reader, maskrcnn_input
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 
-from helpers.train import instance_map_input, torch_convert, torch_resnet  # noqa: F401 (resnet_torch)
+from helpers.train import instance_map_input, torch_convert, torch_resnet, torchvision_ops  # noqa: F401 (resnet_torch)
 from helpers.train.config import task_field
 from helpers.train.configs.nuclei_maskrcnn import NucleiTask
 from helpers.train.train_input import ListedFilesReader, WindowDecoder
@@ -26,7 +27,13 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
     they were converted."""
 
     def build_model(self):
+        """Model Garden's, computing as torchvision's when the config says so
+        (:mod:`helpers.train.torchvision_ops`), with the added norms held."""
         model = super().build_model()
+        if torchvision_ops.uses_torchvision_ops(self.task_config.model):
+            model = torchvision_ops.as_torchvision(model, self.task_config.model)
+            images = tf_keras.Input(self.task_config.model.input_size)  # built as Model Garden builds it
+            _ = model(images, image_shape=tf_keras.layers.Input([2]), training=False)
         if task_field(self.task_config, "identity_norms"):
             for norm in torch_convert.added_norms(model):
                 norm.trainable = False  # inference mode: stays the identity torchvision has there
@@ -54,7 +61,9 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
         shards = instance_map_input.describe_shards(files)
         if dataset_fn is not None or not all(s["instance_map"] for s in shards):
             return self.model_garden_inputs(params, input_context, dataset_fn)
-        parser = instance_map_input.InstanceMapParser(**self.parser_arguments(params))
+        parser = instance_map_input.InstanceMapParser(
+            torchvision_anchors=torchvision_ops.uses_torchvision_ops(self.task_config.model),
+            **self.parser_arguments(params))
         cache = 5 * sum(s["pixels"] for s in shards) <= instance_map_input.CACHE_BUDGET_BYTES
         return instance_map_input.training_dataset(
             files, instance_map_input.WindowSampler(window, **jitters), parser.parse_fn(True),
@@ -75,7 +84,9 @@ class NucleiMaskRCNNTask(mg_maskrcnn.MaskRCNNTask):
         parser, each example decoded by :class:`WindowDecoder` (a plane per nucleus)."""
         window, jitters = self._window()
         decoder = WindowDecoder(window=window, **jitters)
-        parser = maskrcnn_input.Parser(**self.parser_arguments(params))
+        parser_cls = (instance_map_input.TorchvisionAnchorsParser
+                      if torchvision_ops.uses_torchvision_ops(self.task_config.model) else maskrcnn_input.Parser)
+        parser = parser_cls(**self.parser_arguments(params))
         reader = ListedFilesReader(
             params,
             dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
