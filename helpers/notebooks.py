@@ -37,8 +37,8 @@ PROFILE_PARAMETERS = {
 def workflow_notebooks(upto: str | None = None) -> list[Path]:
     """The numbered notebooks in order, optionally only up to the one whose name starts with ``upto``."""
     books = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if upto:
-        cut = [i for i, b in enumerate(books) if b.name.startswith(upto)]
+    if upto is not None:
+        cut = [i for i, b in enumerate(books) if upto.strip() and b.name.startswith(upto)]
         if not cut:
             raise ValueError(f"no notebook in {NOTEBOOK_DIR} starts with {upto!r}: "
                              f"choose one of {[b.name for b in books]}")
@@ -170,7 +170,11 @@ def _parse_value(text: str):
         return text
 
 
-_REPO_URL_LINE = re.compile(r'^REPO_URL = "[^"]*"', re.M)
+# the whole REPO_URL line, whatever it holds now (a broken one too), keeping its form comment
+_REPO_URL_LINE = re.compile(r"^REPO_URL = .*?(?P<form>\s+#@param.*)?$", re.M)
+# a git URL: https:// or ssh:// host, or git@host:, then a path of URL characters (no quote,
+# space, semicolon or bracket: it becomes a Python string in the notebooks' code)
+_GIT_URL = re.compile(r"^(?:(?:https|ssh)://[A-Za-z0-9.-]+(?::\d+)?/|git@[A-Za-z0-9.-]+:)[A-Za-z0-9._~/%+@-]+$")
 _COLAB_BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/")
 _GITHUB_URL = re.compile(r"^https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$")
 
@@ -183,17 +187,19 @@ def set_repo_url(url: str, repo: str | os.PathLike = REPO) -> list[Path]:
     """
     import json
 
-    if not re.match(r"^(https://|git@|ssh://)\S+$", url) or "OWNER" in url:
-        raise ValueError(f"{url!r} is not a git URL such as https://github.com/<you>/nuclei-maskrcnn")
+    if not _GIT_URL.match(url) or "OWNER" in url:
+        raise ValueError(f"{url!r} is not a git URL such as https://github.com/<you>/nuclei-maskrcnn "
+                         "(letters, digits and . _ ~ / % + @ - only)")
     repo = Path(repo)
     changed = []
+    line = f"REPO_URL = {json.dumps(url)}"  # a Python string literal: _GIT_URL admits no quote or backslash
     for nb_path in sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = json.loads(nb_path.read_text())
         cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
         src = "".join(cell["source"])
-        new = _REPO_URL_LINE.sub(f'REPO_URL = "{url}"', src, count=1)
-        if new == src and f'REPO_URL = "{url}"' not in src:
+        if not _REPO_URL_LINE.search(src):
             raise ValueError(f"{nb_path}: no REPO_URL line in its parameters cell")
+        new = _REPO_URL_LINE.sub(lambda m: line + (m["form"] or ""), src, count=1)
         if new != src:
             cell["source"] = new.splitlines(keepends=True)
             atomic_write_text(nb_path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
@@ -230,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"updated {p}" for p in changed) or "already set; nothing changed")
         return 0
     params = {k: _parse_value(v) for k, v in args.p}
+    if "profile" in params:
+        ap.error("set the profile with --profile (demo, cpu or colab), not -p profile")
     try:
         check_parameters(params, workflow_notebooks())
+        workflow_notebooks(args.upto)
+        get_workspace(args.workspace)
     except ValueError as e:
         ap.error(str(e))
     t0 = time.time()

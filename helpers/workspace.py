@@ -15,6 +15,29 @@ from pathlib import Path
 from helpers import colab
 
 SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "runs")
+# TensorFlow's file functions read these in a path as a pattern (its checkpoint reader globs for
+# the data files), so a checkpoint under such a folder cannot be found, though it is whole.
+TF_PATTERN_CHARACTERS = "[]*?"
+
+
+class WorkspaceError(ValueError):
+    """A workspace folder that cannot be used: the message names it and says what to do."""
+
+
+def check_folder_path(path: str | os.PathLike, what: str = "the workspace") -> Path:
+    """``path`` as a Path when TensorFlow can read files under it and it is not a file;
+    :class:`WorkspaceError` otherwise."""
+    path = Path(path)
+    bad = sorted({c for c in str(path) if c in TF_PATTERN_CHARACTERS})
+    if bad:
+        raise WorkspaceError(
+            f"{path}: TensorFlow reads {' '.join(bad)} in a path as a pattern, so it could not find the "
+            f"checkpoints of {what} there. Rename the folder, or choose another one (workspace_root, "
+            f"--workspace), without any of [ ] * ? in its path.")
+    if path.exists() and not path.is_dir():
+        raise WorkspaceError(f"{path} is a file, not a folder: give a folder for {what} "
+                             "(workspace_root, --workspace); it is created if it does not exist")
+    return path
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,7 @@ def get_workspace(root: str | os.PathLike | None = None, create: bool = True) ->
 
     On Colab, Drive is mounted first if (and only if) the workspace is on it.
     """
-    path = Path(root).expanduser() if root else colab.default_workspace()
+    path = check_folder_path(Path(root).expanduser() if root else colab.default_workspace())
     colab.ensure_drive(path)
     ws = Workspace(path.resolve())
     return ws.create() if create else ws

@@ -144,3 +144,47 @@ def test_set_repo_url_points_notebooks_and_badges_at_a_fork(tmp_path):
     assert notebooks.set_repo_url(url, tmp_path) == []  # already set: nothing rewritten
     with pytest.raises(ValueError, match="not a git URL"):
         notebooks.set_repo_url("https://github.com/OWNER/nuclei-maskrcnn", tmp_path)
+
+
+@pytest.mark.parametrize("url", ['https://github.com/alice/nuclei"', 'https://github.com/a/b";__import__("os").system("touch pwned");"',
+                                 "https://github.com/a/b c", "file:///etc", "https://github.com/a/b\\"])
+def test_set_repo_url_refuses_what_is_not_a_git_url_and_changes_nothing(tmp_path, url):
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "notebooks").iterdir()}
+    with pytest.raises(ValueError, match="not a git URL"):
+        notebooks.set_repo_url(url, tmp_path)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "notebooks").iterdir()} == before
+
+
+def test_set_repo_url_writes_a_literal_and_repairs_a_broken_line(tmp_path):
+    """The URL becomes a Python string, and a REPO_URL line broken by an older version (a stray
+    quote) is replaced whole, its form comment kept: every parameters cell compiles again."""
+    import ast
+
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    for nb_path in (tmp_path / "notebooks").glob("0*.ipynb"):  # what an unescaped '"' once left
+        nb_path.write_text(nb_path.read_text().replace('REPO_URL = \\"https://github.com/OWNER/nuclei-maskrcnn\\"',
+                                                       'REPO_URL = \\"https://github.com/a/b\\"\\"'))
+    url = "git@github.com:alice/nuclei-maskrcnn.git"
+    assert len(notebooks.set_repo_url(url, tmp_path)) == 6
+    for nb_path in sorted((tmp_path / "notebooks").glob("0*.ipynb")):
+        cell = json.loads(nb_path.read_text())["cells"][1]
+        tree = ast.parse("".join(cell["source"]))  # a SyntaxError before the repair
+        values = {n.targets[0].id: n.value for n in tree.body if isinstance(n, ast.Assign)}
+        assert ast.literal_eval(values["REPO_URL"]) == url
+        assert 'REPO_URL = "git@github.com:alice/nuclei-maskrcnn.git"  #@param {type:"string"}' in "".join(
+            cell["source"]), nb_path.name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--upto", ""], "no notebook in .* starts with ''"),
+    (["--upto", "07"], "no notebook in .* starts with '07'"),
+    (["--workspace", "/etc/passwd"], "/etc/passwd is a file, not a folder"),
+    (["-p", "profile", "big"], "set the profile with --profile"),
+])
+def test_a_wrong_command_line_is_one_clear_line_before_anything_runs(tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, "-m", "helpers.notebooks", *argv], cwd=REPO, capture_output=True,
+                          text=True, env={**__import__("os").environ, "NUCLEI_WORKSPACE": str(tmp_path / "ws")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and __import__("re").search(message, proc.stderr), proc.stderr
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())

@@ -23,6 +23,8 @@ import shutil
 import warnings
 from pathlib import Path
 
+from helpers.workspace import check_folder_path
+
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.index$")
 DATA_RE = re.compile(r"^ckpt-(\d+)\.data-\d+-of-\d+$")
 TEMP_RE = re.compile(r"^ckpt-\d+_temp")  # TensorFlow's sharded-save scratch folder
@@ -62,6 +64,7 @@ def check_checkpoint(prefix, deep: bool = True) -> str | None:
     import tensorflow as tf
 
     prefix = Path(prefix)
+    check_folder_path(prefix.parent, "this stage")  # TF would not find a whole checkpoint: never "torn"
     index = prefix.with_name(prefix.name + ".index")
     if not index.is_file() or index.stat().st_size == 0:
         return f"{index.name} is missing or empty"

@@ -103,3 +103,30 @@ def test_without_repair_nothing_moves(stage_dir):
     with pytest.warns(ckpts.TornCheckpointWarning):
         assert ckpts.latest_complete(stage_dir, repair=False)[0] == 5
     assert f.exists() and not (stage_dir / "torn").exists()
+
+
+@pytest.mark.parametrize("name", ["ws [x]", "ws*", "ws?"])
+def test_a_folder_tensorflow_reads_as_a_pattern_moves_nothing(stage_dir, tmp_path_factory, name):
+    """TensorFlow reads [ ] * ? in a path as a glob, so it cannot find the checkpoints of such a
+    folder though they are whole: the folder is named, and nothing is moved to torn/."""
+    import shutil
+
+    from helpers.workspace import WorkspaceError, get_workspace
+
+    moved = tmp_path_factory.mktemp("copy") / name
+    shutil.copytree(stage_dir, moved)
+    before = sorted(p.name for p in moved.iterdir())
+    with pytest.raises(WorkspaceError, match=r"as a pattern.*without any of \[ \] \* \?"):
+        ckpts.latest_complete(moved)
+    assert sorted(p.name for p in moved.iterdir()) == before and not (moved / ckpts.TORN_DIR).exists()
+    with pytest.raises(WorkspaceError, match="Rename the folder"):
+        get_workspace(moved.parent / name / "workspace")
+
+
+def test_a_file_is_not_a_workspace(tmp_path):
+    from helpers.workspace import WorkspaceError, get_workspace
+
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    with pytest.raises(WorkspaceError, match="passwd is a file, not a folder"):
+        get_workspace(tmp_path / "passwd")
+    assert (tmp_path / "passwd").read_text() == "root:x:0:0\n"
