@@ -13,13 +13,19 @@
   rescoring and the exports' segmentation rule (score threshold, overlap cuts) notebook 04 chose
   (when it chose one) apply; ``min_score`` overrides the threshold.
 * **Exports** per image in ``exports/<run>/`` (``helpers.infer.exports``): GeoJSON for QuPath,
-  label image, measurements CSV, COCO results, overlay. An image whose exports are all there is
-  skipped, so a re-run after a disconnect goes on where it stopped; every file is written to a
-  temporary name and renamed, so a killed run leaves no half-written export.
+  label image, measurements CSV, COCO results, overlay. ``exports/<run>/run.json`` records what
+  made them (stage, checkpoint, augmentations, rescoring, the exports' rule, stain, tiling) and a
+  fingerprint of each image. An image exported with the same settings from the same file is
+  skipped, so a re-run after a disconnect goes on where it stopped; a changed image is exported
+  again; other settings under the same run name are refused (choose another name). Every file is
+  written to a temporary name and renamed, so a killed run leaves no half-written export.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers.atomic import remove_stale_partials
+from helpers.atomic import atomic_write_json, remove_stale_partials
 from helpers.infer import exports, rescore
 from helpers.infer.choice import export_rule, load_choice, load_ranker
 from helpers.infer.fusion import merge_detections
@@ -38,6 +44,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # not fit the few GB a free Colab runtime has to spare: 64 Mpx is an 8,000 x 8,000 region.
 MAX_PIXELS = 64_000_000
 DEFAULT_TTA = ("hflip", "vflip", "zoom125")  # notebooks 04/05's default
+RUN_RECORD = "run.json"  # exports/<run>/run.json: the settings of the run and each image's fingerprint
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
 class OwnImagesError(ValueError):
@@ -86,19 +94,9 @@ def find_images(source: str | os.PathLike, workspace=None) -> list[Path]:
         source = default_source(workspace)
     src = Path(source).expanduser()
     if not src.exists() and acquire.is_drive_source(str(source)):
-        ws = as_workspace(workspace)
-        folder = ws.data / "own" / (acquire.drive_file_id(str(source)) or "drive")
-        folder.mkdir(parents=True, exist_ok=True)
-        src = acquire.download_zip(str(source), folder, quiet=True)
+        src = _downloaded(str(source), as_workspace(workspace))
     if src.is_file() and src.suffix.lower() == ".zip":
-        ws = as_workspace(workspace)
-        out = ws.data / "own" / src.stem
-        if not out.is_dir():
-            tmp = out.with_name(f".{out.name}.partial")
-            shutil.rmtree(tmp, ignore_errors=True)  # a killed unpacking's leftovers
-            acquire.extract_zip(src, tmp, what="your images")
-            tmp.rename(out)
-        src = out
+        src = _unpacked(src, as_workspace(workspace))
     if src.is_file():
         files = [src]
     elif src.is_dir():
@@ -111,6 +109,48 @@ def find_images(source: str | os.PathLike, workspace=None) -> list[Path]:
         raise OwnImagesError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
                              f"{len(files)} other file(s)")
     return images
+
+
+UNPACKED_FROM = ".unpacked-from"  # in data/own/<zip name>/: the fingerprint of the zip unpacked there
+
+
+def _downloaded(source: str, ws) -> Path:
+    """A Drive zip, downloaded into ``data/own/<file id>/``; nothing is left of a failed download."""
+    from helpers.data import acquire
+
+    folder = ws.data / "own" / (acquire.drive_file_id(source) or "drive")
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return acquire.download_zip(source, folder, quiet=True)
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _unpacked(archive: Path, ws) -> Path:
+    """``data/own/<zip name>/``, the zip unpacked there: again when the zip has changed since (a
+    new zip of the same name), never half (unpacked beside it, then renamed)."""
+    from helpers.atomic import discard_tree
+    from helpers.data import acquire
+
+    out = ws.data / "own" / archive.stem
+    mark = fingerprint(archive)
+    if (out / UNPACKED_FROM).is_file() and (out / UNPACKED_FROM).read_text() == mark:
+        return out
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed unpacking's leftovers
+    try:
+        acquire.extract_zip(archive, tmp, what="your images")
+        (tmp / UNPACKED_FROM).write_text(mark)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.is_dir():
+        discard_tree(out)  # another zip's unpacking, under the same name
+    tmp.rename(out)
+    return out
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -204,16 +244,16 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     from helpers.progress import tqdm
 
     ws = as_workspace(workspace)
+    run = run_name(run, source)
     paths = find_images(source, ws)
-    run = run or (Path(str(source).rstrip("/")).stem if str(source) else "test") or "own"
     report = OwnImagesReport(ws.root / "exports" / run)
-    report.out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(report.out_dir, quiet=True)
     chosen = load_choice(ws.predictions, required=False)
     recipe, tta = _recipe_and_tta(chosen, tta, report)
-    rule, source = export_rule(chosen, min_score)
-    report.notes.append(f"exports keep: {rule.describe()} ({source})")
-    todo = _not_exported(paths, report)
+    rule, rule_source = export_rule(chosen, min_score)
+    report.notes.append(f"exports keep: {rule.describe()} ({rule_source})")
+    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap)
+    record = _open_run(report.out_dir, settings)
+    todo = _not_exported(paths, record, report)
     if todo:
         model, params = load_model(ws, stage, min_score=0.0)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
@@ -223,9 +263,63 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
                   disable=not progress) as bar:
             for path, stem in todo:
                 if stem in sizes:
-                    _one_image(path, stem, sizes[stem], predictor, rule, bar, report)
+                    if _one_image(path, stem, sizes[stem], predictor, rule, bar, report):
+                        record["images"][stem] = fingerprint(path)
+                        atomic_write_json(report.out_dir / RUN_RECORD, record)
     print(report.format())
     return report
+
+
+def run_name(run: str | None, source) -> str:
+    """The export folder's name: ``run``, a plain name (never a path), or one made from the
+    source's name (``test`` for the dataset's test images)."""
+    if run:
+        if not RUN_NAME.match(str(run)) or str(run).strip(". ") == "":
+            raise OwnImagesError(f"run={run!r}: a run is a name for its folder exports/<run>/ (letters, digits, "
+                                 "'.', '_', '-', spaces), not a path; choose a name such as \"my_tiles\"")
+        return str(run)
+    if not str(source):
+        return "test"
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", Path(str(source).rstrip("/")).stem).strip("._ -")
+    return stem or "own"
+
+
+def fingerprint(path: Path) -> str:
+    """What an image's exports were made from: its size and the SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"{path.stat().st_size}:{digest.hexdigest()}"
+
+
+def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap) -> dict:
+    """What the exports of a run depend on, besides each image."""
+    from helpers.infer.model import open_stage, resolve_checkpoint
+    from helpers.infer.stain_normalization import DEFAULT_STAIN
+
+    checkpoint = resolve_checkpoint(ws, open_stage(ws, stage))
+    return {"stage": stage, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
+            "exports keep": rule.describe(), "stain": chosen.stain if chosen else DEFAULT_STAIN,
+            "tile": int(tile), "overlap": int(overlap)}
+
+
+def _open_run(out_dir: Path, settings: dict) -> dict:
+    """The run's record (``run.json``), begun with ``settings`` when the folder has none;
+    :class:`OwnImagesError` when its exports were made with other settings."""
+    path = out_dir / RUN_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record is not None and record.get("settings") != settings:
+        was = record.get("settings", {})
+        diff = "; ".join(f"{k}: {was.get(k)!r} then, {v!r} now" for k, v in settings.items() if was.get(k) != v)
+        raise OwnImagesError(f"{out_dir} holds exports made with other settings ({diff}). Give this run another "
+                             "name (run=...), or delete that folder to export it again with these settings.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir, quiet=True)
+    if record is None:
+        record = {"settings": settings, "images": {}}
+        atomic_write_json(path, record)
+    return record
 
 
 def _recipe_and_tta(chosen, tta, report: OwnImagesReport):
@@ -253,11 +347,13 @@ def _stain_reference(ws, chosen, report: OwnImagesReport):
     return reference
 
 
-def _not_exported(paths: Sequence[Path], report: OwnImagesReport) -> list[tuple[Path, str]]:
-    """(path, export stem) of the images whose exports are not all there yet."""
+def _not_exported(paths: Sequence[Path], record: dict, report: OwnImagesReport) -> list[tuple[Path, str]]:
+    """(path, export stem) of the images whose exports are not all there yet, or were made from
+    another file of the same name."""
     todo = []
     for path, stem in zip(paths, _stems(paths)):
-        if all(f.is_file() for f in exports.export_paths(report.out_dir, stem).values()):
+        done = all(f.is_file() for f in exports.export_paths(report.out_dir, stem).values())
+        if done and record["images"].get(stem) == fingerprint(path):
             report.done_before.append(stem)
         else:
             todo.append((path, stem))
@@ -277,12 +373,13 @@ def _sizes(todo, report: OwnImagesReport) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -> None:
+def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -> bool:
+    """Predict and export one image; False when it was skipped (its reason in the report)."""
     try:
         image, notes = read_image(path, size)
     except ValueError as e:
         report.skipped[str(path)] = str(e)
-        return
+        return False
     report.notes += [f"{path.name}: {n}" for n in notes]
     side = predictor.tile_side()
     if max(image.shape[:2]) <= side:
@@ -292,6 +389,7 @@ def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -
     dets = predictor.predict(image, bar=bar, notes=stain_notes)
     report.notes += [f"{path.name}: {n}" for n in stain_notes]
     report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule))
+    return True
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:
@@ -300,4 +398,8 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return ["__".join(p.relative_to(root).with_suffix("").parts) for p in paths]
+    stems = ["__".join(p.relative_to(root).with_suffix("").parts) for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    # the same name in one folder with two suffixes (dup.png, dup.jpg): the suffix too
+    return ["__".join(p.relative_to(root).parts).replace(".", "_") for p in paths]

@@ -134,3 +134,48 @@ def test_own_images_are_brought_to_the_training_stain(demo_copy, demo_test_image
     normalised = own_images.TiledPredictor(model, params, tta=(),
                                            stain=stain_reference(demo_copy, "macenko")).predict(image)
     assert len(plain) != len(normalised) or not np.allclose(plain.scores, normalised.scores)
+
+
+@pytest.mark.parametrize("run", ["../../escape", "/tmp/elsewhere", "a/b", "..", "sub\\dir"])
+def test_a_run_is_a_name_never_a_path(demo_copy, demo_test_images, tmp_path, run):
+    with pytest.raises(own_images.OwnImagesError, match="not a path"):
+        own_images.predict_own_images(demo_copy, demo_test_images[0], run=run, progress=False)
+    assert not (tmp_path / "escape").exists() and not (demo_copy.root / "escape").exists()
+    assert own_images.run_name(None, "https://drive.google.com/file/d/abc/view?usp=sharing") == "view_usp_sharing"
+
+
+def test_a_re_run_exports_what_changed_and_refuses_other_settings(demo_copy, demo_test_images, tmp_path):
+    """A changed image under the same name is exported again; other settings under the same run
+    name are refused, naming what differs; two files of one name and two suffixes both export."""
+    src = tmp_path / "changing"
+    src.mkdir()
+    bgr = cv2.imread(str(demo_test_images[0]))
+    _png(src / "dup.png", bgr)
+    assert cv2.imwrite(str(src / "dup.jpg"), bgr)
+    first = own_images.predict_own_images(demo_copy, src, run="changing", tile=160, overlap=48, progress=False)
+    assert sorted(e.image for e in first.exported) == ["dup_jpg", "dup_png"]
+    _png(src / "dup.png", bgr[::-1].copy())  # new pixels, same name
+    again = own_images.predict_own_images(demo_copy, src, run="changing", tile=160, overlap=48, progress=False)
+    assert [e.image for e in again.exported] == ["dup_png"] and again.done_before == ["dup_jpg"]
+    before = {p: p.stat().st_mtime_ns for p in (demo_copy.root / "exports" / "changing").iterdir()}
+    with pytest.raises(own_images.OwnImagesError, match=r"other settings \(tta: \['hflip', 'vflip', 'zoom125'\] "
+                                                        r"then, \['hflip'\] now\)\. Give this run another name"):
+        own_images.predict_own_images(demo_copy, src, run="changing", tta=["hflip"], tile=160, overlap=48,
+                                      progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (demo_copy.root / "exports" / "changing").iterdir()} == before
+
+
+def test_a_new_zip_of_the_same_name_is_unpacked_again(demo_copy, demo_test_images, tmp_path):
+    archive = tmp_path / "again.zip"
+    for name in ("first.png", "second.png"):
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.write(demo_test_images[0], name)
+        assert [p.name for p in own_images.find_images(archive, demo_copy)] == [name]
+    own = demo_copy.data / "own"
+    assert not [p.name for p in own.iterdir() if p.name.startswith(".")]
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(ValueError):
+        own_images.find_images(empty, demo_copy)
+    assert not [p.name for p in own.iterdir() if p.name.startswith(".") or p.name == "empty"]
+    shutil.rmtree(own / "again")
