@@ -212,9 +212,11 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     for image_id, aug in bar:
         bar.set_postfix_str(f"{image_id[:12]} {aug or 'plain'}")
         key = (cache_name, image_id, aug)
-        if not cache.has(key, meta):
+        # the image's own pixels too: an image replaced under the same id is predicted again
+        image_meta = {**meta, "image": entries[image_id].get("image_sha256") or entries[image_id].get("sha256")}
+        if not cache.has(key, image_meta):
             computed += 1
-        parts[aug or "plain"][image_id] = cache.get_or_compute(key, lambda: compute(image_id, aug), meta)
+        parts[aug or "plain"][image_id] = cache.get_or_compute(key, lambda: compute(image_id, aug), image_meta)
     bar.close()
     # one line even without a bar: what was computed and what came from the cache
     print(f"{cache_name}: {len(todo)} predictions ({computed} computed, {len(todo) - computed} from cache) "

@@ -383,6 +383,15 @@ def check_profile(prof: Profile) -> None:
     """ConfigError for knob values that cannot work together."""
     if prof.scale not in SCALES:
         raise ConfigError(f"scale {prof.scale!r}: use one of {SCALES}")
+    for knob in ("checkpoint_every", "images_per_batch", "crop_size", "predict_size", "max_num_detections"):
+        value = getattr(prof, knob)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{knob} {value!r}: a whole number of 1 or more"
+                              + (" (steps between checkpoints; a notebook's 0 means the profile's)"
+                                 if knob == "checkpoint_every" else ""))
+    bad_steps = {k: v for k, v in prof.steps.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad_steps:
+        raise ConfigError(f"steps {bad_steps}: whole numbers of 1 or more")
     if not 0.0 <= prof.stain_jitter <= 0.5:
         raise ConfigError(f"stain_jitter {prof.stain_jitter!r}: use 0 (off) to 0.5 (0.05 is typical)")
     if not 0.0 <= prof.photometric_jitter <= 2.0:

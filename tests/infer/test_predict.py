@@ -74,6 +74,29 @@ def test_predictions_are_cached_and_a_new_checkpoint_recomputes(ws, capsys):
     assert "(1 computed, 0 from cache)" in capsys.readouterr().out
 
 
+def test_an_image_replaced_under_the_same_id_is_predicted_again(ws, capsys):
+    """The cache is keyed by the image's own pixels (the shard index's sha256 of it), not only
+    its id: notebook 01 run on a replaced image makes notebooks 04 and 05 predict it again."""
+    import json
+
+    from helpers.data import shards
+
+    ids = predict.image_ids_of(ws, "val", "test")[:2]
+    predict.predict_stage(ws, "all", ids, name="replaced", score_threshold=0.0, progress=False)
+    index_path = ws.shards / shards.INDEX_NAME
+    original = index_path.read_text()
+    index = json.loads(original)
+    entry = next(e for e in index["shards"] if e["image_id"] == ids[0])
+    entry["image_sha256"] = "0" * 64  # what notebook 01 records for new pixels under the same id
+    index_path.write_text(json.dumps(index))
+    try:
+        capsys.readouterr()
+        predict.predict_stage(ws, "all", ids, name="replaced", score_threshold=0.0, progress=False)
+        assert "(1 computed, 1 from cache)" in capsys.readouterr().out
+    finally:
+        index_path.write_text(original)
+
+
 def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):
     from helpers.infer.model import load_model
 

@@ -249,3 +249,21 @@ def test_profiles_are_small_differences_from_the_registered_one():
     # cpu keeps Model Garden's ImageNet start, its P2-P5 architecture and its padding (colab's are COCO's),
     # and saves every 5 steps (a CPU step takes seconds, a T4's a quarter of one)
     assert len(changed["cpu"]) <= 22, changed["cpu"]
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"checkpoint_every": 0}, "checkpoint_every 0: a whole number of 1 or more"),
+    ({"checkpoint_every": 2.5}, "checkpoint_every 2.5"),
+    ({"images_per_batch": 0}, "images_per_batch 0"),
+])
+def test_counts_below_one_are_refused_before_training(tmp_path, knobs, message):
+    """checkpoint_every 0 once trained every step, saved nothing and then failed: the training lost."""
+    import re
+
+    from helpers.train import training
+
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        training.train_stage("heads", "demo", tmp_path / "ws", progress=False, **knobs)
+    assert not (tmp_path / "ws" / "checkpoints" / "heads").exists()
+    with pytest.raises(config.ConfigError, match=re.escape("steps {'heads': 0}: whole numbers of 1 or more")):
+        config.check_profile(config.get_profile("demo", steps={"heads": 0, "all": 10, "specialist": 5}))
