@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from helpers.atomic import atomic_path, atomic_write_text
+from helpers.parameters import check_parameters as check_kinds
 from helpers.progress import TEXT_ENV
 from helpers.workspace import get_workspace
 
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("set the profile with --profile (demo, cpu or colab), not -p profile")
     try:
         check_parameters(params, workflow_notebooks())
+        check_kinds(params)
         workflow_notebooks(args.upto)
         get_workspace(args.workspace)
     except ValueError as e:

@@ -188,3 +188,41 @@ def test_a_wrong_command_line_is_one_clear_line_before_anything_runs(tmp_path, a
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and __import__("re").search(message, proc.stderr), proc.stderr
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+
+
+def test_every_notebook_parameter_has_a_kind_its_default_fits():
+    """helpers/parameters.py knows every declared parameter, and every notebook checks them."""
+    import ast
+
+    from helpers.parameters import PARAMETERS, check_parameters
+
+    for nb in _notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        params = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+        tree = ast.parse("".join(params["source"]))
+        defaults = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+        assert set(defaults) <= set(PARAMETERS), (nb.name, set(defaults) - set(PARAMETERS))
+        check_parameters({**defaults, **notebooks.PROFILE_PARAMETERS["demo"]})
+        assert any("check_parameters(globals())" in "".join(c["source"]) for c in cells), nb.name
+
+
+@pytest.mark.parametrize("name, value, takes", [
+    ("steps", "abc", "a whole number of 0 or more"), ("seed", "abc", "a whole number"),
+    ("min_score", "high", "None or a number from 0.0 to 1.0"), ("tta", "hflip", "None or a list of names"),
+    ("val_ids", "TCGA-1", "a list of names"), ("from_scratch", "yes", "True or False"),
+    ("tile", 8, "a whole number of 64 or more"), ("profile", "big", "one of 'colab', 'cpu', 'demo'"),
+])
+def test_a_parameter_of_the_wrong_kind_is_named_with_what_it_takes(name, value, takes):
+    from helpers.parameters import ParameterError, check_parameters
+
+    with pytest.raises(ParameterError, match=f"^{name} = {__import__('re').escape(repr(value))}: takes "
+                                             f"{__import__('re').escape(takes)}"):
+        check_parameters({name: value, "unrelated": object()})
+
+
+def test_a_wrong_kind_on_the_command_line_stops_before_anything_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "helpers.notebooks", "-p", "steps", "abc"], cwd=REPO,
+                          capture_output=True, text=True, env={**__import__("os").environ,
+                                                               "NUCLEI_WORKSPACE": str(tmp_path / "ws")})
+    assert proc.returncode == 2 and "steps = 'abc': takes a whole number of 0 or more" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
