@@ -82,7 +82,7 @@ PARAMETERS: dict[str, Kind] = {
     "models": MODELS, "tta": optional(NAMES), "stain": choice("macenko", "none"), "route_by_organ": NAME_MAP,
     "route_by_image": NAME_MAP, "route_default": TEXT, "merge_iou": FRACTION, "metric": TEXT, "choice": TEXT,
     "rescore_choice": TEXT, "export_metric": TEXT, "export_min_score": optional(FRACTION),
-    "overwrite_choice": FLAG,
+    "overwrite_choice": FLAG, "use_unfinished": FLAG,
     # 05 submit
     "final_model": FLAG, "resolve_overlaps": FLAG, "min_score": optional(FRACTION), "max_dets": optional(integer(1)),
     "overwrite": FLAG,

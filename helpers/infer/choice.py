@@ -24,6 +24,7 @@ from helpers.infer.segmentation import DEFAULT_RULE, SegmentationError, Segmenta
 from helpers.infer.stain_normalization import StainError, check_method
 from helpers.infer.strategy import EnsembleError, Strategy, strategy_from_json
 from helpers.infer.tta import TTA_SUFFIX, base_model
+from helpers.train.config import stage_kind
 
 CHOICE_FILE = "choice.json"
 FORMAT_VERSION = 1
@@ -75,6 +76,8 @@ class Choice:
     def from_json(cls, obj: Mapping) -> "Choice":
         seg = dict(obj.get("segmentation") or {})
         seg_metric = str(seg.pop("metric", ""))
+        for stage in dict(obj["stages"]).values():
+            stage_kind(stage)  # an unknown stage name: a ConfigError, named with the file by load_choice
         return cls(strategy_from_json(obj["strategy"]), dict(obj["stages"]), Recipe(**obj["recipe"]),
                    tuple(obj["tta"]), str(obj["metric"]), dict(obj.get("tables") or {}),
                    SegmentationRule.from_json(seg) if seg else None, seg_metric,

@@ -30,6 +30,10 @@ class CheckpointNotFound(FileNotFoundError):
     pass
 
 
+class StageUnfinished(CheckpointNotFound):
+    """The stage's newest checkpoint is short of its planned steps (and unfinished ones were not asked for)."""
+
+
 def open_stage(workspace, stage) -> Stage:
     """``stage`` (a name, or a :class:`~helpers.train.stages.Stage` already opened) with its record;
     :class:`CheckpointNotFound` when it has not been trained."""
@@ -66,14 +70,19 @@ def stage_params(workspace, stage, profile: str | None = None):
     return params, info
 
 
-def resolve_checkpoint(workspace, stage, checkpoint=None) -> Path:
-    """A checkpoint prefix: newest complete one (None), a step (int) or a path."""
+def resolve_checkpoint(workspace, stage, checkpoint=None, unfinished: bool = False) -> Path:
+    """A checkpoint prefix: a step (int), a path, or (None) the newest complete one, which must be
+    the stage's planned last step: :class:`StageUnfinished` when it is short of it (unless
+    ``unfinished``), :class:`CheckpointNotFound` when it is beyond it (no training of this stage
+    wrote it)."""
     sdir = stage.folder if isinstance(stage, Stage) else Stage.folder_of(workspace, stage)
     name = getattr(stage, "name", stage)
     if checkpoint is None:
         latest = ckpts.latest_complete(sdir, repair=False)
         if not latest:
             raise CheckpointNotFound(f"no complete checkpoint in {sdir}; train stage {name!r} first")
+        st = stage if isinstance(stage, Stage) and stage.record else Stage.open(workspace, name)
+        _check_planned(st, *latest, unfinished)
         return latest[1]
     prefix = sdir / f"ckpt-{checkpoint}" if isinstance(checkpoint, int) else Path(checkpoint)
     if prefix.suffix in (".index",):
@@ -82,6 +91,25 @@ def resolve_checkpoint(workspace, stage, checkpoint=None) -> Path:
     if reason:
         raise CheckpointNotFound(f"{prefix} cannot be used: {reason}")
     return prefix
+
+
+def _check_planned(stage: Stage, step: int, prefix: Path, unfinished: bool) -> None:
+    planned = stage.planned_steps
+    if planned is None:
+        return  # no record: open_stage says so where it matters
+    if step > planned:
+        raise CheckpointNotFound(
+            f"{prefix} is step {step}, beyond the {planned} steps stage {stage.name!r} planned ({stage.record_path}): "
+            f"its training did not write it (copied in from elsewhere?). Move it out of {stage.folder}, or name it "
+            "(checkpoint=...) to predict with it on purpose.")
+    if step < planned and not unfinished:
+        raise StageUnfinished(
+            f"stage {stage.name!r} is unfinished: its newest checkpoint is step {step} of the {planned} planned. "
+            "Run its training notebook again to finish it (it resumes), or set use_unfinished = True to "
+            f"predict with {prefix.name} on purpose.")
+    if step < planned:
+        print(f"note: stage {stage.name!r} is unfinished: predicting with {prefix.name}, step {step} of {planned} "
+              "(use_unfinished)")
 
 
 _OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections", "detection_masks")
@@ -111,7 +139,7 @@ class LoadedModel:
 
 def load_model(workspace, stage: str, profile: str | None = None, checkpoint=None,
                image_size: int | None = None, min_score: float | None = None,
-               max_detections: int | None = None) -> tuple[LoadedModel, Any]:
+               max_detections: int | None = None, unfinished: bool = False) -> tuple[LoadedModel, Any]:
     """``(model, params)`` for prediction, restored from a complete checkpoint.
 
     Args:
@@ -123,6 +151,7 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
         profile's ``predict_size``. Any image size works afterwards.
       min_score: the detection generator's score floor (Model Garden default 0.05).
       max_detections: override the profile's ``max_num_detections``.
+      unfinished: accept a stage short of its planned steps (:func:`resolve_checkpoint`).
     Returns a :class:`LoadedModel` (the Keras model, weights restored, with its inference
     function) and its ExperimentConfig; the restored checkpoint path is
     ``params.task.init_checkpoint``.
@@ -134,7 +163,7 @@ def load_model(workspace, stage: str, profile: str | None = None, checkpoint=Non
 
     st = open_stage(workspace, stage)
     params, info = stage_params(workspace, st, profile)
-    prefix = resolve_checkpoint(workspace, st, checkpoint)
+    prefix = resolve_checkpoint(workspace, st, checkpoint, unfinished)
     size = int(image_size or cfglib.get_profile(info["profile"]).predict_size)
     stride = 2 ** params.task.model.max_level
     size = -(-size // stride) * stride

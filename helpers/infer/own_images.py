@@ -236,7 +236,8 @@ class TiledPredictor:
 
 def predict_own_images(workspace, source, stage: str = "all", run: str | None = None,
                        tta: Sequence[str] | None = None, min_score: float | None = None,
-                       tile: int = 1024, overlap: int = 128, progress: bool = True) -> OwnImagesReport:
+                       tile: int = 1024, overlap: int = 128, progress: bool = True,
+                       unfinished: bool = False) -> OwnImagesReport:
     """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
     04's choice (or :data:`DEFAULT_TTA`), ``min_score`` None its exports' rule (or the default
     rule). Returns the report (also printed)."""
@@ -251,11 +252,12 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     recipe, tta = _recipe_and_tta(chosen, tta, report)
     rule, rule_source = export_rule(chosen, min_score)
     report.notes.append(f"exports keep: {rule.describe()} ({rule_source})")
-    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap)
+    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished)
     record = _open_run(report.out_dir, settings)
     todo = _not_exported(paths, record, report)
     if todo:
-        model, params = load_model(ws, stage, min_score=0.0)
+        step = int(settings["checkpoint"].rsplit("-", 1)[1])  # the one the settings name, checked there
+        model, params = load_model(ws, stage, min_score=0.0, checkpoint=step)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
                                    tile, overlap, stain=_stain_reference(ws, chosen, report))
         sizes = _sizes(todo, report)
@@ -293,12 +295,12 @@ def fingerprint(path: Path) -> str:
     return f"{path.stat().st_size}:{digest.hexdigest()}"
 
 
-def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap) -> dict:
+def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished) -> dict:
     """What the exports of a run depend on, besides each image."""
     from helpers.infer.model import open_stage, resolve_checkpoint
     from helpers.infer.stain_normalization import DEFAULT_STAIN
 
-    checkpoint = resolve_checkpoint(ws, open_stage(ws, stage))
+    checkpoint = resolve_checkpoint(ws, open_stage(ws, stage), unfinished=unfinished)
     return {"stage": stage, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
             "exports keep": rule.describe(), "stain": chosen.stain if chosen else DEFAULT_STAIN,
             "tile": int(tile), "overlap": int(overlap)}

@@ -153,14 +153,15 @@ def _checkpoint_meta(prefix: Path, **extra) -> dict:
 def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence[str] = (),
                   name: str | None = None, checkpoint=None, merge: str = "wmf", iou_threshold: float = 0.5,
                   score_threshold: float = 0.05, tile: int = 1024, progress: bool = True,
-                  return_parts: bool = False, stain: str = "none"):
+                  return_parts: bool = False, stain: str = "none", unfinished: bool = False):
     """``{image_id: Detections}`` of a trained stage, plain + ``tta`` augmentations fused.
 
     Each (model ``name`` (default: the stage), image, augmentation) is cached; the model
     is only loaded when something is not cached yet. ``return_parts`` also returns
     ``{augmentation or "plain": {image_id: Detections}}`` before fusion. ``stain``: "macenko"
     predicts each image brought to the training images' stain (:mod:`helpers.infer.stain_normalization`),
-    cached apart as ``<name>+macenko``.
+    cached apart as ``<name>+macenko``. ``unfinished``: accept a stage short of its planned steps
+    (``model.resolve_checkpoint``).
     """
     from helpers.infer.stain_normalization import check_method
     from helpers.progress import tqdm
@@ -173,7 +174,7 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     unknown = [a for a in tta if a not in AUGMENTATIONS]
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
-    prefix = resolve_checkpoint(ws, stage, checkpoint)
+    prefix = resolve_checkpoint(ws, stage, checkpoint, unfinished)
     st = open_stage(ws, stage)  # its stage.json, read once
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
                             outputs="masks+mask_scores",

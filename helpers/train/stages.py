@@ -124,6 +124,10 @@ class Stage:
             return StageProgress(self.name, StageState.NOT_STARTED)
         latest = ckpts.latest_complete(self.folder, repair=False, deep=False) if self.folder.is_dir() else None
         step = latest[0] if latest else 0
+        if step > self.planned_steps:
+            return StageProgress(self.name, StageState.DAMAGED, step, self.planned_steps, self.record["profile"],
+                                 f"its newest checkpoint, step {step}, is beyond the {self.planned_steps} steps "
+                                 f"it planned: not written by its training (copied in?); move it out of {self.folder}")
         state = StageState.FINISHED if step >= self.planned_steps else StageState.IN_PROGRESS
         return StageProgress(self.name, state, step, self.planned_steps, self.record["profile"])
 

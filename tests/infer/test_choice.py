@@ -112,3 +112,13 @@ def test_the_stain_normalisation_is_recorded_and_an_older_record_had_none(tmp_pa
     choice_path(tmp_path).write_text(json.dumps(obj))
     with pytest.raises(ChoiceError, match="is not a choice record"):
         load_choice(tmp_path)
+
+
+def test_a_choice_naming_an_unknown_stage_is_named_with_its_file(tmp_path):
+    save_choice(tmp_path, Choice(Single("all", ("all",)), {"all": "all"}), overwrite=True)
+    record = json.loads(choice_path(tmp_path).read_text())
+    record["stages"] = {"all": "alll"}
+    choice_path(tmp_path).write_text(json.dumps(record))
+    with pytest.raises(ChoiceError, match=f"{choice_path(tmp_path)} is not a choice record .*unknown stage 'alll'.*"
+                                          "run notebook 04 again"):
+        load_choice(tmp_path)

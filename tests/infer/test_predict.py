@@ -1,5 +1,6 @@
 """Prediction with a real (tiny, demo-trained) Model Garden model: TTA mapping, cache, errors."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +96,38 @@ def test_an_image_replaced_under_the_same_id_is_predicted_again(ws, capsys):
         assert "(1 computed, 1 from cache)" in capsys.readouterr().out
     finally:
         index_path.write_text(original)
+
+
+def test_an_unfinished_stage_is_used_only_on_purpose_and_a_foreign_checkpoint_never(ws, capsys):
+    """A stage short of its planned steps is named as unfinished unless it is asked for
+    (use_unfinished); a checkpoint beyond the plan (copied in) is refused, naming it."""
+    import json
+
+    from helpers.infer.model import StageUnfinished
+    from helpers.train.stages import STAGE_FILE
+
+    ids = predict.image_ids_of(ws, "val")[:1]
+    record_path = ws.checkpoints / "all" / STAGE_FILE
+    original = record_path.read_text()
+    step, prefix = ckpts.latest_complete(ws.checkpoints / "all", repair=False)
+    record = json.loads(original)
+    try:
+        record_path.write_text(json.dumps({**record, "planned_steps": step + 10}))
+        with pytest.raises(StageUnfinished, match=f"stage 'all' is unfinished: .* step {step} of the {step + 10} "
+                                                  "planned.*use_unfinished = True"):
+            predict.predict_stage(ws, "all", ids, progress=False)
+        predict.predict_stage(ws, "all", ids, progress=False, unfinished=True)
+        assert f"predicting with ckpt-{step}, step {step} of {step + 10}" in capsys.readouterr().out
+        record_path.write_text(original)
+        foreign = [shutil.copy2(f, f.parent / f.name.replace(f"ckpt-{step}.", "ckpt-9999."))
+                   for f in prefix.parent.glob(f"ckpt-{step}.*")]
+        with pytest.raises(CheckpointNotFound, match=f"ckpt-9999 is step 9999, beyond the {step} steps stage 'all' "
+                                                     "planned.*copied in"):
+            predict.predict_stage(ws, "all", ids, progress=False)
+    finally:
+        record_path.write_text(original)
+        for f in locals().get("foreign", []):
+            Path(f).unlink()
 
 
 def test_tiled_prediction_stays_in_the_image_and_has_no_doubles(ws):

@@ -60,3 +60,15 @@ def test_each_kind_is_a_class_and_round_trips_through_json():
                                                                                "models": ["A"]}):
         with pytest.raises(EnsembleError, match="not a saved ensemble strategy"):
             strategy_from_json(bad)
+
+
+def test_a_metric_undefined_on_validation_chooses_nothing():
+    """Validation images without a nucleus leave COCO AP undefined (nan): nothing is chosen by it."""
+    from helpers.infer import selection
+
+    a, b, _ = two_models()
+    per_model = {"A": {"img": a}, "B": {"img": b}}
+    cmp = compare_strategies(per_model, {"img": []}, router=Router(default="A"), progress=False)
+    assert np.isnan(cmp.rows[0]["AP50@100"])
+    with pytest.raises(ValueError, match=r"AP50@100 is undefined \(nan\) .* no nucleus .*nothing was saved"):
+        selection.choose(cmp)
