@@ -20,6 +20,7 @@ error.
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -333,18 +334,37 @@ def warn_empty_masks(paths: Sequence[Path], notes: list[str] | None = None) -> N
                      "nuclei (delete them from your dataset source to silence this)")
 
 
+def mask_digest(mask: np.ndarray) -> str:
+    """The identity of a mask's pixels (two files of the same nucleus have the same)."""
+    return hashlib.sha1(np.packbits(mask, axis=None).tobytes()).hexdigest()
+
+
+def refuse_duplicate_masks(paths: Sequence[Path], digests: Sequence[str | None]) -> None:
+    """:class:`DatasetError` naming the mask files of one image that hold the same pixels: each
+    would be a second, identical nucleus."""
+    first: dict[str, Path] = {}
+    for path, digest in zip(paths, digests):
+        if digest is None:
+            continue
+        if digest in first:
+            raise DatasetError(f"{path} holds the same nucleus as {first[digest].name} (identical pixels): one "
+                               "nucleus would count twice. Delete one of the two files from your dataset source.")
+        first[digest] = Path(path)
+
+
 def nonempty_mask_paths(paths: Sequence[Path], shape: Sequence[int] | None = None,
                         workers: int | None = None) -> tuple[list[Path], list[Path]]:
-    """``(non-empty, empty)`` mask files, in order; decodes (and checks) every mask."""
-    def one(p: Path) -> bool:
+    """``(non-empty, empty)`` mask files, in order; decodes (and checks) every mask, and refuses
+    two files of the same nucleus (:func:`refuse_duplicate_masks`)."""
+    def one(p: Path) -> str | None:
         try:
-            read_mask(p, shape)
+            return mask_digest(read_mask(p, shape))
         except EmptyMaskError:
-            return False
-        return True
+            return None
 
-    flags = _map(one, paths, workers)
-    return [p for p, f in zip(paths, flags) if f], [p for p, f in zip(paths, flags) if not f]
+    digests = _map(one, paths, workers)
+    refuse_duplicate_masks(paths, digests)
+    return [p for p, d in zip(paths, digests) if d], [p for p, d in zip(paths, digests) if not d]
 
 
 def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int | None = None,
@@ -359,14 +379,17 @@ def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int
     paths = item.mask_paths
     out = np.empty((len(paths), shape[0], shape[1]), dtype=bool)
     empty = np.zeros(len(paths), bool)
+    digests: list[str | None] = [None] * len(paths)
 
     def one(i: int) -> None:
         try:
             out[i] = read_mask(paths[i], shape)
+            digests[i] = mask_digest(out[i])
         except EmptyMaskError:
             empty[i] = True
 
     _map(one, range(len(paths)), workers)
+    refuse_duplicate_masks(paths, digests)
     if empty.any():
         warn_empty_masks([p for p, e in zip(paths, empty) if e], notes)
         out = out[~empty]

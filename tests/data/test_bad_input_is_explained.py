@@ -339,6 +339,21 @@ def test_08_real_manifest_counts_are_unchanged():
     assert sum(r["n_nuclei"] for r in rows) == 14598
 
 
+def test_08_a_duplicate_mask_file_is_named_not_counted_twice(src, workspace):
+    """The same nucleus in two mask files: a manifest built from the data, the course's manifest
+    and the shards all refuse it, naming both files."""
+    import shutil
+
+    it = train_item(src, 0)
+    copy = it.mask_paths[3].with_name("mask_9999.png")
+    shutil.copy2(it.mask_paths[3], copy)
+    with pytest.raises(DatasetError, match=f"{copy} holds the same nucleus as {it.mask_paths[3].name}.*Delete one"):
+        build_manifest(src, progress=False)
+    with pytest.raises(DatasetError, match=f"mask_9999.png holds the same nucleus as {it.mask_paths[3].name}"):
+        root, manifest = get(workspace, src, manifest_of(src))
+        prepare.check_dataset(root, manifest)
+
+
 # --------------------------------------------------------------------------- 10. an inverted mask
 def test_10_an_inverted_mask_is_rejected_by_name(src, workspace):
     it = train_item(src, 4)
