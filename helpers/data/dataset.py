@@ -262,6 +262,7 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
     A missing, corrupt or truncated file raises ``DatasetError``.
     """
     path = Path(path)
+    _refuse_other_format(path)
     try:
         arr, conversions = decode_rgb(path)
     except FileNotFoundError:
@@ -274,9 +275,26 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
     return arr
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _refuse_other_format(path: Path) -> None:
+    """DatasetError for a dataset file named ``.png`` that holds another format (a JPEG renamed):
+    libraries decode JPEG differently, so the shards could not be verified against it."""
+    if path.suffix.lower() != ".png" or not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head != PNG_SIGNATURE:
+        kind = "JPEG" if head[:3] == b"\xff\xd8\xff" else "TIFF" if head[:4] in (b"II*\x00", b"MM\x00*") else "not PNG"
+        raise DatasetError(f"{path} is named .png but holds {kind} data: save it as a real PNG (lossless; "
+                           "e.g. PIL.Image.open(p).save(p)) and run notebook 01 again")
+
+
 def _decode_gray(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"{path} not found; re-extract the dataset")
+    _refuse_other_format(path)
     try:
         m = decode_image(path.read_bytes())
     except (OSError, SyntaxError, ValueError) as e:

@@ -354,6 +354,14 @@ def test_08_a_duplicate_mask_file_is_named_not_counted_twice(src, workspace):
         prepare.check_dataset(root, manifest)
 
 
+def test_a_jpeg_named_png_is_refused_by_name(src, workspace):
+    """JPEG data under a .png name once passed notebook 01 and failed the shards' verification."""
+    it = train_item(src, 1)
+    Image.open(it.image_path).convert("RGB").save(it.image_path, format="JPEG")
+    with pytest.raises(DatasetError, match=f"{it.image_path} is named .png but holds JPEG data: save it as a real PNG"):
+        build_manifest(src, progress=False)
+
+
 # --------------------------------------------------------------------------- 10. an inverted mask
 def test_10_an_inverted_mask_is_rejected_by_name(src, workspace):
     it = train_item(src, 4)
