@@ -201,3 +201,38 @@ def remove_stale_partials(dest: str | os.PathLike, quiet: bool = False) -> list[
     if gone and not quiet:
         print(f"removed {len(gone)} temp folder(s) left by an interrupted run in {dest.parent}: {gone[:3]}")
     return gone
+
+
+# A temp file or folder of ours (``.<name>.<random>.partial``, ``.<name>.partial``, papermill's
+# ``.<name>.<random>.partial.ipynb``) untouched this long belongs to a run that was killed: a live
+# writer keeps writing it, and our writes take seconds to minutes.
+LEFTOVER_AGE_S = 30 * 60
+_LEFTOVER_NAME = re.compile(rf"^\..+{re.escape(PARTIAL_MARKER)}(\.[A-Za-z0-9]+)?$")
+
+
+def is_leftover(path: Path, now: float, min_age_s: float = LEFTOVER_AGE_S) -> bool:
+    """Whether ``path`` is a temp file or folder of ours, untouched for ``min_age_s``."""
+    if not _LEFTOVER_NAME.match(path.name) or path.is_symlink():
+        return False
+    try:
+        return now - path.stat().st_mtime >= min_age_s
+    except OSError:
+        return False
+
+
+def sweep_leftovers(root: str | os.PathLike, min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Delete every temp file and folder of ours under ``root`` that a killed run left behind
+    (:func:`is_leftover`), each file emptied first (nothing in Drive's Trash); the one place
+    where they are cleaned up, called when a workspace is opened. Returns what went."""
+    import time
+
+    now, gone = time.time(), []
+    for folder, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            path = Path(folder) / name
+            if is_leftover(path, now, min_age_s):
+                discard_tree(path)
+                gone.append(path)
+        dirs[:] = [d for d in dirs if (Path(folder) / d).exists()]
+    return gone
+

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import colab
+from helpers.atomic import sweep_leftovers
 
 SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "runs")
 # TensorFlow's file functions read these in a path as a pattern (its checkpoint reader globs for
@@ -82,7 +83,19 @@ def get_workspace(root: str | os.PathLike | None = None, create: bool = True) ->
     path = check_folder_path(Path(root).expanduser() if root else colab.default_workspace())
     colab.ensure_drive(path)
     ws = Workspace(path.resolve())
-    return ws.create() if create else ws
+    if not create:
+        return ws
+    ws.create()
+    if ws.root not in _SWEPT:  # once a process: what killed runs left (helpers.atomic.sweep_leftovers)
+        _SWEPT.add(ws.root)
+        gone = sweep_leftovers(ws.root)
+        if gone:
+            print(f"removed {len(gone)} temp file(s) that interrupted runs left in {ws.root}: "
+                  f"{[str(p.relative_to(ws.root)) for p in gone[:3]]}{' ...' if len(gone) > 3 else ''}")
+    return ws
+
+
+_SWEPT: set[Path] = set()
 
 
 def as_workspace(workspace) -> Workspace:

@@ -64,3 +64,36 @@ def test_atomic_write_leaves_old_content_on_failure(tmp_path):
             raise RuntimeError("disconnect")
     assert target.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_what_killed_runs_left_is_swept_once_when_the_workspace_opens(tmp_path, capsys):
+    """Temp files and folders of ours, untouched for half an hour, wherever a killed run left
+    them; a fresh one (a live writer's) and the user's own files stay."""
+    import os
+    import time
+
+    from helpers.atomic import LEFTOVER_AGE_S
+    from helpers.workspace import get_workspace
+
+    root = tmp_path / "ws"
+    left = [root / "predictions" / "all" / ".X.json.k2j4h1_a.partial",
+            root / "runs" / ".02_train_heads.ipynb.ab12cd34.partial.ipynb",
+            root / "exports" / "mine" / ".a.geojson.zz9yy8xx.partial",
+            root / "shards" / ".labeled-00.tfrecord.q1w2e3r4.partial"]
+    folder = root / "data" / "own" / ".batch.partial"
+    fresh = root / "predictions" / "all" / ".Y.json.fresh123.partial"
+    mine = [root / "data" / "own" / "batch" / ".notes.txt", root / "exports" / "mine" / "a.partial.csv"]
+    for f in [*left, fresh, *mine, folder / "a.png"]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+    old = time.time() - LEFTOVER_AGE_S - 60
+    for f in [*left, folder / "a.png", folder]:
+        os.utime(f, (old, old))
+    get_workspace(root)
+    assert not any(f.exists() for f in left) and not folder.exists()
+    assert fresh.exists() and all(f.exists() for f in mine)
+    assert "removed 5 temp file(s) that interrupted runs left" in capsys.readouterr().out
+    old_fresh = time.time() - LEFTOVER_AGE_S - 60
+    os.utime(fresh, (old_fresh, old_fresh))
+    get_workspace(root)  # once a process
+    assert fresh.exists()
