@@ -112,14 +112,14 @@ training.train_stage("heads", "demo", {str(ws.root)!r}, local_checkpoints={str(l
                      progress=False)
 """
     child = run_child(code)
-    deadline = time.time() + 500
+    output = []
     try:
-        while time.time() < deadline and child.poll() is None:
-            if any(p.name.startswith(".ckpt-10.data") for p in sdir.glob("*" + PARTIAL_MARKER)):
+        for line in child.stdout:  # wait for the event, not a clock: the half is written and flushed
+            output.append(line)
+            if "HALF-COPIED" in line:
                 break
-            time.sleep(0.05)
-        assert child.poll() is None, "child ended before copying ckpt-10:\n" + child.stdout.read()
-        time.sleep(0.5)  # let it write the half
+        assert child.poll() is None, "child ended before copying ckpt-10:\n" + "".join(output)
+        assert any(p.name.startswith(".ckpt-10.data") for p in sdir.glob("*" + PARTIAL_MARKER))
         os.kill(child.pid, signal.SIGKILL)
     finally:
         if child.poll() is None:
