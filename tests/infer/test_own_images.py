@@ -179,3 +179,20 @@ def test_a_new_zip_of_the_same_name_is_unpacked_again(demo_copy, demo_test_image
         own_images.find_images(empty, demo_copy)
     assert not [p.name for p in own.iterdir() if p.name.startswith(".") or p.name == "empty"]
     shutil.rmtree(own / "again")
+
+
+def test_a_failed_drive_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    from helpers.data import acquire
+    from helpers.data.dataset import DatasetError
+    from helpers.workspace import get_workspace
+
+    ws = get_workspace(tmp_path / "ws")
+    file_id = "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"
+
+    def refused(source, folder, quiet=True):
+        raise DatasetError(f"{source}: access denied")
+
+    monkeypatch.setattr(acquire, "download_zip", refused)
+    with pytest.raises(DatasetError, match="access denied"):
+        own_images.find_images(f"https://drive.google.com/file/d/{file_id}/view", ws)
+    assert not (ws.data / "own" / file_id).exists()
