@@ -16,11 +16,11 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 LAYERS = {
     "": ("atomic", "progress", "colab", "workspace", "image_codec", "rle", "detections", "coco_format", "stain",
-         "drawing", "notebooks"),
+         "drawing", "parameters", "notebooks"),
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards/index", "shards/reader",
              "shards/writer", "shards/verify", "prepare"),
     "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
-              "torch_export", "torch_resnet", "torch_convert", "pretrained", "train_input", "anchor_labels",
+              "torch_export", "torch_resnet", "torchvision_ops", "torch_convert", "pretrained", "train_input", "anchor_labels",
               "instance_map_input", "tasks/nuclei_maskrcnn", "stages",
               "stage_plan", "mirror", "runner", "curves", "train_progress", "training"),
     "infer": ("tta", "tiling", "model", "stain_normalization", "prediction_cache", "evaluate", "segmentation", "instance_metrics",
