@@ -383,7 +383,7 @@ def test_a_56_pixel_mask_head_learns_56_pixel_targets_and_predicts_56_pixel_mask
     assert any(s[:2] == (4, 4) for s in deconv.values()), deconv  # a 4x4 stride-4 transposed conv
     image = np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8)
     for stage_ws, side in ((ws, 56), (heads[0], 28)):
-        model, params = load_model(stage_ws, "heads", min_score=0.0)
+        model, params = load_model(stage_ws, "heads", min_score=0.0, unfinished=True)  # stopped at step 5
         out = predict_image(model, params, image, score_threshold=0.0)
         assert len(out["scores"]) > 0 and out["masks"].shape[1:] == (side, side)
         assert tuple(out["image_shape"]) == (200, 240)
