@@ -275,7 +275,6 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
     return arr
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _refuse_other_format(path: Path) -> None:
@@ -285,8 +284,8 @@ def _refuse_other_format(path: Path) -> None:
         return
     with open(path, "rb") as f:
         head = f.read(8)
-    if head != PNG_SIGNATURE:
-        kind = "JPEG" if head[:3] == b"\xff\xd8\xff" else "TIFF" if head[:4] in (b"II*\x00", b"MM\x00*") else "not PNG"
+    kind = "JPEG" if head[:3] == b"\xff\xd8\xff" else "TIFF" if head[:4] in (b"II*\x00", b"MM\x00*") else None
+    if kind:  # anything else that is not PNG is corrupt: the decoder says so
         raise DatasetError(f"{path} is named .png but holds {kind} data: save it as a real PNG (lossless; "
                            "e.g. PIL.Image.open(p).save(p)) and run notebook 01 again")
 

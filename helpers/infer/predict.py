@@ -174,8 +174,8 @@ def predict_stage(workspace, stage: str, image_ids: Sequence[str], tta: Sequence
     unknown = [a for a in tta if a not in AUGMENTATIONS]
     if unknown:
         raise PredictionError(f"augmentation(s) {unknown} unknown; use some of {list(AUGMENTATIONS)}")
-    prefix = resolve_checkpoint(ws, stage, checkpoint, unfinished)
     st = open_stage(ws, stage)  # its stage.json, read once
+    prefix = resolve_checkpoint(ws, st, checkpoint, unfinished)
     meta = _checkpoint_meta(prefix, stage=stage, score_threshold=score_threshold, tile=tile,
                             outputs="masks+mask_scores",
                             # a stage trained again (other config) to the same step is another model
