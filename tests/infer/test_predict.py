@@ -170,7 +170,7 @@ def test_bad_requests_are_clear_errors(ws, tmp_path):
         predict.predict_stage(ws, "all", ["TCGA-XX-NOPE-01Z-00-DX1"], progress=False)
     with pytest.raises(predict.PredictionError, match="unknown"):
         predict.predict_stage(ws, "all", predict.image_ids_of(ws, "val"), tta=("shear",), progress=False)
-    with pytest.raises(CheckpointNotFound, match="no complete checkpoint"):
+    with pytest.raises(CheckpointNotFound, match="has not been trained in this workspace"):
         empty = ws.checkpoints / "specialist-empty"
         empty.mkdir(exist_ok=True)
         try:
