@@ -22,7 +22,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -61,6 +60,7 @@ class OwnImagesReport:
     done_before: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # {export stem: fingerprint of its file}
 
     def format(self) -> str:
         lines = [f"exports in {self.out_dir}: {len(self.exported)} image(s) exported, "
@@ -243,6 +243,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     rule). Returns the report (also printed)."""
     from helpers.infer.model import load_model
     from helpers.progress import tqdm
+    from helpers.train.checkpoints import checkpoint_step
 
     ws = as_workspace(workspace)
     run = run_name(run, source)
@@ -256,7 +257,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     record = _open_run(report.out_dir, settings)
     todo = _not_exported(paths, record, report)
     if todo:
-        step = int(settings["checkpoint"].rsplit("-", 1)[1])  # the one the settings name, checked there
+        step = checkpoint_step(Path(settings["checkpoint"]))  # the one the settings name, checked there
         model, params = load_model(ws, stage, min_score=0.0, checkpoint=step)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
                                    tile, overlap, stain=_stain_reference(ws, chosen, report))
@@ -266,7 +267,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
             for path, stem in todo:
                 if stem in sizes:
                     if _one_image(path, stem, sizes[stem], predictor, rule, bar, report):
-                        record["images"][stem] = fingerprint(path)
+                        record["images"][stem] = report.fingerprints[stem]
                         atomic_write_json(report.out_dir / RUN_RECORD, record)
     print(report.format())
     return report
@@ -288,11 +289,9 @@ def run_name(run: str | None, source) -> str:
 
 def fingerprint(path: Path) -> str:
     """What an image's exports were made from: its size and the SHA-256 of its bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return f"{path.stat().st_size}:{digest.hexdigest()}"
+    from helpers.data.manifest import sha256_file
+
+    return f"{path.stat().st_size}:{sha256_file(path)}"
 
 
 def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished) -> dict:
@@ -355,7 +354,8 @@ def _not_exported(paths: Sequence[Path], record: dict, report: OwnImagesReport) 
     todo = []
     for path, stem in zip(paths, _stems(paths)):
         done = all(f.is_file() for f in exports.export_paths(report.out_dir, stem).values())
-        if done and record["images"].get(stem) == fingerprint(path):
+        report.fingerprints[stem] = fingerprint(path)
+        if done and record["images"].get(stem) == report.fingerprints[stem]:
             report.done_before.append(stem)
         else:
             todo.append((path, stem))
