@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from helpers.errors import UserError
+
 PARTIAL_MARKER = ".partial"
 
 
@@ -52,7 +54,7 @@ def is_partial(path: str | os.PathLike) -> bool:
     return PARTIAL_MARKER in Path(path).name
 
 
-class FolderNotWritable(OSError):
+class FolderNotWritable(UserError, OSError):
     """A write failed because its folder is full or read-only; the message names the folder."""
 
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers.errors import UserError
+
 DRIVE_MOUNTPOINT = Path("/content/drive")
 DRIVE_FOLDER = "nuclei_workspace"
 WORKSPACE_ENV_VAR = "NUCLEI_WORKSPACE"  # the default workspace off Colab (and on it, instead of Drive)
@@ -58,7 +60,7 @@ DRIVE_REFUSED = (
 PROTOBUF_GENCODE_MESSAGE = "Detected incompatible Protobuf Gencode/Runtime versions"
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError, RuntimeError):
     """The runtime cannot run the notebooks as it is; the message says what to do."""
 
 

@@ -13,8 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from helpers.errors import UserError
 
-class ParameterError(ValueError):
+
+class ParameterError(UserError, ValueError):
     """A notebook parameter of the wrong kind or out of range: the message names it."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from helpers import colab
 from helpers.atomic import sweep_leftovers
+from helpers.errors import UserError
 
 SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "runs")
 # TensorFlow's file functions read these in a path as a pattern (its checkpoint reader globs for
@@ -21,7 +22,7 @@ SUBFOLDERS = ("data", "shards", "checkpoints", "predictions", "submission", "run
 TF_PATTERN_CHARACTERS = "[]*?"
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(UserError, ValueError):
     """A workspace folder that cannot be used: the message names it and says what to do."""
 
 

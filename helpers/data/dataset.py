@@ -32,11 +32,12 @@ import numpy as np
 from PIL import Image
 
 from helpers.image_codec import decode_image, mask_box
+from helpers.errors import UserError
 
 TEST_IDS_FILE = "test_img_ids.json"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad input in a dataset folder; the message names the file and says what to do."""
 
 

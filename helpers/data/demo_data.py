@@ -27,7 +27,13 @@ from PIL import Image, ImageFilter
 
 from helpers.atomic import dir_mode, remove_stale_partials
 from helpers.data.manifest import MANIFEST_NAME, build_manifest, manifest_csv, read_manifest, write_manifest
+from helpers.errors import UserError
 from helpers.image_codec import encode_png
+
+
+class DemoDataExists(UserError, FileExistsError):
+    """The demo dataset's folder holds something else: nothing is overwritten."""
+
 
 # (tss code, organ) used for demo ids; train cycles through these
 TRAIN_CODES = ("A7", "B0", "G9", "AR", "HE", "CH")  # breast, kidney, prostate, x2
@@ -190,9 +196,9 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0, n_train: int = 6, 
                 validate_against_manifest(root, rows, progress=False)
                 shutil.rmtree(tmp)
                 return root
-            raise FileExistsError(f"{root} already exists and is not this demo dataset (seed={seed}, "
-                                  f"n_train={n_train}, n_test={n_test}, size={size}); "
-                                  "choose another folder or remove it yourself")
+            raise DemoDataExists(f"{root} already exists and is not this demo dataset (seed={seed}, "
+                                 f"n_train={n_train}, n_test={n_test}, size={size}); "
+                                 "choose another folder or remove it yourself")
         os.replace(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from helpers.errors import InvalidRequest
 from helpers.atomic import atomic_write_text
 from helpers.data.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
                              validate_dataset, warn_empty_masks)
@@ -80,7 +81,7 @@ def split_ids(rows: Iterable[dict], *splits: str) -> list[str]:
     """Image ids whose split is one of ``splits`` (e.g. ``split_ids(rows, "train", "val")``)."""
     bad = set(splits) - set(SPLITS)
     if bad:
-        raise ValueError(f"unknown split(s) {sorted(bad)}; use {SPLITS}")
+        raise InvalidRequest(f"unknown split(s) {sorted(bad)}; use {SPLITS}")
     return [r["image_id"] for r in rows if r["split"] in splits]
 
 
@@ -121,7 +122,7 @@ def set_val_split(rows: Iterable[dict], val_ids: Iterable[str]) -> list[dict]:
     labeled = {r["image_id"] for r in rows if r["split"] in ("train", "val")}
     unknown = val_ids - labeled
     if unknown:
-        raise ValueError(f"validation ids {sorted(unknown)} are not labeled images of this manifest")
+        raise InvalidRequest(f"validation ids {sorted(unknown)} are not labeled images of this manifest")
     out = []
     for r in rows:
         split = r["split"] if r["split"] == "test" else ("val" if r["image_id"] in val_ids else "train")

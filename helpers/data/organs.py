@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 
+from helpers.errors import UserError
+
 UNKNOWN = "unknown"
 SOURCE = ("GDC TCGA Code Tables: Tissue Source Site Codes "
           "(https://gdc.cancer.gov/resources-tcga-users/tcga-code-tables/tissue-source-site-codes)")
@@ -60,7 +62,7 @@ ORGANS: tuple[str, ...] = tuple(sorted(set(ORGAN_BY_CODE.values())))
 _TCGA_ID = re.compile(r"^TCGA-([0-9A-Z]{2})-", re.IGNORECASE)
 
 
-class UnknownOrganError(ValueError):
+class UnknownOrganError(UserError, ValueError):
     """The id is not a TCGA barcode or its site code is not in TSS_TABLE."""
 
 

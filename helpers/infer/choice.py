@@ -25,14 +25,19 @@ from helpers.infer.stain_normalization import StainError, check_method
 from helpers.infer.strategy import EnsembleError, Strategy, strategy_from_json
 from helpers.infer.tta import TTA_SUFFIX, base_model
 from helpers.train.config import stage_kind
+from helpers.errors import UserError
 
 CHOICE_FILE = "choice.json"
 FORMAT_VERSION = 1
 OLDER_FILES = ("ensemble.json", "rescoring.json")  # the choice as two files, before this record
 
 
-class ChoiceError(ValueError):
+class ChoiceError(UserError, ValueError):
     """No choice record, or one that cannot be read."""
+
+
+class ChoiceExists(UserError, FileExistsError):
+    """An earlier run saved another choice: the message names both and how to replace it."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,9 @@ def save_choice(predictions_dir, choice: Choice, ranker: ranking.Ranker | None =
                             segmentation_metric=choice.segmentation_metric)
         if saved != choice:
             was = f" ({saved.describe()})" if saved else ""
-            raise FileExistsError(f"{path} holds another choice from an earlier run{was}; pass "
-                                  "overwrite_choice=True to replace it")
+            raise ChoiceExists(f"{path} holds another choice from an earlier run{was}, not this one "
+                               f"({choice.describe()}). To replace it, set overwrite_choice = True in the "
+                               "parameters cell (overwrite_choice=True) and run again.")
     if choice.recipe.learned:
         if ranker is None or ranker.target != choice.recipe.learned:
             raise ChoiceError(f"rescoring {choice.recipe.name!r} is learned: save its ranking with it")

@@ -29,6 +29,7 @@ from pycocotools.cocoeval import COCOeval
 from helpers.coco_format import CATEGORY_ID, coco_from_dataset, gt_dataset, load_results, result_entries
 from helpers.detections import Detections
 from helpers.rle import encode_masks
+from helpers.errors import UserError
 
 DEFAULT_MAX_DETS = (100, 1000)
 MATCH_IOU = 0.5
@@ -37,7 +38,7 @@ MATCH_IOU = 0.5
 LEADERBOARD_METRIC = "AP50@100"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Predictions and ground truth do not fit together."""
 
 

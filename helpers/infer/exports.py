@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.errors import InvalidRequest
 from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_partials
 from helpers.coco_format import result_entries
 from helpers.detections import Detections
@@ -202,7 +203,7 @@ def export_answer(workspace, predictions, test_images, images=None, rule: Segmen
     exported = []
     for t in tqdm(test_images, desc="exports", unit="image", disable=not progress):
         if t.image_id not in predictions:
-            raise ValueError(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
+            raise InvalidRequest(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
         image = images[t.image_id] if images is not None else load_image(ws, t.image_id)
         exported.append(export_image(out_dir, t.image_id, image, predictions[t.image_id],
                                      rule, image_id=t.coco_id))

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from helpers.errors import InvalidRequest
 from helpers.detections import Detections
 from helpers.rle import decode_crop, encode_crops, rle_iou
 
@@ -79,7 +80,7 @@ def merge_detections(parts: Sequence[Detections], method: str = "wmf", iou_thres
     Returns detections sorted by score, at most ``max_dets``.
     """
     if method not in MERGE_METHODS:
-        raise ValueError(f"merge method {method!r} unknown; use one of {MERGE_METHODS}")
+        raise InvalidRequest(f"merge method {method!r} unknown; use one of {MERGE_METHODS}")
     if not parts:
         raise ValueError("merge needs at least one set of detections")
     w = np.ones(len(parts)) if weights is None else np.asarray(weights, np.float64)

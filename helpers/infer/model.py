@@ -24,9 +24,10 @@ from helpers.rle import encode_masks
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.train.stages import Stage
+from helpers.errors import InvalidRequest, UserError
 
 
-class CheckpointNotFound(FileNotFoundError):
+class CheckpointNotFound(UserError, FileNotFoundError):
     pass
 
 
@@ -57,8 +58,8 @@ def stage_params(workspace, stage, profile: str | None = None):
     st = open_stage(workspace, stage)
     info = st.record
     if profile and info["profile"] != profile:
-        raise ValueError(f"stage {st.name!r} in {st.folder} was trained with profile "
-                         f"{info['profile']!r}, not {profile!r}")
+        raise InvalidRequest(f"stage {st.name!r} in {st.folder} was trained with profile "
+                             f"{info['profile']!r}, not {profile!r}")
     params = exp_factory.get_exp_config(EXPERIMENT)
     try:
         params.override(info["config"], is_strict=True)

@@ -37,6 +37,7 @@ from helpers.infer import exports, rescore
 from helpers.infer.choice import export_rule, load_choice, load_ranker
 from helpers.infer.fusion import merge_detections
 from helpers.workspace import as_workspace
+from helpers.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Past this many pixels an image (uint8 RGB, its tiles' predictions and its label image) would
@@ -47,7 +48,7 @@ RUN_RECORD = "run.json"  # exports/<run>/run.json: the settings of the run and e
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
-class OwnImagesError(ValueError):
+class OwnImagesError(UserError, ValueError):
     """The source holds nothing to predict."""
 
 

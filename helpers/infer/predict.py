@@ -31,11 +31,12 @@ from helpers.infer.prediction_cache import PredictionCache
 from helpers.infer.tiling import merge_tiles, place_in_image, tile_grid
 from helpers.infer.tta import TTA_OPS, ZOOMS, augment_image, invert_tta, zoom_of
 from helpers.workspace import Workspace, as_workspace
+from helpers.errors import UserError
 
 AUGMENTATIONS = TTA_OPS + tuple(ZOOMS)  # hflip, vflip, rot90, rot180, rot270, zoom125, zoom150 (helpers.infer.tta)
 
 
-class PredictionError(ValueError):
+class PredictionError(UserError, ValueError):
     pass
 
 

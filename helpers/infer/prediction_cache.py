@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 from helpers.atomic import atomic_write_json, is_partial
 from helpers.detections import Detections
 from helpers.rle import RLEError
+from helpers.errors import UserError
 
 FORMAT = "nuclei-predictions/1"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+-]*$")  # model/tta: no dots, no slashes
@@ -41,7 +42,7 @@ def _image_id(file_stem: str) -> str:
     return urllib.parse.unquote(file_stem, errors="strict")
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A cache file is missing, partial, corrupt or stale."""
 
 

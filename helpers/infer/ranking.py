@@ -36,6 +36,7 @@ import numpy as np
 from helpers.atomic import atomic_path
 from helpers.detections import Detections
 from helpers.rle import decode_crop, rle_area, rle_iou
+from helpers.errors import UserError
 
 FEATURES = ("score", "mask", "agreement", "log_area", "aspect", "solidity", "border", "density",
             "overlap", "rank")
@@ -48,7 +49,7 @@ MODEL_PARAMS = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15, "m
                 "l2_regularization": 1.0, "early_stopping": False, "random_state": 0}
 
 
-class RankingError(ValueError):
+class RankingError(UserError, ValueError):
     """A learned ranking cannot be fit or applied to these predictions."""
 
 

@@ -32,9 +32,10 @@ from helpers.detections import Detections
 from helpers.rle import rle_iou
 from helpers.infer import ranking
 from helpers.infer.evaluate import LEADERBOARD_METRIC
+from helpers.errors import InvalidRequest, UserError
 
 
-class RescoreError(ValueError):
+class RescoreError(UserError, ValueError):
     """A recipe needs a signal the predictions do not carry."""
 
 
@@ -229,7 +230,7 @@ def compare_recipes(preds: Mapping[str, Detections], ground_truth: Mapping,
         rows.append({"recipe": name, "formula": recipe.describe(), **summary})
     top = ceiling(ground_truth)
     if metric not in rows[0]:
-        raise ValueError(f"metric {metric!r} unknown; use one of {[k for k in rows[0] if k.startswith('AP')]}")
+        raise InvalidRequest(f"metric {metric!r} unknown; use one of {[k for k in rows[0] if k.startswith('AP')]}")
     for r in rows:
         r[f"% of ceiling {metric}"] = 100.0 * r[metric] / top[metric] if top[metric] > 0 else float("nan")
     base = rows[0][metric]

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from helpers.detections import Detections
+from helpers.errors import UserError
 
 PerModel = Mapping[str, Mapping[str, Detections]]  # {model: {image_id: Detections}}
 
 
-class RouteError(ValueError):
+class RouteError(UserError, ValueError):
     """A route table names an unknown model, image or organ, or leaves an image unrouted."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from helpers.detections import Detections
 from helpers.rle import decode_crop
+from helpers.errors import UserError
 
 # A detector's own decision threshold (Mask R-CNN's box score), the rule where nothing was chosen.
 DEFAULT_MIN_SCORE = 0.5
@@ -36,7 +37,7 @@ DEFAULT_MIN_KEPT = 0.5
 DEFAULT_QUANTILE = 0.9
 
 
-class SegmentationError(ValueError):
+class SegmentationError(UserError, ValueError):
     """A rule that cannot be applied or read."""
 
 

@@ -11,6 +11,7 @@ import math
 import warnings
 from typing import Mapping, Sequence
 
+from helpers.errors import InvalidRequest
 from helpers.detections import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import choice as choice_record
@@ -81,10 +82,10 @@ def choose(comparison, choice: str = ""):
         comparison.choose(choice)
     score = next((r.get(comparison.metric) for r in comparison.rows if r["strategy"] == comparison.chosen), None)
     if score is not None and not math.isfinite(float(score)):
-        raise ValueError(f"{comparison.metric} is undefined (nan) for {comparison.chosen!r} on validation, so nothing "
-                         "can be chosen by it: the validation images hold no nucleus it can be measured on. Check the "
-                         "validation split (n_val / val_ids in notebook 01: images with nuclei), or choose by another "
-                         "metric; nothing was saved.")
+        raise InvalidRequest(f"{comparison.metric} is undefined (nan) for {comparison.chosen!r} on validation, so nothing "
+                             "can be chosen by it: the validation images hold no nucleus it can be measured on. Check the "
+                             "validation split (n_val / val_ids in notebook 01: images with nuclei), or choose by another "
+                             "metric; nothing was saved.")
     if score is not None and float(score) == 0.0:
         warnings.warn(f"the chosen strategy {comparison.chosen!r} scores {comparison.metric} 0 on validation: no "
                       "model found a nucleus that matches the ground truth, so this choice means nothing. The "
@@ -176,9 +177,9 @@ def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progres
     chosen = choice_record.load_choice(ws.predictions)
     kw = {**kw, "stain": chosen.stain}
     if tta is not None and chosen.uses_tta and list(tta) != list(chosen.tta):
-        raise ValueError(f"notebook 04 chose {chosen.strategy.name!r} with rescoring {chosen.recipe.name!r} "
-                         f"measured with tta = {list(chosen.tta)}: use the same here (got {list(tta)}), or "
-                         "tta = None to take it from the choice")
+        raise InvalidRequest(f"notebook 04 chose {chosen.strategy.name!r} with rescoring {chosen.recipe.name!r} "
+                             f"measured with tta = {list(chosen.tta)}: use the same here (got {list(tta)}), or "
+                             "tta = None to take it from the choice")
     tta = chosen.tta if chosen.uses_tta else ()
     stages = _with_final(ws, chosen.stages) if use_final else dict(chosen.stages)
     test_ids = image_ids_of(ws, "test")
@@ -210,9 +211,9 @@ def _refuse_final_on_validation(workspace, models: Mapping[str, str], image_ids:
     from helpers.train.config import FINAL_STAGE
 
     if FINAL_STAGE in models.values() and set(image_ids) & set(image_ids_of(as_workspace(workspace), "val")):
-        raise ValueError(f"stage {FINAL_STAGE!r} was trained on the validation images, so it would win "
-                         "any comparison on them: leave it out of notebook 04's models and set "
-                         "final_model = True in notebook 05 instead")
+        raise InvalidRequest(f"stage {FINAL_STAGE!r} was trained on the validation images, so it would win "
+                             "any comparison on them: leave it out of notebook 04's models and set "
+                             "final_model = True in notebook 05 instead")
 
 
 def trained_on(workspace, stage: str) -> set[str]:
@@ -238,7 +239,7 @@ def _refuse_trained_on_validation(workspace, models: Mapping[str, str], image_id
     for name, stage in models.items():
         seen = sorted(val & trained_on(ws, stage)) if stage != FINAL_STAGE else []
         if seen:
-            raise ValueError(
+            raise InvalidRequest(
                 f"model {name!r} (stage {stage!r}) was trained on {len(seen)} of today's validation images "
                 f"({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): the validation split changed "
                 "after it was trained, so its scores here would flatter it. Set val_ids in notebook 01 back "
@@ -258,11 +259,11 @@ def _with_final(ws: Workspace, stages: Mapping[str, str]) -> dict[str, str]:
 
     progress = stage_progress(ws, FINAL_STAGE)
     if progress.state is not StageState.FINISHED:
-        raise ValueError(f"use_final needs a finished stage {FINAL_STAGE!r} ({progress}): train it in "
-                         f"notebook 03 with stage = {FINAL_STAGE!r}")
+        raise InvalidRequest(f"use_final needs a finished stage {FINAL_STAGE!r} ({progress}): train it in "
+                             f"notebook 03 with stage = {FINAL_STAGE!r}")
     if "all" not in stages.values():
-        raise ValueError(f"the chosen strategy uses {sorted(set(stages.values()))}, not 'all': "
-                         f"the {FINAL_STAGE!r} stage has nothing to replace")
+        raise InvalidRequest(f"the chosen strategy uses {sorted(set(stages.values()))}, not 'all': "
+                             f"the {FINAL_STAGE!r} stage has nothing to replace")
     return {n: (FINAL_STAGE if s == "all" else s) for n, s in stages.items()}
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from helpers.atomic import atomic_write_json
+from helpers.errors import UserError
 
 STAIN_METHODS = ("macenko", "none")
 DEFAULT_STAIN = "macenko"
@@ -31,7 +32,7 @@ REFERENCE_FILE = "stain_reference.json"
 MAX_REFERENCE_IMAGES = 32  # fitting takes ~1-3 s an image on a CPU; more images barely move a median
 
 
-class StainError(ValueError):
+class StainError(UserError, ValueError):
     """A stain method that does not exist, or one that cannot run here."""
 
 

@@ -22,9 +22,10 @@ from helpers.detections import Detections
 from helpers.infer.evaluate import LEADERBOARD_METRIC
 from helpers.infer.fusion import MERGE_METHODS, merge_detections
 from helpers.infer.routing import PerModel, Router, route
+from helpers.errors import InvalidRequest, UserError
 
 
-class EnsembleError(ValueError):
+class EnsembleError(UserError, ValueError):
     """Predictions needed by an ensemble are missing or do not fit together, or a saved
     strategy cannot be read."""
 
@@ -198,7 +199,7 @@ def compare_strategies(per_model: PerModel, ground_truth: Mapping, router: Route
         rows.append({"strategy": s.name, "kind": s.kind, "models": "+".join(s.models), **res.summary,
                      **{k: field_scores[k] for k in TABLE_COLUMNS}})
         if metric not in rows[-1] or metric in ("strategy", "kind", "models"):
-            raise ValueError(f"metric {metric!r} unknown; use one of {[*res.summary, *TABLE_COLUMNS]}")
+            raise InvalidRequest(f"metric {metric!r} unknown; use one of {[*res.summary, *TABLE_COLUMNS]}")
     ranked = sorted(rows, key=lambda r: -np.nan_to_num(r[metric], nan=-1.0))
     best = ranked[0]["strategy"]
     return StrategyComparison(ranked, {s.name: s for s in strategies}, results, metric, best, best)

@@ -28,6 +28,7 @@ import os
 import shutil
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,14 +40,19 @@ from helpers.coco_format import CATEGORIES, CATEGORY_ID, coco_from_dataset, load
 from helpers.detections import Detections
 from helpers.rle import RLEError, check_rle, decode_crop, encode_crops, rle_bbox
 from helpers.data.dataset import TEST_IDS_FILE
+from helpers.errors import UserError
 
 ANSWER_JSON = "answer.json"
 ANSWER_ZIP = "answer.zip"
 _MAX_LISTED = 12
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """The answer (or its inputs) would not be accepted; the message lists the problems."""
+
+
+class AnswerExists(UserError, FileExistsError):
+    """Another answer is already there: the message says what differs and how to replace it."""
 
 
 class SubmissionNote(UserWarning):
@@ -339,8 +345,10 @@ def write_answer(entries: list[dict], out_dir: str | os.PathLike, test_images=No
     if existing and _holds(out_dir, entries):
         return SubmissionFiles(json_path, zip_path, summary)
     if existing and not overwrite:
-        raise FileExistsError(f"{' and '.join(map(str, existing))} already exist(s) with another answer; pass "
-                              "overwrite=True to replace it, or choose another folder")
+        raise AnswerExists(f"{' and '.join(map(str, existing))} already hold(s) another answer "
+                           f"({answer_difference(_readable_answer(existing[0]), entries)}). To replace it, set "
+                           "overwrite = True in the parameters cell (overwrite=True) and run again; or "
+                           "write to another folder.")
     pending = out_dir / PENDING
     try:
         pending.mkdir(parents=True)
@@ -377,6 +385,30 @@ def _finish_pending(out_dir: Path) -> None:
     if out_dir.is_dir():
         for p in out_dir.glob(f".{ANSWER_ZIP}.*{PARTIAL_MARKER}"):
             p.unlink(missing_ok=True)
+
+
+def _readable_answer(path: Path) -> list | None:
+    """The entries of an existing answer file, or None when it cannot be read."""
+    try:
+        return read_answer(path)
+    except (OSError, ValueError, zipfile.BadZipFile, SubmissionError):
+        return None
+
+
+def answer_difference(old: list | None, new: list) -> str:
+    """What differs between an existing answer and a new one, in a few words: detections per
+    image, and how many of the new masks the old one holds unchanged."""
+    if old is None:
+        return "the existing one cannot be read"
+
+    def key(e):
+        return e["image_id"], round(float(e["score"]), 6), json.dumps(e["segmentation"], sort_keys=True)
+
+    same = sum((Counter(map(key, old)) & Counter(map(key, new))).values())
+    was, now = (Counter(e["image_id"] for e in entries) for entries in (old, new))
+    changed = [i for i in was.keys() | now.keys() if was[i] != now[i]]
+    words = f"{len(old)} detections there, {len(new)} now, {same} of them unchanged"
+    return words + (f"; the count differs on {len(changed)} image(s)" if changed else "")
 
 
 def _holds(out_dir: Path, entries: list) -> bool:

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from helpers.errors import InvalidRequest
 from helpers.detections import Detections
 from helpers.infer import instance_metrics
 from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule, cut, paint
@@ -98,7 +99,7 @@ def choose_rule(predictions: Mapping[str, Detections], ground_truth: Mapping,
     """The segmentation rule scoring best by ``metric`` on validation (module doc); ``fixed``: the
     user's threshold instead of the curve's best (the other cuts are still chosen)."""
     if metric not in EXPORT_METRICS:
-        raise ValueError(f"metric {metric!r}: the exports are chosen by one of {EXPORT_METRICS}")
+        raise InvalidRequest(f"metric {metric!r}: the exports are chosen by one of {EXPORT_METRICS}")
     truth = instance_metrics.truth_label_images(ground_truth, {i: p.size for i, p in predictions.items()})
     preds = {i: predictions.get(i) or Detections.empty(g.shape) for i, g in truth.items()}
     curve = threshold_curve(preds, truth, base, thresholds)

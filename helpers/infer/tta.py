@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.errors import InvalidRequest
 from helpers.detections import Detections
 from helpers.rle import decode_crop, encode_crops
 
@@ -36,7 +37,7 @@ def zoom_of(name: str | None) -> float:
 
 def _check_op(name: str) -> None:
     if name not in TTA_OPS:
-        raise ValueError(f"unknown augmentation {name!r}; use one of {TTA_OPS}")
+        raise InvalidRequest(f"unknown augmentation {name!r}; use one of {TTA_OPS}")
 
 
 def augment_image(image: np.ndarray, name: str) -> np.ndarray:

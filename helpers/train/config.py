@@ -32,6 +32,8 @@ import json
 import operator
 from dataclasses import dataclass
 
+from helpers.errors import UserError
+
 PROFILES = ("colab", "cpu", "demo")
 SCALES = (1.0, 1.5, 2.0)                    # input magnifications the `scale` knob offers
 SPECIALIST_PREFIX = "specialist-"
@@ -117,7 +119,7 @@ CROSS_FIELD_RULES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A profile/stage request that cannot be turned into a config."""
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.errors import UserError
+
 MANIFEST_KEY = "_NUCLEI_DRIVE_COPY"
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 SLOT_MARK = "/.OPTIMIZER_SLOT/"   # legacy Keras optimizers (Model Garden's): a slot under its variable
@@ -43,7 +45,7 @@ BASE_DIR = "base"
 FLOAT16_MAX = 65504.0
 
 
-class DriveCopyError(RuntimeError):
+class DriveCopyError(UserError, RuntimeError):
     """A compact copy cannot be expanded (its base is gone or was replaced)."""
 
 

@@ -53,12 +53,13 @@ from helpers.atomic import atomic_path, discard, is_partial
 from helpers.train import checkpoints as ckpts
 from helpers.train import drive_copy
 from helpers.train.stages import EVENTS_DIR, STAGE_FILE
+from helpers.errors import UserError
 
 SNAPSHOT_DIR = ".mirror"        # hard links of the checkpoint being copied (CheckpointManager may delete it)
 _STATE_RE = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"', re.M)
 
 
-class MirrorError(RuntimeError):
+class MirrorError(UserError, RuntimeError):
     """The run's last checkpoint could not be copied to the workspace."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from helpers.train import config as cfglib
 from helpers.train.stages import Stage
 from helpers.workspace import Workspace
+from helpers.errors import InvalidRequest, UserError
 
 # What a begun stage keeps from its own stage.json, whatever the profile's defaults are now
 # (a newer release's defaults must not break its resume): the input it sees, its start and
@@ -36,7 +37,7 @@ LEGACY_KNOBS = {"scale": 1.0, "stain_jitter": 0.0, "crop_sampling": "uniform", "
                 "mask_upsample": 2, "photometric_jitter": 0.0, "torchvision_ops": False}
 
 
-class NoTrainingData(RuntimeError):
+class NoTrainingData(UserError, RuntimeError):
     """No shards to train on."""
 
 
@@ -50,8 +51,8 @@ def training_files(ws: Workspace, stage: Stage, image_ids=None, organs=None,
     from helpers.data import shards
 
     if stage.kind == "specialist" and not (image_ids or organs):
-        raise ValueError(f"stage {stage.name!r}: a specialist trains on a subset; pass organs=[...] "
-                         "or image_ids=[...]")
+        raise InvalidRequest(f"stage {stage.name!r}: a specialist trains on a subset; pass organs=[...] "
+                             "or image_ids=[...]")
     index_path = Path(ws.shards) / shards.INDEX_NAME
     if not index_path.is_file():
         raise NoTrainingData(f"{index_path} not found: write the shards first (notebook 01, "

@@ -20,13 +20,14 @@ from pathlib import Path
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.workspace import as_workspace
+from helpers.errors import UserError
 
 STAGE_FILE = "stage.json"
 # Model Garden's train_lib writes the training summaries (TensorBoard events) to <model_dir>/train
 EVENTS_DIR = "train"
 
 
-class StageRecordError(RuntimeError):
+class StageRecordError(UserError, RuntimeError):
     """A stage's ``stage.json`` exists but cannot be read."""
 
 
@@ -175,7 +176,7 @@ def stage_status(workspace, stage: str) -> str:
 LOCK_STALE_S = 600.0  # a lock from another machine not refreshed for this long is a dead run's
 
 
-class StageBusy(RuntimeError):
+class StageBusy(UserError, RuntimeError):
     """Another live run is training the same stage in this workspace."""
 
 

@@ -62,13 +62,14 @@ import numpy as np
 from helpers.atomic import atomic_write_json, discard_tree
 from helpers.train import torch_export
 from helpers.train.config import HEAD_MODULES
+from helpers.errors import UserError
 
 TORCH_BN_EPS = 1e-5                 # torch.nn.BatchNorm2d's default, torchvision's everywhere
 CHECKPOINT_NAME = "model"           # <folder>/model.index, model.data-*
 CONVERSION_FILE = "conversion.json"  # source, architecture, what was mapped
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The weights do not fit the model (shapes, layout, epsilon): nothing was written."""
 
 
@@ -524,7 +525,7 @@ def restore_transferable(model, prefix: str, modules, model_config) -> None:
 
 # ----------------------------------------------------------------------------- the starts
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
     """Pretrained weights could not be reached or converted; the message says what to do."""
 
 

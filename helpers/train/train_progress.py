@@ -14,9 +14,10 @@ from pathlib import Path
 
 from helpers.train.curves import LOSS_KEYS
 from helpers.train.stages import Stage
+from helpers.errors import UserError
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite: training stops at once instead of going on for hours."""
 
 

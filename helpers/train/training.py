@@ -47,6 +47,7 @@ from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F4
 from helpers.train.train_progress import StageProgress, announce
 from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.workspace import Workspace, as_workspace
+from helpers.errors import UserError
 
 __all__ = [  # what notebooks 02/03, tests and benchmarks use from here (some of it re-exported)
     "train_stage", "plan_stage", "resume_or_load", "build_task", "StageResult", "StageRun", "local_checkpoint_setting",
@@ -56,11 +57,11 @@ __all__ = [  # what notebooks 02/03, tests and benchmarks use from here (some of
 ]
 
 
-class StageConfigMismatch(RuntimeError):
+class StageConfigMismatch(UserError, RuntimeError):
     """The stage folder holds checkpoints made with a different config."""
 
 
-class ParentStageNotFinished(RuntimeError):
+class ParentStageNotFinished(UserError, RuntimeError):
     """`all`/specialist needs the final checkpoint of the stage before it."""
 
 

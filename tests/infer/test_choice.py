@@ -40,8 +40,9 @@ def test_another_choice_is_kept_unless_overwritten(tmp_path):
     other = Choice(Single("heads", ("heads",)), {"heads": "heads"})
     save_choice(tmp_path, first)
     save_choice(tmp_path, first)  # the same choice again: fine
-    with pytest.raises(FileExistsError, match="overwrite_choice=True"):
+    with pytest.raises(FileExistsError, match="overwrite_choice = True in the parameters cell") as e:
         save_choice(tmp_path, other)
+    assert f"({first.describe()}), not this one ({other.describe()})" in str(e.value)
     assert load_choice(tmp_path) == first
     with pytest.raises(FileExistsError):  # the same strategy with other augmentations is another choice
         save_choice(tmp_path, Choice(Single("all", ("all",)), {"all": "all"}, tta=("hflip",)))

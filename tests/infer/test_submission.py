@@ -35,8 +35,10 @@ def test_never_overwrites_unless_asked(test_ids, tmp_path):
     entries = build_answer(preds(), test_ids)
     files = write_answer(entries, tmp_path, test_ids)
     before = files.json_path.read_bytes()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="overwrite = True in the parameters cell") as e:
         write_answer(entries[:2], tmp_path, test_ids)
+    # what differs: 3 detections there, 2 new ones, both unchanged, one image with fewer
+    assert "3 detections there, 2 now, 2 of them unchanged; the count differs on 1 image(s)" in str(e.value)
     assert files.json_path.read_bytes() == before
     write_answer(entries[:2], tmp_path, test_ids, overwrite=True)
     assert len(read_answer(files.zip_path)) == 2

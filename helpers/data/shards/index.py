@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from helpers.data.manifest import sha256_file
+from helpers.errors import UserError
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -26,7 +27,7 @@ LABELED_SOURCE_ID_BASE = 100001
 SHARD_SUFFIX = ".tfrecord"
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """Shards on disk are missing, partial or differ from their sources."""
 
 
