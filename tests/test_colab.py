@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -311,20 +312,20 @@ def _parameters_cell(path: Path) -> dict:
     return next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
 
 
-def test_setup_cells_are_identical_without_outputs_and_check_the_url_first():
+def test_setup_cells_are_identical_collapsed_and_need_no_url():
     books = _notebooks()
     assert len(books) == 6
     sources = {"".join(_setup_cell(b)["source"]) for b in books}
     assert len(sources) == 1
     src = sources.pop()
-    assert src.index('"OWNER" in REPO_URL') < src.index('"git", "clone"')
-    assert '"--depth", "1"' in src
+    assert src.startswith("# @title ") and "GITHUB_TOKEN" in src.split("import os")[0]  # the form says it
+    assert '"--depth", "1"' in src and "workspace_root=workspace_root" in src
     for b in books:
+        assert _setup_cell(b)["metadata"].get("cellView") == "form", b.name  # collapsed on Colab
         for cell in (_setup_cell(b), _parameters_cell(b)):
             assert cell["outputs"] == [] and cell["execution_count"] is None, b.name
         params = "".join(_parameters_cell(b)["source"])
-        assert "REPO_URL =" in params and "workspace_root =" in params
-        assert "workspace_root=workspace_root" in src
+        assert 'REPO_URL = ""' in params and "workspace_root =" in params and "OWNER" not in params
 
 
 @pytest.fixture()
@@ -340,8 +341,8 @@ def git_log(tmp_path, monkeypatch):
 
 
 def _clones(log: list[str]) -> list[str]:
-    """The setup cell's clones (not the test's own `git clone --bare`)."""
-    return [line for line in log if line.startswith("clone") and line.endswith(" nuclei-maskrcnn")]
+    """The setup cell's fetches (not the test's own git commands), without any token header."""
+    return [line[line.index("nuclei-maskrcnn.partial fetch"):] for line in log if "nuclei-maskrcnn.partial fetch" in line]
 
 
 def _run_setup_cell(namespace: dict):
@@ -359,30 +360,49 @@ def content(tmp_path, monkeypatch):
     return cwd
 
 
-@pytest.mark.parametrize("url", [PLACEHOLDER, ""])
-def test_setup_cell_stops_on_a_placeholder_repo_url_before_git(fake_colab, content, git_log, url):
-    with pytest.raises(RuntimeError, match="Set REPO_URL in the parameters cell"):
-        _run_setup_cell({"REPO_URL": url, "workspace_root": ""})
+@pytest.fixture()
+def no_sessions(monkeypatch):
+    """Colab's sessions API unreachable (a notebook not opened from GitHub answers like this)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("COLAB_JUPYTER_IP", "127.0.0.1")
+    monkeypatch.setenv("KMP_TARGET_PORT", str(port))
+
+
+def _stopped(namespace: dict) -> str:
+    """The setup cell's SetupStopped message; it renders as the message alone."""
+    with pytest.raises(Exception) as e:
+        _run_setup_cell(namespace)
+    assert type(e.value).__name__ == "SetupStopped"
+    assert e.value._render_traceback_() == [f"\x1b[31mSetupStopped: {e.value}\x1b[0m"]
+    return str(e.value)
+
+
+def test_setup_cell_without_a_source_says_to_set_repo_url_before_git(fake_colab, content, git_log, no_sessions):
+    msg = _stopped({"REPO_URL": "", "workspace_root": ""})
+    assert "not opened from GitHub" in msg and "Set REPO_URL in the parameters cell" in msg
     assert git_log() == [] and list(content.iterdir()) == []
     assert fake_colab.mounts == []
 
 
-def test_setup_cell_explains_a_failing_clone(fake_colab, content, git_log, tmp_path):
+def test_setup_cell_explains_a_failing_clone_and_leaves_nothing(fake_colab, content, git_log, tmp_path, no_sessions):
     url = f"file://{tmp_path}/nowhere.git"
-    with pytest.raises(RuntimeError) as e:
-        _run_setup_cell({"REPO_URL": url, "workspace_root": ""})
-    msg = str(e.value)
-    assert msg.startswith(f"git clone {url} failed: ") and "fatal:" in msg and "REPO_URL" in msg
-    assert len(_clones(git_log())) == 1 and not (content / "nuclei-maskrcnn").exists()
+    msg = _stopped({"REPO_URL": url, "workspace_root": ""})
+    assert msg.startswith(f"Could not clone {url} (its default branch): ") and "fatal:" in msg
+    assert "GITHUB_TOKEN" in msg and "REPO_URL" in msg
+    assert len(_clones(git_log())) == 1 and list(content.iterdir()) == []
 
 
-def test_setup_cell_clones_shallow_once(fake_colab, content, git_log, tmp_path, capsys):
+def test_setup_cell_clones_shallow_once(fake_colab, content, git_log, tmp_path, capsys, no_sessions):
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(REPO), str(bare)], check=True)
     ns = _run_setup_cell({"REPO_URL": f"file://{bare}", "workspace_root": ""})
     clone = content / "nuclei-maskrcnn"
     assert (clone / "helpers" / "colab.py").is_file()
-    assert _clones(git_log()) == [f"clone --depth 1 -q file://{bare} nuclei-maskrcnn"]
+    assert _clones(git_log()) == [f"nuclei-maskrcnn.partial fetch -q --depth 1 file://{bare} HEAD"]
     depth = subprocess.run(["git", "-C", str(clone), "rev-list", "--count", "HEAD"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert depth == "1"
@@ -392,6 +412,116 @@ def test_setup_cell_clones_shallow_once(fake_colab, content, git_log, tmp_path, 
     _run_setup_cell({"REPO_URL": f"file://{bare}", "workspace_root": ""})
     assert len(_clones(git_log())) == 1 and sys.path.count(str(clone)) == 1
     assert len(fake_colab.mounts) == 1
+
+
+class _FakeGitHub:
+    """github.com and Colab's sessions API on 127.0.0.1, over real HTTP: ``git http-backend``
+    serves the bare repositories under ``root`` (``owner/name``), asking for the token as HTTP
+    basic auth when one is set; ``/api/sessions`` says which notebook is open, as Colab does."""
+
+    def __init__(self, root: Path, token: str = ""):
+        import threading
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        self.root, self.token, self.opened = root, token, ""
+        self.server = make_server("127.0.0.1", 0, self.app, handler_class=Quiet)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def app(self, environ, start_response):
+        import base64
+
+        if environ["PATH_INFO"] == "/api/sessions":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps([{"name": "x.ipynb", "path": self.opened}]).encode()]
+        basic = "Basic " + base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+        if self.token and environ.get("HTTP_AUTHORIZATION") != basic:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="GitHub"')])
+            return [b""]
+        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
+               "REMOTE_USER": "someone", **{k: environ.get(v, "") for k, v in (
+                   ("PATH_INFO", "PATH_INFO"), ("QUERY_STRING", "QUERY_STRING"),
+                   ("REQUEST_METHOD", "REQUEST_METHOD"), ("CONTENT_TYPE", "CONTENT_TYPE"),
+                   ("GIT_PROTOCOL", "HTTP_GIT_PROTOCOL"), ("HTTP_CONTENT_ENCODING", "HTTP_CONTENT_ENCODING"))}}
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        headers = [tuple(h.split(": ", 1)) for h in head.decode().split("\r\n") if h]
+        status = next((v for k, v in headers if k.lower() == "status"), "200 OK")
+        start_response(status, [(k, v) for k, v in headers if k.lower() != "status"])
+        return [payload]
+
+    def open_notebook(self, repo: str, ref: str, monkeypatch):
+        """Colab opened notebooks/01 of github.com/<repo> at <ref>; git reaches github.com here."""
+        url = f"https://github.com/{repo}/blob/{ref}/notebooks/01_prepare_shards.ipynb"
+        self.opened = "fileId=" + __import__("urllib.parse").parse.quote(url, safe="")
+        monkeypatch.setenv("COLAB_JUPYTER_IP", "127.0.0.1")
+        monkeypatch.setenv("KMP_TARGET_PORT", str(self.port))
+        for k, v in {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.http://127.0.0.1:{self.port}/.insteadOf",
+                     "GIT_CONFIG_VALUE_0": "https://github.com/"}.items():
+            monkeypatch.setenv(k, v)
+
+
+@pytest.fixture()
+def fork(tmp_path):
+    """A fork, github.com/alice/nuclei-maskrcnn, with a branch ``my-branch`` one commit ahead."""
+    bare = tmp_path / "github" / "alice" / "nuclei-maskrcnn"
+    subprocess.run(["git", "clone", "-q", "--bare", str(REPO), str(bare)], check=True)
+    work = tmp_path / "alice-work"
+    subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True)
+    (work / "ALICE.md").write_text("alice's change\n")
+    for cmd in (["checkout", "-q", "-b", "my-branch"], ["add", "ALICE.md"],
+                ["-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "alice"],
+                ["push", "-q", "origin", "my-branch"]):
+        subprocess.run(["git", "-C", str(work), *cmd], check=True)
+    return tmp_path / "github"
+
+
+def test_setup_cell_clones_the_fork_and_branch_it_was_opened_from(fake_colab, content, git_log, fork, monkeypatch):
+    github = _FakeGitHub(fork)
+    github.open_notebook("alice/nuclei-maskrcnn", "my-branch", monkeypatch)
+    _run_setup_cell({"REPO_URL": "", "workspace_root": ""})
+    clone = content / "nuclei-maskrcnn"
+    assert (clone / "ALICE.md").read_text() == "alice's change\n"  # the branch, not the default one
+    assert _clones(git_log()) == ["nuclei-maskrcnn.partial fetch -q --depth 1 "
+                                  "https://github.com/alice/nuclei-maskrcnn my-branch"]
+
+
+def test_setup_cell_clones_a_private_fork_with_the_token_from_colab_secrets(fake_colab, content, git_log, fork,
+                                                                          monkeypatch):
+    github = _FakeGitHub(fork, token="ghp_secret123")
+    github.open_notebook("alice/nuclei-maskrcnn", "my-branch", monkeypatch)
+    msg = _stopped({"REPO_URL": "", "workspace_root": ""})  # no secret yet: says which one to add
+    assert msg.startswith("Could not clone https://github.com/alice/nuclei-maskrcnn (my-branch): ")
+    assert "named GITHUB_TOKEN" in msg and list(content.iterdir()) == []
+
+    asked = []
+
+    def get(key):
+        asked.append(key)
+        return "ghp_secret123"
+
+    monkeypatch.setattr(sys.modules["google.colab"], "userdata", types.SimpleNamespace(get=get), raising=False)
+    _run_setup_cell({"REPO_URL": "", "workspace_root": ""})
+    clone = content / "nuclei-maskrcnn"
+    assert (clone / "ALICE.md").is_file() and asked == ["GITHUB_TOKEN"]
+    stored = subprocess.run(["git", "-C", str(clone), "config", "--list", "--local"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "ghp_secret123" not in stored and "extraheader" not in stored.lower()  # the token is not kept
+
+
+def test_setup_cell_names_a_token_that_cannot_read_the_repository(fake_colab, content, fork, monkeypatch):
+    github = _FakeGitHub(fork, token="ghp_right")
+    github.open_notebook("alice/nuclei-maskrcnn", "my-branch", monkeypatch)
+    monkeypatch.setattr(sys.modules["google.colab"], "userdata", types.SimpleNamespace(get=lambda key: "ghp_wrong"),
+                        raising=False)
+    msg = _stopped({"REPO_URL": "", "workspace_root": ""})
+    assert "with the token GITHUB_TOKEN: " in msg and "ghp_wrong" not in msg
+    assert list(content.iterdir()) == []
 
 
 def test_setup_cell_off_colab_only_makes_helpers_importable(content, git_log, monkeypatch):
