@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -340,6 +341,62 @@ def setup(workspace_root: str | os.PathLike | None = None, install: bool = True)
     info["workspace"] = str(root)
     print(status_line(info), flush=True)
     return info
+
+
+# --- the end of a notebook: what to open next, and releasing the runtime -----------------------
+
+GPU_NOT_NEEDED = ("01_prepare_shards",)  # the notebooks a CPU runtime runs as well
+RELEASE_HINT = ("Release this runtime before you open the next notebook (Runtime → Disconnect and delete "
+                "runtime, or tick release_runtime in this cell): a runtime left open keeps using your Colab "
+                "quota. Everything this notebook made is in the workspace.")
+
+
+def opened_from(project: str | os.PathLike | None = None) -> tuple[str, str]:
+    """``(GitHub "owner/name", commit)`` the setup cell cloned this project from, read from the
+    clone's ``.git/FETCH_HEAD``; ``("", "")`` for a project not cloned from GitHub that way."""
+    project = Path(project) if project else Path(__file__).resolve().parents[1]
+    try:
+        line = (project / ".git" / "FETCH_HEAD").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "", ""
+    commit, found = line.split("\t")[0], re.search(r"github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?$", line)
+    return (found[1], commit) if found and re.fullmatch(r"[0-9a-f]{40}", commit) else ("", "")
+
+
+def colab_link(notebook: str, project: str | os.PathLike | None = None) -> str:
+    """The Colab link of ``notebooks/<notebook>.ipynb`` at the commit this project was cloned from
+    (\"\" when it was not cloned from GitHub by the setup cell)."""
+    repo, commit = opened_from(project)
+    if not repo:
+        return ""
+    return f"https://colab.research.google.com/github/{repo}/blob/{commit}/notebooks/{notebook}.ipynb"
+
+
+def next_notebook(notebook: str | None, release_runtime: bool = False) -> str:
+    """Print (and return) what to open next; on Colab, release this runtime if asked.
+
+    ``notebook`` is the next notebook's name (``None`` after the last one). Colab bills a
+    runtime until it is released, and each notebook runs in its own, so the message says to
+    release it; ``release_runtime=True`` does it (``google.colab.runtime.unassign()``), which
+    ends this notebook's session: everything it made is already in the workspace."""
+    if notebook is None:
+        lines = ["Done: this was the last notebook."]
+    elif not in_colab():
+        lines = [f"Next: notebook {notebook}."]
+    else:
+        runtime = "a CPU runtime is enough" if notebook in GPU_NOT_NEEDED else \
+            "on a GPU runtime (Runtime → Change runtime type → T4 GPU)"
+        link = colab_link(notebook)
+        lines = [f"Next: notebook {notebook}, {runtime}" + (f": {link}" if link else ".")]
+    if in_colab():
+        lines.append("Releasing this runtime now." if release_runtime else RELEASE_HINT)
+    text = "\n".join(lines)
+    print(text, flush=True)
+    if in_colab() and release_runtime:
+        from google.colab import runtime  # only exists on Colab
+
+        runtime.unassign()
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -529,3 +529,50 @@ def test_setup_cell_off_colab_only_makes_helpers_importable(content, git_log, mo
     ns = _run_setup_cell({"REPO_URL": PLACEHOLDER, "workspace_root": str(content / "ws")})
     assert git_log() == [] and sys.path.count(str(REPO)) >= 1
     assert ns["runtime"]["colab"] is False and not (content / "ws").exists()
+
+
+# --- the end of each notebook: what to open next, and releasing the runtime ---------------------
+
+def _last_code_cell(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "".join([c for c in cells if c["cell_type"] == "code"][-1]["source"])
+
+
+def test_each_notebook_ends_naming_the_next_with_release_off_by_default():
+    books = _notebooks()
+    for book, following in zip(books, [*books[1:], None]):
+        src = _last_code_cell(book)
+        assert src.startswith('release_runtime = False  # @param {type:"boolean"}\n'), book.name
+        assert src.endswith(f"colab.next_notebook({json.dumps(following.stem) if following else None}, "
+                            "release_runtime)"), book.name
+    first = "".join(json.loads(books[0].read_text())["cells"][0]["source"])
+    assert "No GPU needed" in first and books[0].stem in colab.GPU_NOT_NEEDED
+
+
+def test_next_notebook_off_colab_names_it_only(capsys):
+    assert colab.next_notebook("02_train_heads", release_runtime=True) == "Next: notebook 02_train_heads."
+    assert colab.next_notebook(None) == "Done: this was the last notebook."
+
+
+def test_colab_link_follows_the_fork_and_commit_the_project_was_cloned_from(tmp_path):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (tmp_path / ".git").mkdir()
+    assert colab.colab_link("02_train_heads", tmp_path) == ""  # not cloned by the setup cell
+    (tmp_path / ".git" / "FETCH_HEAD").write_text(
+        f"{sha}\t\tbranch 'my-branch' of https://github.com/alice/nuclei-maskrcnn\n")
+    assert colab.colab_link("02_train_heads", tmp_path) == \
+        f"https://colab.research.google.com/github/alice/nuclei-maskrcnn/blob/{sha}/notebooks/02_train_heads.ipynb"
+    (tmp_path / ".git" / "FETCH_HEAD").write_text(f"{sha}\t\tfile:///somewhere/else\n")
+    assert colab.opened_from(tmp_path) == ("", "")
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_next_notebook_on_colab_says_to_release_the_runtime_or_releases_it(fake_colab, monkeypatch, release):
+    released = []
+    monkeypatch.setattr(sys.modules["google.colab"], "runtime",
+                        types.SimpleNamespace(unassign=lambda: released.append(True)), raising=False)
+    text = colab.next_notebook("02_train_heads", release_runtime=release)
+    assert text.startswith("Next: notebook 02_train_heads, on a GPU runtime")
+    assert ("Releasing this runtime now." in text) == release and (colab.RELEASE_HINT in text) != release
+    assert released == ([True] if release else [])
+    assert "a CPU runtime is enough" in colab.next_notebook("01_prepare_shards")
