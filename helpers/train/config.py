@@ -531,15 +531,20 @@ def diff_fingerprints(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def describe(profile: str | Profile) -> str:
-    """A few lines for the notebook: the matterport-style knobs of a profile."""
+def describe(profile: str | Profile, stage: str | None = None, steps: int | None = None,
+             checkpoint_every: int | None = None) -> str:
+    """A few lines for the notebook: the matterport-style knobs of a profile. With ``stage``, the
+    steps planned for it (``steps`` when the notebook sets them, else the profile's) and the
+    notebook's ``checkpoint_every``, as the run will use them."""
     p = get_profile(profile) if isinstance(profile, str) else profile
+    planned = f"steps {p.steps}" if stage is None else \
+        f"{steps or p.steps[stage_kind(stage)]} steps for stage {stage}"
     start = ("random weights" if p.from_scratch or not p.pretrained
              else f"{p.pretrained} ({START_LABELS.get(p.pretrained, 'a backbone checkpoint')})")
     return (f"profile {p.name}: backbone {p.backbone}-FPN (P{p.min_level}-P{p.max_level}), start {start}, "
             f"images_per_batch {p.images_per_batch}, "
             f"learning_rate {p.learning_rate} (heads) / {p.learning_rate_all} (all), "
-            f"checkpoint_every {p.checkpoint_every} steps, steps {p.steps}, "
+            f"checkpoint_every {checkpoint_every or p.checkpoint_every} steps, {planned}, "
             f"crop {p.crop_size}px " + (f"of {p.window()} native px (scale {p.scale})"
                                         if p.scale != 1.0 else "at native resolution")
             + (f", stain jitter {p.stain_jitter}" if p.stain_jitter else "")

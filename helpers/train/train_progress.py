@@ -29,6 +29,11 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
 
 
+# tqdm's line without its own rate and time left: they count the first step's tracing of the
+# tf.function, so "left" after the bar (s/step of the steps since) is the one time left shown
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
 class StageProgress:
     """Orbit train action: a tqdm line with step/total, losses and s/step; and the time
     budget, as the runner's stop condition (:meth:`over_budget`)."""
@@ -37,7 +42,7 @@ class StageProgress:
         from helpers.progress import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step",
-                        disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+                        disable=not enabled, dynamic_ncols=True, file=sys.stderr, bar_format=BAR_FORMAT)
         self.stage = stage
         self.times: list[float] = []
         self.last = time.perf_counter()

@@ -160,6 +160,16 @@ def test_invalid_requests_are_clear_errors():
     assert "start random weights" in config.describe("demo")
 
 
+def test_describe_shows_the_steps_the_run_will_use():
+    """The demo runs 150 steps per stage although its profile plans 10: the notebook's knobs win."""
+    assert "150 steps for stage heads" in config.describe("demo", "heads", 150)
+    assert "10 steps for stage all" in config.describe("demo", "all", 0)
+    assert "1000 steps for stage final" not in config.describe("colab", "final", None)  # final is an 'all'
+    assert "12000 steps for stage final" in config.describe("colab", "final", None)
+    assert "checkpoint_every 7 steps" in config.describe("colab", "heads", 0, 7)
+    assert "{" not in config.describe("colab", "heads").split("steps for stage")[0].split("checkpoint_every")[1]
+
+
 def test_from_scratch_trains_every_layer_with_its_own_learning_rates():
     prof = config.get_profile("cpu", from_scratch=True)
     heads, all_ = cfg(prof, "heads"), cfg(prof, "all")

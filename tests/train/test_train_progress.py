@@ -29,3 +29,20 @@ def test_s_per_step_leaves_out_the_first_step_and_the_budget_uses_it():
     bar.budget_s, bar.t0 = 1.0, time.perf_counter() - 2.0
     assert bar.over_budget()
     bar.close()
+
+
+def test_the_line_shows_one_time_left(capsys):
+    from helpers import progress
+
+    progress.use_text_bars(True)
+    try:
+        bar = StageProgress("heads", 0, 10, enabled=True)
+        for _ in range(3):
+            bar({"total_loss": 1.0, "mask_loss": 0.5, "learning_rate": 0.01})
+        bar.bar.refresh()
+        bar.close()
+    finally:
+        progress.use_text_bars(None)
+    line = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert line.startswith("train heads:") and "3/10 [" in line and "left=" in line
+    assert "<" not in line and "step/s" not in line and "s/step]" not in line  # not tqdm's own ETA and rate
