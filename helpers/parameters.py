@@ -78,7 +78,7 @@ PARAMETERS: dict[str, Kind] = {
     "seed": integer(),
     # 02, 03 training
     "steps": integer(0), "time_budget_minutes": number(0.0), "checkpoint_every": integer(0), "pretrained": TEXT,
-    "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "stage": TEXT, "organs": NAMES,
+    "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "overlay_min_score": FRACTION, "stage": TEXT, "organs": NAMES,
     "image_ids": NAMES,
     # 04 ensemble
     "models": MODELS, "tta": optional(NAMES), "stain": choice("macenko", "none"), "route_by_organ": NAME_MAP,

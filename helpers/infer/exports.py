@@ -151,7 +151,7 @@ def _write_tiff(path: Path, labels: np.ndarray) -> None:
 def _write_overlay(path: Path, image: np.ndarray, dets: Detections, title: str) -> None:
     from helpers.infer.overlays import figure_png, prediction_overlay
 
-    atomic_write_bytes(path, figure_png(prediction_overlay(image, dets, title=title)))
+    atomic_write_bytes(path, figure_png(prediction_overlay(image, dets, title=title, min_score=0.0)))
 
 
 def export_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:

@@ -2,8 +2,8 @@
 
 * ``eval_overlay``: one validation image with true positives (green), false
   positives (red) and missed nuclei (blue) at IoU 0.5, from ``evaluate``'s matches.
-* ``prediction_overlay``: one (test) image with its predicted masks, coloured by
-  score, and the counts in the title.
+* ``prediction_overlay``: one (test) image with its predicted masks above a score floor,
+  coloured by score with a colour bar, and the counts in the title.
 * ``score_histogram``: the score distribution per image.
 
 Functions return a ``matplotlib.figure.Figure`` built without pyplot (no global
@@ -15,15 +15,20 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from helpers.detections import Detections
 from helpers.rle import decode_crop, rle_bbox
 from helpers.drawing import outline
 
 COLORS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "missed": (0.15, 0.45, 1.0)}
+# predictions coloured by score from cyan (low) through green to yellow (high): bright hues far from
+# haematoxylin's purple and eosin's pink, so even the lowest score stands out (viridis' dark purple
+# vanished on nuclei)
+SCORE_CMAP = LinearSegmentedColormap.from_list("nuclei_score", ["#00e5ff", "#39ff14", "#ffff00"])
+OVERLAY_MIN_SCORE = 0.3  # the overlays draw predictions scoring at least this (a parameter of each notebook)
 
 
 def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
@@ -125,20 +130,41 @@ def eval_overlay(image: np.ndarray, gt_rles: Sequence[dict], dets: Detections, m
     return fig
 
 
-def prediction_overlay(image: np.ndarray, dets: Detections, title: str | None = None,
-                       score_threshold: float = 0.5) -> Figure:
-    """Predicted masks coloured by score (colormap 'viridis'); title with the counts."""
+def prediction_overlay_array(image: np.ndarray, dets: Detections, min_score: float = 0.0) -> np.ndarray:
+    """The overlay of ``prediction_overlay`` as a float RGB array in [0, 1] (H, W, 3): the masks
+    scoring at least ``min_score``, coloured by score (:data:`SCORE_CMAP`), the best drawn last."""
     canvas = _as_float_rgb(image).copy()
     if tuple(canvas.shape[:2]) != tuple(dets.size):
         raise ValueError(f"image is {canvas.shape[:2]} but predictions are for {dets.size}")
-    d = dets.sorted().subset(np.arange(len(dets))[::-1]) if len(dets) else dets  # best drawn last
-    cmap = colormaps["viridis"]
-    _paint(canvas, d.rles, [cmap(float(s))[:3] for s in d.scores])
+    shown = dets.subset(np.flatnonzero(dets.scores >= min_score)) if len(dets) else dets
+    d = shown.sorted().subset(np.arange(len(shown))[::-1]) if len(shown) else shown  # best drawn last
+    _paint(canvas, d.rles, [SCORE_CMAP(_score_norm(min_score)(float(s)))[:3] for s in d.scores])
+    return np.clip(canvas, 0, 1)
+
+
+def _score_norm(min_score: float):
+    from matplotlib.colors import Normalize
+
+    return Normalize(vmin=min(min_score, 0.99), vmax=1.0, clip=True)
+
+
+def prediction_overlay(image: np.ndarray, dets: Detections, title: str | None = None,
+                       min_score: float = OVERLAY_MIN_SCORE) -> Figure:
+    """Predicted masks scoring at least ``min_score``, coloured by score with a colour bar; the
+    title counts all detections and those drawn."""
+    from matplotlib.cm import ScalarMappable
+
+    canvas = prediction_overlay_array(image, dets, min_score)
     fig, ax = _figure(canvas.shape)
-    ax.imshow(np.clip(canvas, 0, 1), interpolation="nearest")
-    n_hi = int((dets.scores >= score_threshold).sum())
-    counts = f"{len(dets)} detections, {n_hi} with score >= {score_threshold:g}"
+    ax.imshow(canvas, interpolation="nearest")
+    n_shown = int((dets.scores >= min_score).sum())
+    counts = f"{len(dets)} detections, {n_shown} drawn (score >= {min_score:g})"
     fig.suptitle(f"{title}\n{counts}" if title else counts, fontsize=9, y=0.995, va="top")
+    ax.add_patch(Rectangle((0.64, 0.0), 0.36, 0.085, transform=ax.transAxes, facecolor="white", alpha=0.85))
+    cax = ax.inset_axes([0.66, 0.05, 0.32, 0.022])
+    bar = fig.colorbar(ScalarMappable(norm=_score_norm(min_score), cmap=SCORE_CMAP), cax=cax, orientation="horizontal")
+    bar.set_label("score", fontsize=7, labelpad=1)
+    bar.ax.tick_params(labelsize=6, pad=1)
     return fig
 
 

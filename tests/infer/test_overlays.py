@@ -6,10 +6,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers.detections import Detections  # noqa: E402
-from helpers.rle import encode_masks  # noqa: E402
+from helpers.rle import decode_rle, encode_masks  # noqa: E402
 from helpers.infer.evaluate import evaluate  # noqa: E402
 from helpers.infer.overlays import (COLORS, eval_overlay, eval_overlay_array, eval_overlays, figure_png,  # noqa: E402
-                              prediction_overlay, score_histogram)
+                              prediction_overlay, prediction_overlay_array, score_histogram, SCORE_CMAP)
 
 H = W = 100
 
@@ -57,8 +57,9 @@ def test_eval_overlay_rejects_mismatched_match(case):
 
 def test_prediction_overlay_and_histogram(case, tmp_path):
     image, _, dets, _ = case
-    fig = prediction_overlay(image, dets, title="test image", score_threshold=0.7)
-    assert "2 detections, 1 with score >= 0.7" in fig._suptitle.get_text()
+    fig = prediction_overlay(image, dets, title="test image", min_score=0.7)
+    assert "2 detections, 1 drawn (score >= 0.7)" in fig._suptitle.get_text()
+    assert [a.get_xlabel() for a in fig.axes[0].child_axes] == ["score"]  # the colour bar
     fig.savefig(tmp_path / "o.png")
     assert (tmp_path / "o.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="predictions are for"):
@@ -74,3 +75,20 @@ def test_figure_png(case):
     _, _, dets, _ = case
     png = figure_png(score_histogram(dets))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_prediction_overlay_draws_above_its_floor_in_colours_that_stand_out_on_h_and_e(case):
+    image, _, dets, _ = case
+    low, high = int(np.argmin(dets.scores)), int(np.argmax(dets.scores))
+    floor = float(dets.scores[low] + dets.scores[high]) / 2
+    canvas = prediction_overlay_array(image, dets, min_score=floor)
+    painted = np.any(np.abs(canvas - image / 255.0) > 1e-6, axis=2)
+    low_mask, high_mask = (decode_rle(dets.rles[i]).astype(bool) for i in (low, high))
+    assert not painted[low_mask & ~high_mask].any()  # below the floor: not drawn
+    assert painted[high_mask].all()
+    everything = prediction_overlay_array(image, dets, min_score=0.0)
+    assert np.any(np.abs(everything - image / 255.0) > 1e-6, axis=2)[low_mask].all()
+    # every score's colour is bright and far from haematoxylin's purple and eosin's pink
+    for score in np.linspace(0, 1, 11):
+        r, g, b = SCORE_CMAP(score)[:3]
+        assert g > 0.85 and max(r, g, b) - min(r, g, b) > 0.5, (score, r, g, b)
