@@ -15,7 +15,7 @@ import pytest
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 LAYERS = {
-    "": ("errors", "atomic", "progress", "colab", "workspace", "image_codec", "rle", "detections", "coco_format", "stain",
+    "": ("errors", "atomic", "progress", "tables", "colab", "workspace", "image_codec", "rle", "detections", "coco_format", "stain",
          "drawing", "parameters", "notebooks"),
     "data": ("organs", "dataset", "manifest", "acquire", "demo_data", "shards/index", "shards/reader",
              "shards/writer", "shards/verify", "prepare"),

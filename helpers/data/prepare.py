@@ -141,16 +141,16 @@ def choose_split(ws: Workspace, rows: Sequence[dict], n_val: int | None = None,
     return rows
 
 
-def shard_table(index: dict) -> str:
-    """A short text table of the shards per pool/organ/split."""
+def shard_table(index: dict):
+    """The shards per split and organ: count, nuclei, MB (a table; a DataFrame in a notebook)."""
+    from helpers.tables import Report, Table
+
     per = defaultdict(lambda: [0, 0, 0])
     for e in index["shards"]:
         k = (e["split"], e["organ"])
         per[k][0] += 1
         per[k][1] += e["n_nuclei"]
         per[k][2] += e["size"]
-    lines = [f"{'split':6} {'organ':10} {'shards':>6} {'nuclei':>7} {'MB':>7}"]
-    for (split, organ), (n, nuc, size) in sorted(per.items()):
-        lines.append(f"{split:6} {organ:10} {n:6d} {nuc:7d} {size / 1e6:7.2f}")
-    lines.append(f"{index['n_shards']} shards, {index['n_nuclei']} nuclei")
-    return "\n".join(lines)
+    rows = [{"split": split, "organ": organ, "shards": n, "nuclei": nuc, "MB": size / 1e6}
+            for (split, organ), (n, nuc, size) in sorted(per.items())]
+    return Report([Table(rows, formats={"MB": "{:.2f}"}), f"{index['n_shards']} shards, {index['n_nuclei']} nuclei"])

@@ -29,6 +29,7 @@ from pycocotools.cocoeval import COCOeval
 from helpers.coco_format import CATEGORY_ID, coco_from_dataset, gt_dataset, load_results, result_entries
 from helpers.detections import Detections
 from helpers.rle import encode_masks
+from helpers.tables import Report, Table
 from helpers.errors import UserError
 
 DEFAULT_MAX_DETS = (100, 1000)
@@ -63,25 +64,13 @@ class EvalResult:
     matches: dict[str, ImageMatch] = field(repr=False)
     max_dets: tuple[int, ...] = DEFAULT_MAX_DETS
 
+    def report(self) -> Report:
+        """The summary and the per-image table (a DataFrame in a notebook)."""
+        return Report(["  ".join(f"{k}={v:.4f}" for k, v in self.summary.items()), "", Table(self.per_image)])
+
     def format(self) -> str:
         """The summary and the per-image table as text."""
-        lines = ["  ".join(f"{k}={v:.4f}" for k, v in self.summary.items()), ""]
-        lines.append(format_table(self.per_image))
-        return "\n".join(lines)
-
-
-def format_table(rows: Sequence[Mapping], floatfmt: str = "{:.4f}") -> str:
-    """A plain-text table of dict rows (the keys of the first row are the columns)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0].keys())
-    cells = [[(floatfmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols]
-             for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)),
-           "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out)
+        return str(self.report())
 
 
 def gt_rles(value, image_id: str) -> list[dict]:

@@ -155,12 +155,15 @@ class FieldScores:
     per_image: list[dict]
     rule: SegmentationRule
 
-    def format(self) -> str:
-        from helpers.infer.evaluate import format_table
+    def report(self):
+        from helpers.tables import Report, Table
 
         mean = "  ".join(f"{k}={v:.4f}" for k, v in self.summary.items())
-        return (f"segmentation: {self.rule.describe()}\nmean over images: {mean}\n\n"
-                + format_table(self.per_image))
+        return Report([f"segmentation: {self.rule.describe()}", f"mean over images: {mean}", "",
+                       Table(self.per_image)])
+
+    def format(self) -> str:
+        return str(self.report())
 
 
 def count(labels: np.ndarray) -> int:

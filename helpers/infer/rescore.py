@@ -177,21 +177,23 @@ class RescoreComparison:
             return apply_all(self.chosen, preds, passes)
         return _with_scores(preds, self.loo_scores[self.chosen])
 
-    def format(self) -> str:
-        from helpers.infer.evaluate import format_table
+    def report(self):
+        from helpers.tables import Report, Table
 
-        lines = [format_table([{**r, "": "<- chosen" if r["recipe"] == self.chosen else ""}
-                               for r in self.rows])]
-        lines.append("ceiling (perfect masks): " + "  ".join(f"{k} {v:.4f}" for k, v in self.ceiling.items()
+        parts = [Table([{**r, "pick": "<- chosen" if r["recipe"] == self.chosen else ""} for r in self.rows])]
+        parts.append("ceiling (perfect masks): " + "  ".join(f"{k} {v:.4f}" for k, v in self.ceiling.items()
                                                              if k.startswith("AP@")))
         base = next(r for r in self.rows if r["recipe"] == "none")
         chosen = next(r for r in self.rows if r["recipe"] == self.chosen)
         if self.chosen != "none":
-            lines.append(f"{self.chosen}: {self.metric} {base[self.metric]:.4f} -> {chosen[self.metric]:.4f}"
+            parts.append(f"{self.chosen}: {self.metric} {base[self.metric]:.4f} -> {chosen[self.metric]:.4f}"
                          + _tradeoff(base, chosen, self.metric))
         else:
-            lines.append(f"no recipe beats the classifier's score on {self.metric}: keeping it")
-        return "\n".join(lines)
+            parts.append(f"no recipe beats the classifier's score on {self.metric}: keeping it")
+        return Report(parts)
+
+    def format(self) -> str:
+        return str(self.report())
 
 
 def _tradeoff(base: Mapping, chosen: Mapping, metric: str) -> str:

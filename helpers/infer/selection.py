@@ -12,6 +12,7 @@ import warnings
 from typing import Mapping, Sequence
 
 from helpers.errors import InvalidRequest
+from helpers.tables import show
 from helpers.detections import Detections
 from helpers.data.manifest import workspace_manifest
 from helpers.infer import choice as choice_record
@@ -130,7 +131,7 @@ def rescoring(workspace, models, strategy, val_preds: Mapping[str, Detections], 
         metric = LEADERBOARD_METRIC
     passes = prediction_passes(workspace, strategy, list(val_preds), model_stages(models), tta, **kw)
     cmp = rescore.compare_recipes(val_preds, ground_truth, passes, metric=metric, choice=choice)
-    print(cmp.format())
+    show(cmp.report())
     return cmp, cmp.on_validation(val_preds, passes)
 
 
@@ -143,7 +144,7 @@ def choose_segmentation(val_preds: Mapping[str, Detections], ground_truth: Mappi
     grid = thresholds.THRESHOLDS if min_score is None else sorted({*thresholds.THRESHOLDS, float(min_score)})
     chosen = thresholds.choose_rule(val_preds, ground_truth, metric, thresholds=grid,
                                     fixed=min_score)
-    print(chosen.format())
+    show(chosen.report())
     return chosen
 
 

@@ -168,12 +168,15 @@ class StrategyComparison:
     def strategy(self) -> Strategy:
         return self.strategies[self.chosen]
 
-    def format(self) -> str:
-        from helpers.infer.evaluate import format_table
+    def report(self):
+        from helpers.tables import Report, Table
 
         rows = [{**r, "pick": ("<- chosen" if r["strategy"] == self.chosen else "")
                  + (" (best)" if r["strategy"] == self.best else "")} for r in self.rows]
-        return f"ranked by {self.metric}\n" + format_table(rows)
+        return Report([f"ranked by {self.metric}", Table(rows)])
+
+    def format(self) -> str:
+        return str(self.report())
 
 
 def compare_strategies(per_model: PerModel, ground_truth: Mapping, router: Router | None = None,

@@ -55,16 +55,19 @@ class RuleChoice:
         """The row of the chosen rule: its mean and worst-image metrics."""
         return next(r for r in (*self.cuts, *self.curve) if _rule_of(r) == self.rule)
 
-    def format(self) -> str:
-        from helpers.infer.evaluate import format_table
+    def report(self):
+        from helpers.tables import Report, Table
 
-        lines = [f"chosen by {self.metric} (mean over the validation images): {self.rule.describe()}", "",
-                 "threshold curve:", format_table([_display(r) for r in self.curve])]
+        parts = [f"chosen by {self.metric} (mean over the validation images): {self.rule.describe()}", "",
+                 Table([_display(r) for r in self.curve], "threshold curve")]
         if self.cuts:
-            lines += ["", "other cuts at that threshold:", format_table([_display(r) for r in self.cuts])]
+            parts += ["", Table([_display(r) for r in self.cuts], "other cuts at that threshold")]
         if self.per_image:
-            lines += ["", "per image, chosen rule:", format_table(self.per_image)]
-        return "\n".join(lines)
+            parts += ["", Table(self.per_image, "per image, chosen rule")]
+        return Report(parts)
+
+    def format(self) -> str:
+        return str(self.report())
 
     def figure(self):
         """The threshold curve: mean and worst image of each metric, the worst image's share of

@@ -6,7 +6,8 @@ import pytest
 from helpers.detections import Detections
 from helpers.rle import encode_masks
 from _ground_truth import load_ground_truth
-from helpers.infer.evaluate import EvaluationError, evaluate, format_table
+from helpers.infer.evaluate import EvaluationError, evaluate
+from helpers.tables import format_table
 
 
 @pytest.fixture(scope="module")
