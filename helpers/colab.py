@@ -372,8 +372,8 @@ def colab_link(notebook: str, project: str | os.PathLike | None = None) -> str:
     return f"https://colab.research.google.com/github/{repo}/blob/{commit}/notebooks/{notebook}.ipynb"
 
 
-def next_notebook(notebook: str | None, release_runtime: bool = False) -> str:
-    """Print (and return) what to open next; on Colab, release this runtime if asked.
+def next_notebook(notebook: str | None, release_runtime: bool = False) -> None:
+    """Print what to open next; on Colab, release this runtime if asked.
 
     ``notebook`` is the next notebook's name (``None`` after the last one). Colab bills a
     runtime until it is released, and each notebook runs in its own, so the message says to
@@ -396,7 +396,6 @@ def next_notebook(notebook: str | None, release_runtime: bool = False) -> str:
         from google.colab import runtime  # only exists on Colab
 
         runtime.unassign()
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:

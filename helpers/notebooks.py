@@ -134,7 +134,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
             pm.execute_notebook(str(notebook), str(work), parameters=params, kernel_name="python3",
                                 cwd=str(notebook.parent), progress_bar=False, log_output=log_output,
                                 kernel_manager_class=_kernel_manager(log),
-                                extra_arguments=KERNEL_ARGUMENTS)
+                                extra_arguments=KERNEL_ARGUMENTS,
+                                coalesce_streams=True)  # one stream per cell, each bar at its end
         except BaseException:
             if work.exists():
                 os.replace(work, ws.runs / f"{notebook.stem}.failed.ipynb")

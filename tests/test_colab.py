@@ -549,9 +549,14 @@ def test_each_notebook_ends_naming_the_next_with_release_off_by_default():
     assert "No GPU needed" in first and books[0].stem in colab.GPU_NOT_NEEDED
 
 
+def _next(capsys, *args, **kw) -> str:
+    assert colab.next_notebook(*args, **kw) is None  # nothing for a notebook to echo as the cell's result
+    return capsys.readouterr().out.strip()
+
+
 def test_next_notebook_off_colab_names_it_only(capsys):
-    assert colab.next_notebook("02_train_heads", release_runtime=True) == "Next: notebook 02_train_heads."
-    assert colab.next_notebook(None) == "Done: this was the last notebook."
+    assert _next(capsys, "02_train_heads", release_runtime=True) == "Next: notebook 02_train_heads."
+    assert _next(capsys, None) == "Done: this was the last notebook."
 
 
 def test_colab_link_follows_the_fork_and_commit_the_project_was_cloned_from(tmp_path):
@@ -567,12 +572,12 @@ def test_colab_link_follows_the_fork_and_commit_the_project_was_cloned_from(tmp_
 
 
 @pytest.mark.parametrize("release", [False, True])
-def test_next_notebook_on_colab_says_to_release_the_runtime_or_releases_it(fake_colab, monkeypatch, release):
+def test_next_notebook_on_colab_says_to_release_the_runtime_or_releases_it(fake_colab, monkeypatch, capsys, release):
     released = []
     monkeypatch.setattr(sys.modules["google.colab"], "runtime",
                         types.SimpleNamespace(unassign=lambda: released.append(True)), raising=False)
-    text = colab.next_notebook("02_train_heads", release_runtime=release)
+    text = _next(capsys, "02_train_heads", release_runtime=release)
     assert text.startswith("Next: notebook 02_train_heads, on a GPU runtime")
     assert ("Releasing this runtime now." in text) == release and (colab.RELEASE_HINT in text) != release
     assert released == ([True] if release else [])
-    assert "a CPU runtime is enough" in colab.next_notebook("01_prepare_shards")
+    assert "a CPU runtime is enough" in _next(capsys, "01_prepare_shards")

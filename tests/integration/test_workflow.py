@@ -13,7 +13,8 @@ from helpers.notebooks import workflow_notebooks
 
 def _outputs(nb_path):
     nb = json.loads(nb_path.read_text())
-    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    text = "".join("".join(o.get("text", o.get("data", {}).get("text/plain", "")))
+                   for c in nb["cells"] for o in c.get("outputs", []))
     images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     return text, images, errors
@@ -32,6 +33,24 @@ def test_every_notebook_ran_and_was_saved_with_outputs(demo_workflow):
 # papermill's parameter warnings, tqdm's widget warning, protobuf's gencode traceback.
 NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|cuInit|CUDA|Passed unknown "
                    r"parameter|IProgress|TqdmWarning|[Gg]encode|^WARNING|^Traceback")
+
+
+def test_each_cell_shows_one_progress_stream_without_blank_outputs(demo_workflow):
+    """Progress arrives as one stderr output per cell, each bar once at its final state, and no
+    cell ends with an empty stream output."""
+    for name in [nb.name for nb in workflow_notebooks()]:
+        nb = json.loads((demo_workflow.runs / name).read_text())
+        bars = 0
+        for c in nb["cells"]:
+            streams = [o for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+            for stream in ("stdout", "stderr"):
+                assert len([o for o in streams if o["name"] == stream]) <= 1, f"{name}: {stream} in pieces"
+            assert all("".join(o["text"]).strip() for o in streams), f"{name}: a blank stream output"
+            for o in streams:
+                text = "".join(o["text"])
+                assert "\r" not in text, f"{name}: a bar's intermediate states were kept"
+                bars += len(re.findall(r"\d+/\d+ \[", text))
+        assert bars >= 1 or name.startswith("06"), f"{name} shows no progress bar"
 
 
 def test_notebook_outputs_carry_no_library_noise(demo_workflow):
