@@ -78,8 +78,8 @@ PARAMETERS: dict[str, Kind] = {
     "seed": integer(),
     # 02, 03 training
     "steps": integer(0), "time_budget_minutes": number(0.0), "checkpoint_every": integer(0), "pretrained": TEXT,
-    "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "overlay_min_score": FRACTION, "stage": TEXT, "organs": NAMES,
-    "image_ids": NAMES,
+    "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "overlay_min_score": FRACTION,
+    "stage": TEXT, "organs": NAMES, "image_ids": NAMES,
     # 04 ensemble
     "models": MODELS, "tta": optional(NAMES), "stain": choice("macenko", "none"), "route_by_organ": NAME_MAP,
     "route_by_image": NAME_MAP, "route_default": TEXT, "merge_iou": FRACTION, "metric": TEXT, "choice": TEXT,
@@ -87,7 +87,7 @@ PARAMETERS: dict[str, Kind] = {
     "overwrite_choice": FLAG, "use_unfinished": FLAG,
     # 05 submit
     "final_model": FLAG, "resolve_overlaps": FLAG, "min_score": optional(FRACTION), "max_dets": optional(integer(1)),
-    "overwrite": FLAG,
+    "overwrite": FLAG, "pixel_size_um": optional(number(0.01, 100.0)),
     # 06 your images
     "source": TEXT, "run": TEXT, "tile": integer(64), "overlap": integer(0), "show": integer(0),
 }

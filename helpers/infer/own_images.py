@@ -238,10 +238,11 @@ class TiledPredictor:
 def predict_own_images(workspace, source, stage: str = "all", run: str | None = None,
                        tta: Sequence[str] | None = None, min_score: float | None = None,
                        tile: int = 1024, overlap: int = 128, progress: bool = True,
-                       unfinished: bool = False) -> OwnImagesReport:
+                       unfinished: bool = False, pixel_size_um: float | None = None) -> OwnImagesReport:
     """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
     04's choice (or :data:`DEFAULT_TTA`), ``min_score`` None its exports' rule (or the default
-    rule). Returns the report (also printed)."""
+    rule); ``pixel_size_um`` (µm per pixel, where known) adds µm to the exports. Returns the
+    report (also printed)."""
     from helpers.infer.model import load_model
     from helpers.progress import tqdm
     from helpers.train.checkpoints import checkpoint_step
@@ -254,7 +255,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     recipe, tta = _recipe_and_tta(chosen, tta, report)
     rule, rule_source = export_rule(chosen, min_score)
     report.notes.append(f"exports keep: {rule.describe()} ({rule_source})")
-    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished)
+    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished, pixel_size_um)
     record = _open_run(report.out_dir, settings)
     todo = _not_exported(paths, record, report)
     if todo:
@@ -267,7 +268,7 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
                   disable=not progress) as bar:
             for path, stem in todo:
                 if stem in sizes:
-                    if _one_image(path, stem, sizes[stem], predictor, rule, bar, report):
+                    if _one_image(path, stem, sizes[stem], predictor, rule, bar, report, pixel_size_um):
                         record["images"][stem] = report.fingerprints[stem]
                         atomic_write_json(report.out_dir / RUN_RECORD, record)
     print(report.format())
@@ -295,7 +296,7 @@ def fingerprint(path: Path) -> str:
     return f"{path.stat().st_size}:{sha256_file(path)}"
 
 
-def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished) -> dict:
+def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished, pixel_size_um=None) -> dict:
     """What the exports of a run depend on, besides each image."""
     from helpers.infer.model import open_stage, resolve_checkpoint
     from helpers.infer.stain_normalization import DEFAULT_STAIN
@@ -303,7 +304,8 @@ def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinishe
     checkpoint = resolve_checkpoint(ws, open_stage(ws, stage), unfinished=unfinished)
     return {"stage": stage, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
             "exports keep": rule.describe(), "stain": chosen.stain if chosen else DEFAULT_STAIN,
-            "tile": int(tile), "overlap": int(overlap)}
+            "tile": int(tile), "overlap": int(overlap),
+            **({"pixel size (um)": float(pixel_size_um)} if pixel_size_um else {})}
 
 
 def _open_run(out_dir: Path, settings: dict) -> dict:
@@ -376,7 +378,7 @@ def _sizes(todo, report: OwnImagesReport) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -> bool:
+def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report, pixel_size_um=None) -> bool:
     """Predict and export one image; False when it was skipped (its reason in the report)."""
     try:
         image, notes = read_image(path, size)
@@ -391,7 +393,7 @@ def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report) -
     stain_notes: list[str] = []
     dets = predictor.predict(image, bar=bar, notes=stain_notes)
     report.notes += [f"{path.name}: {n}" for n in stain_notes]
-    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule))
+    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule, pixel_size_um=pixel_size_um))
     return True
 
 

@@ -84,9 +84,9 @@ def test_label_image_and_csv_agree(exported):
     assert ids == list(range(1, labels.max() + 1)) == sorted(np.unique(labels[labels > 0]).tolist())
     for r in rows[:: max(1, len(rows) // 25)]:
         ys, xs = np.nonzero(labels == int(r["id"]))
-        assert float(r["area"]) == len(ys)
-        assert float(r["centroid_x"]) == pytest.approx(xs.mean() + 0.5, abs=1e-3)
-        assert float(r["centroid_y"]) == pytest.approx(ys.mean() + 0.5, abs=1e-3)
+        assert float(r["area_px2"]) == len(ys)
+        assert float(r["centroid_x_px"]) == pytest.approx(xs.mean() + 0.5, abs=1e-3)
+        assert float(r["centroid_y_px"]) == pytest.approx(ys.mean() + 0.5, abs=1e-3)
         assert 0 < float(r["solidity"]) <= 1 and 0 <= float(r["eccentricity"]) < 1
     # ids follow the score, and each row carries its nucleus's score
     scores = [float(r["score"]) for r in rows]
@@ -136,3 +136,34 @@ def test_label_images_past_65535_nuclei_are_uint32():
     dets = Detections.from_crops(crops, offsets, np.linspace(1, 0.5, side * side), (side, side))
     labels = dets.label_image()
     assert labels.dtype == np.uint32 and labels.max() == side * side and labels[0, 0] == 1
+
+
+def test_units_are_named_and_a_known_pixel_size_is_carried(tmp_path):
+    """Every CSV column names its unit; with the pixel size the CSV adds µm, the TIFF's resolution
+    tags and the GeoJSON carry it; without one, nothing claims a physical size."""
+    import tifffile
+
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 2:12, 2:8] = masks[1, 20:30, 20:30] = True
+    dets = Detections.from_masks(masks, [0.9, 0.8])
+    image = np.full((40, 40, 3), 200, np.uint8)
+    plain = exports.export_image(tmp_path / "plain", "x", image, dets)
+    header = plain.files["csv"].read_text().splitlines()[0].split(",")
+    assert header == list(exports.CSV_COLUMNS) and "area_px2" in header and "perimeter_px" in header
+    with tifffile.TiffFile(plain.files["labels"]) as tif:
+        assert "XResolution" not in tif.pages[0].tags or tif.pages[0].tags["ResolutionUnit"].value == 1
+    assert "properties" not in json.loads(plain.files["geojson"].read_text())
+
+    sized = exports.export_image(tmp_path / "sized", "x", image, dets, pixel_size_um=0.25)
+    with sized.files["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [*exports.CSV_COLUMNS, *exports.MICRON_COLUMNS]
+    assert float(rows[0]["area_um2"]) == pytest.approx(60 * 0.0625) and float(rows[0]["area_px2"]) == 60
+    assert float(rows[1]["centroid_x_um"]) == pytest.approx(25.0 * 0.25)
+    with tifffile.TiffFile(sized.files["labels"]) as tif:
+        tags = tif.pages[0].tags
+        x_res = tags["XResolution"].value
+        assert tags["ResolutionUnit"].value == 3 and x_res[0] / x_res[1] == pytest.approx(1e4 / 0.25)  # px per cm
+    gj = json.loads(sized.files["geojson"].read_text())
+    assert gj["properties"]["pixel_size_um"] == 0.25
+    assert gj["features"][0]["properties"]["measurements"]["area_um2"] == pytest.approx(3.75)
