@@ -206,6 +206,18 @@ def test_every_notebook_parameter_has_a_kind_its_default_fits():
         assert any("check_parameters(globals())" in "".join(c["source"]) for c in cells), nb.name
 
 
+def test_list_dict_and_none_parameters_are_colab_form_fields_too():
+    """A list, a dict or None is a raw form field on Colab: every parameter is in the form."""
+    for nb in _notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        params = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+        for line in "".join(params["source"]).splitlines():
+            if " = " in line and not line.startswith("#"):
+                value = line.split(" = ", 1)[1]
+                if value.startswith(("[", "{", "None")):
+                    assert value.endswith('#@param {type:"raw"}'), (nb.name, line)
+
+
 @pytest.mark.parametrize("name, value, takes", [
     ("steps", "abc", "a whole number of 0 or more"), ("seed", "abc", "a whole number"),
     ("min_score", "high", "None or a number from 0.0 to 1.0"), ("tta", "hflip", "None or a list of names"),
