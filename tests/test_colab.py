@@ -342,7 +342,8 @@ def git_log(tmp_path, monkeypatch):
 
 def _clones(log: list[str]) -> list[str]:
     """The setup cell's fetches (not the test's own git commands), without any token header."""
-    return [line[line.index("nuclei-maskrcnn.partial fetch"):] for line in log if "nuclei-maskrcnn.partial fetch" in line]
+    mark = "nuclei-maskrcnn.partial fetch"
+    return [line[line.index(mark):] for line in log if mark in line]
 
 
 def _run_setup_cell(namespace: dict):

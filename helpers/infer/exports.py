@@ -232,7 +232,8 @@ def export_answer(workspace, predictions, test_images, images=None, rule: Segmen
     exported = []
     for t in tqdm(test_images, desc="exports", unit="image", disable=not progress):
         if t.image_id not in predictions:
-            raise InvalidRequest(f"no predictions for test image {t.image_id!r}: predict it first (notebook 05's cell above)")
+            raise InvalidRequest(f"no predictions for test image {t.image_id!r}: predict it first "
+                                 "(notebook 05's cell above)")
         image = images[t.image_id] if images is not None else load_image(ws, t.image_id)
         exported.append(export_image(out_dir, t.image_id, image, predictions[t.image_id],
                                      rule, image_id=t.coco_id, pixel_size_um=pixel_size_um))

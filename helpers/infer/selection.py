@@ -83,10 +83,10 @@ def choose(comparison, choice: str = ""):
         comparison.choose(choice)
     score = next((r.get(comparison.metric) for r in comparison.rows if r["strategy"] == comparison.chosen), None)
     if score is not None and not math.isfinite(float(score)):
-        raise InvalidRequest(f"{comparison.metric} is undefined (nan) for {comparison.chosen!r} on validation, so nothing "
-                             "can be chosen by it: the validation images hold no nucleus it can be measured on. Check the "
-                             "validation split (n_val / val_ids in notebook 01: images with nuclei), or choose by another "
-                             "metric; nothing was saved.")
+        raise InvalidRequest(f"{comparison.metric} is undefined (nan) for {comparison.chosen!r} on validation, so "
+                             "nothing can be chosen by it: the validation images hold no nucleus it can be measured "
+                             "on. Check the validation split (n_val / val_ids in notebook 01: images with nuclei), or "
+                             "choose by another metric; nothing was saved.")
     if score is not None and float(score) == 0.0:
         warnings.warn(f"the chosen strategy {comparison.chosen!r} scores {comparison.metric} 0 on validation: no "
                       "model found a nucleus that matches the ground truth, so this choice means nothing. The "
