@@ -352,14 +352,16 @@ RELEASE_HINT = ("Release this runtime before you open the next notebook (Runtime
 
 
 def opened_from(project: str | os.PathLike | None = None) -> tuple[str, str]:
-    """``(GitHub "owner/name", commit)`` the setup cell cloned this project from, read from the
-    clone's ``.git/FETCH_HEAD``; ``("", "")`` for a project not cloned from GitHub that way."""
+    """``(GitHub "owner/name", commit)`` the setup cell cloned this project from: the repository
+    named in the clone's ``.git/FETCH_HEAD``, the commit its detached ``HEAD`` holds; ``("", "")``
+    for a project not cloned from GitHub that way."""
     project = Path(project) if project else Path(__file__).resolve().parents[1]
     try:
         line = (project / ".git" / "FETCH_HEAD").read_text().splitlines()[0]
+        commit = (project / ".git" / "HEAD").read_text().strip()
     except (OSError, IndexError):
         return "", ""
-    commit, found = line.split("\t")[0], re.search(r"github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?$", line)
+    found = re.search(r"github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?$", line)
     return (found[1], commit) if found and re.fullmatch(r"[0-9a-f]{40}", commit) else ("", "")
 
 

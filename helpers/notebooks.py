@@ -182,7 +182,7 @@ _GITHUB_URL = re.compile(r"^https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?
 
 
 def set_repo_url(url: str, repo: str | os.PathLike = REPO) -> list[Path]:
-    """Point the five notebooks' ``REPO_URL`` (and, for a GitHub URL, the README's "Open in
+    """Point the notebooks' ``REPO_URL`` (and, for a GitHub URL, the README's "Open in
     Colab" links) at ``url``, the git URL of your copy; return the files changed.
 
     Run once in your fork and commit: ``python -m helpers.notebooks --set-repo-url URL``.

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import types
@@ -325,7 +326,8 @@ def test_setup_cells_are_identical_collapsed_and_need_no_url():
         for cell in (_setup_cell(b), _parameters_cell(b)):
             assert cell["outputs"] == [] and cell["execution_count"] is None, b.name
         params = "".join(_parameters_cell(b)["source"])
-        assert 'REPO_URL = ""' in params and "workspace_root =" in params and "OWNER" not in params
+        assert re.search(r'^REPO_URL = "[^"]*"  #@param', params, re.M) and "OWNER" not in params
+        assert "workspace_root =" in params
 
 
 @pytest.fixture()
@@ -507,9 +509,11 @@ def test_setup_cell_clones_a_private_fork_with_the_token_from_colab_secrets(fake
         return "ghp_secret123"
 
     monkeypatch.setattr(sys.modules["google.colab"], "userdata", types.SimpleNamespace(get=get), raising=False)
-    _run_setup_cell({"REPO_URL": "", "workspace_root": ""})
+    ns = _run_setup_cell({"REPO_URL": "", "workspace_root": ""})
     clone = content / "nuclei-maskrcnn"
     assert (clone / "ALICE.md").is_file() and asked == ["GITHUB_TOKEN"]
+    assert not any("ghp_secret123" in line or "Basic " in line for line in git_log())  # not on git's command line
+    assert not [name for name, value in ns.items() if value == "ghp_secret123"]  # nor left in the notebook
     stored = subprocess.run(["git", "-C", str(clone), "config", "--list", "--local"],
                             capture_output=True, text=True, check=True).stdout
     assert "ghp_secret123" not in stored and "extraheader" not in stored.lower()  # the token is not kept
@@ -561,11 +565,14 @@ def test_next_notebook_off_colab_names_it_only(capsys):
 
 
 def test_colab_link_follows_the_fork_and_commit_the_project_was_cloned_from(tmp_path):
-    sha = "0123456789abcdef0123456789abcdef01234567"
+    sha, tag_object = "0123456789abcdef0123456789abcdef01234567", "f" * 40
     (tmp_path / ".git").mkdir()
     assert colab.colab_link("02_train_heads", tmp_path) == ""  # not cloned by the setup cell
+    # what `git fetch <url> <annotated tag>` then `checkout FETCH_HEAD` leave: the tag object's id
+    # in FETCH_HEAD, the commit in the detached HEAD
     (tmp_path / ".git" / "FETCH_HEAD").write_text(
-        f"{sha}\t\tbranch 'my-branch' of https://github.com/alice/nuclei-maskrcnn\n")
+        f"{tag_object}\t\ttag 'v1' of https://github.com/alice/nuclei-maskrcnn\n")
+    (tmp_path / ".git" / "HEAD").write_text(sha + "\n")
     assert colab.colab_link("02_train_heads", tmp_path) == \
         f"https://colab.research.google.com/github/alice/nuclei-maskrcnn/blob/{sha}/notebooks/02_train_heads.ipynb"
     (tmp_path / ".git" / "FETCH_HEAD").write_text(f"{sha}\t\tfile:///somewhere/else\n")
@@ -582,3 +589,30 @@ def test_next_notebook_on_colab_says_to_release_the_runtime_or_releases_it(fake_
     assert ("Releasing this runtime now." in text) == release and (colab.RELEASE_HINT in text) != release
     assert released == ([True] if release else [])
     assert "a CPU runtime is enough" in _next(capsys, "01_prepare_shards")
+
+
+def test_setup_cell_keeps_the_branch_when_repo_url_names_the_same_fork(fake_colab, content, fork, monkeypatch):
+    """--set-repo-url writes the fork's URL into REPO_URL: the branch Colab opened still wins."""
+    github = _FakeGitHub(fork)
+    github.open_notebook("alice/nuclei-maskrcnn", "my-branch", monkeypatch)
+    _run_setup_cell({"REPO_URL": "https://github.com/alice/nuclei-maskrcnn", "workspace_root": ""})
+    assert (content / "nuclei-maskrcnn" / "ALICE.md").is_file()
+
+
+def test_setup_cell_sends_the_token_to_github_only(fake_colab, content, fork, monkeypatch):
+    github = _FakeGitHub(fork, token="ghp_secret123")
+    github.open_notebook("alice/nuclei-maskrcnn", "my-branch", monkeypatch)
+    asked = []
+    monkeypatch.setattr(sys.modules["google.colab"], "userdata",
+                        types.SimpleNamespace(get=lambda key: asked.append(key) or "ghp_secret123"), raising=False)
+    elsewhere = f"http://127.0.0.1:{github.port}/alice/nuclei-maskrcnn"  # not github.com, not https
+    msg = _stopped({"REPO_URL": elsewhere, "workspace_root": ""})
+    assert msg.startswith(f"Could not clone {elsewhere} (its default branch): ") and asked == []
+
+
+def test_setup_cell_names_a_folder_in_the_way(fake_colab, content, no_sessions):
+    (content / "nuclei-maskrcnn").mkdir()
+    (content / "nuclei-maskrcnn" / "mine.txt").write_text("the user's")
+    msg = _stopped({"REPO_URL": "https://github.com/alice/nuclei-maskrcnn", "workspace_root": ""})
+    assert "nuclei-maskrcnn exists but holds no helpers/ folder" in msg
+    assert (content / "nuclei-maskrcnn" / "mine.txt").read_text() == "the user's"

@@ -48,6 +48,11 @@ RUN_RECORD = "run.json"  # exports/<run>/run.json: the settings of the run and e
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
+# the exports' file format: 2 names each CSV column's and measurement's unit (area_px2...); a run
+# folder exported in another format is another run (its files would mix the two)
+EXPORTS_FORMAT = 2
+
+
 class OwnImagesError(UserError, ValueError):
     """The source holds nothing to predict."""
 
@@ -304,7 +309,7 @@ def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinishe
     checkpoint = resolve_checkpoint(ws, open_stage(ws, stage), unfinished=unfinished)
     return {"stage": stage, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
             "exports keep": rule.describe(), "stain": chosen.stain if chosen else DEFAULT_STAIN,
-            "tile": int(tile), "overlap": int(overlap),
+            "tile": int(tile), "overlap": int(overlap), "exports format": EXPORTS_FORMAT,
             **({"pixel size (um)": float(pixel_size_um)} if pixel_size_um else {})}
 
 

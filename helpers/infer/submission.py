@@ -390,9 +390,12 @@ def _finish_pending(out_dir: Path) -> None:
 def _readable_answer(path: Path) -> list | None:
     """The entries of an existing answer file, or None when it cannot be read."""
     try:
-        return read_answer(path)
+        entries = read_answer(path)
     except (OSError, ValueError, zipfile.BadZipFile, SubmissionError):
         return None
+    fields = ("image_id", "score", "segmentation")
+    ok = isinstance(entries, list) and all(isinstance(e, dict) and all(f in e for f in fields) for e in entries)
+    return entries if ok else None
 
 
 def answer_difference(old: list | None, new: list) -> str:

@@ -42,7 +42,8 @@ from helpers.train import drive_copy, mirror, stage_plan
 from helpers.train.pretrained import resolve_pretrained
 from helpers.train.stage_plan import NoTrainingData  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.train.stages import STAGE_FILE, Stage, StageLock
-from helpers.train.stages import StageBusy, StageRecordError, events_dir, stage_status  # noqa: F401 - notebooks 02/03 and callers use them here
+from helpers.train.stages import StageBusy, StageRecordError, events_dir  # noqa: F401 - callers use them here
+from helpers.train.stages import stage_progress, stage_status  # noqa: F401 - notebooks 02/03 use them
 from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F401 - callers catch it here
 from helpers.train.train_progress import StageProgress, announce
 from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_stage raises it, callers catch it here

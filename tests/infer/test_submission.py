@@ -211,3 +211,10 @@ def test_evaluation_side_of_the_workflow_on_demo_data(tmp_path, workspace):
     fig = prediction_overlay(read_image(item.image_path), test_preds[item.image_id], title=item.file_name)
     assert "5 detections" in fig._suptitle.get_text()
     score_histogram(test_preds)
+
+
+def test_an_unreadable_answer_in_the_way_is_named_not_a_type_error(test_ids, tmp_path):
+    entries = build_answer(preds(), test_ids)
+    (tmp_path / "answer.json").write_text('{"not": "a list of entries"}')
+    with pytest.raises(FileExistsError, match=r"another answer \(the existing one cannot be read\)"):
+        write_answer(entries, tmp_path, test_ids)
