@@ -84,9 +84,11 @@ def test_seams_neither_double_nor_lose_nuclei(demo_copy, demo_test_images):
     assert all(source[i] & source[j] for i, j in twins)  # none across a seam
     found, truth = merge_detections([stitched], "nms", 0.5), merge_detections([whole], "nms", 0.5)
     matched = int((rle_iou(found.rles, truth.rles).max(axis=0) > 0.5).sum())
-    # 104/107, 110/113, 107/113 measured with three demo trainings; a stitch that lost the nuclei
-    # its seams cut would miss far more (the 25 tiles' seams cross much of the mosaic)
-    assert len(truth) > 80 and matched >= 0.9 * len(truth), (matched, len(truth))
+    # 104/107, 110/113, 107/113 measured with three demo trainings, 106/119 (0.89) once in CI: the
+    # demo model is trained unseeded. A stitch that lost the nuclei its seams cut would miss far
+    # more: the seams lie every 112 px, so a band of a nucleus's width (~20 px) on either side of
+    # them covers about 30% of the mosaic (an estimate from the grid, not a measured stitch)
+    assert len(truth) > 80 and matched >= 0.85 * len(truth), (matched, len(truth))
     # the demo model finds some more in small tiles (124 vs 107 and 134 vs 105 measured; the
     # real-data benchmark, bench_tiling.py, measures the count against the 1% target)
     assert len(truth) <= len(found) <= 1.5 * len(truth), (len(found), len(truth))
