@@ -1,0 +1,102 @@
+"""Annotation layouts besides the course's, read into it (helpers/data/layouts.py)."""
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from helpers.data import layouts
+from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
+from helpers.data.demo_data import make_demo_dataset
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=3, n_test=1, size=160)
+
+
+def test_label_pairs_round_trip_to_the_same_nuclei(course, tmp_path):
+    pairs = layouts.export_label_pairs(course, tmp_path / "pairs")
+    assert layouts.detect_layout(pairs) == "labels" and layouts.detect_layout(course) == "course"
+    back = layouts.import_dataset(pairs, tmp_path / "imported")
+    original, imported = open_dataset(course), open_dataset(back)
+    assert imported.train_ids == original.train_ids
+    for a, b in zip(original.train, imported.train):
+        image = read_image(a.image_path)
+        assert np.array_equal(read_image(b.image_path), image)
+        ma, mb = read_masks(a, image.shape), read_masks(b, image.shape)
+        overlap = ma.sum(axis=0) > 1  # a label image gives an overlapped pixel to one nucleus
+        assert len(ma) == len(mb)
+        assert np.array_equal(ma[:, ~overlap], mb[:, ~overlap])
+    assert list((tmp_path / "pairs").rglob("*")) and not list(tmp_path.glob(".imported.*"))  # no temp left
+
+
+def _pair(root, name="a", labels=None, image=None, suffix=".tif"):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+    image = np.full((32, 32, 3), 200, np.uint8) if image is None else image
+    Image.fromarray(image).save(root / "images" / f"{name}.png")
+    if labels is None:
+        labels = np.zeros((32, 32), np.uint16)
+        labels[2:8, 2:8], labels[10:20, 10:14] = 1, 7
+    if suffix == ".tif":
+        tifffile.imwrite(root / "labels" / f"{name}.tif", labels)
+    else:
+        Image.fromarray(labels).save(root / "labels" / f"{name}{suffix}")
+
+
+def test_8_16_and_32_bit_label_images_are_read(tmp_path):
+    for bits in (np.uint8, np.uint16, np.uint32):
+        root = tmp_path / str(np.dtype(bits))
+        labels = np.zeros((32, 32), bits)
+        labels[2:8, 2:8], labels[10:20, 10:14] = 3, 250
+        _pair(root, labels=labels)
+        out = layouts.import_dataset(root, tmp_path / f"out-{np.dtype(bits)}")
+        item = open_dataset(out).train[0]
+        masks = read_masks(item, (32, 32))
+        assert len(masks) == 2 and masks[0].sum() == 36 and masks[1].sum() == 40
+
+
+@pytest.mark.parametrize("case, message", [
+    ("size", r"is 16x32 \(WxH\) but its image is 32x32"),
+    ("float", "not whole numbers"),
+    ("colour", "a label image is one channel"),
+    ("no label", "have no label image"),
+    ("no image", "have no image"),
+])
+def test_bad_label_images_are_named(tmp_path, case, message):
+    root = tmp_path / "src"
+    if case == "size":
+        _pair(root, labels=np.ones((32, 16), np.uint16))
+    elif case == "float":
+        _pair(root, labels=np.full((32, 32), 1.5, np.float32))
+    elif case == "colour":
+        _pair(root, labels=np.zeros((32, 32, 3), np.uint8), suffix=".png")
+    elif case == "no label":
+        _pair(root)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / "b.png")
+    elif case == "no image":
+        _pair(root)
+        tifffile.imwrite(root / "labels" / "c.tif", np.zeros((32, 32), np.uint16))
+    before = sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    with pytest.raises(DatasetError, match=message) as e:
+        layouts.import_dataset(root, tmp_path / "out")
+    assert str(root) in str(e.value)  # the user's own file or folder is named
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+
+
+def test_an_image_without_nuclei_is_skipped_with_a_note(tmp_path):
+    root = tmp_path / "src"
+    _pair(root, "a")
+    _pair(root, "empty", labels=np.zeros((32, 32), np.uint16))
+    notes = []
+    out = layouts.import_dataset(root, tmp_path / "out", notes=notes)
+    assert open_dataset(out).train_ids == ["a"]
+    assert any("skipping empty.png" in n and "holds no nucleus" in n for n in notes)
+
+
+def test_a_folder_in_no_layout_is_named(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "x.txt").write_text("")
+    with pytest.raises(DatasetError, match=r"holds none of the layouts.*found \['x.txt'\]"):
+        layouts.detect_layout(tmp_path / "stuff")
