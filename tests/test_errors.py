@@ -114,11 +114,12 @@ def test_every_error_class_of_ours_that_a_user_can_cause_is_a_user_error():
 def test_in_a_kernel_the_error_output_is_the_message(tmp_path):
     """Through a real Jupyter kernel (papermill): the notebook's error output holds the message
     alone, and the run still stops at that cell."""
-    nb = {"cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": src}
-                    for src in (f"import sys; sys.path.insert(0, {str(REPO)!r})",
+    nb = {"cells": [{"cell_type": "code", "id": f"cell{k}", "metadata": {}, "execution_count": None, "outputs": [],
+                     "source": src}
+                    for k, src in enumerate((f"import sys; sys.path.insert(0, {str(REPO)!r})",
                                 f"from helpers.data.dataset import open_dataset\n"
                                 f"open_dataset({str(tmp_path / 'nothing')!r})",
-                                "print('not reached')")],
+                                "print('not reached')"))],
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
     (tmp_path / "in.ipynb").write_text(json.dumps(nb))
