@@ -109,6 +109,9 @@ def import_label_pairs(root: str | os.PathLike, out: str | os.PathLike,
     """Write the ``labels`` layout under ``root`` as a course-layout folder ``out`` (train only):
     the image as PNG, one binary mask PNG per label. Written into a temp folder, then renamed."""
     root, out = Path(root), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DatasetError(f"{out} already exists and is not empty; nothing was overwritten: import into a new "
+                           "folder, or remove it yourself")
     pairs = label_pairs(root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -117,8 +120,8 @@ def import_label_pairs(root: str | os.PathLike, out: str | os.PathLike,
             _import_pair(image_path, label_path, tmp / "train", notes)
         if not (tmp / "train").is_dir():
             raise DatasetError(f"no label image under {root} holds a nucleus: nothing to train on")
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # an empty folder: rename onto it
+            out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

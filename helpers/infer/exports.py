@@ -50,7 +50,8 @@ CLASS_COLOR = [255, 0, 0]
 # the pixel size is known); eccentricity, solidity, optical density and score have none
 MEASUREMENTS = ("area_px2", "perimeter_px", "eccentricity", "solidity", "haematoxylin_od_mean", "score")
 CSV_COLUMNS = ("id", "centroid_x_px", "centroid_y_px", *MEASUREMENTS)
-MICRON_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a pixel size
+MICRON_MEASUREMENTS = ("area_um2", "perimeter_um")  # with a pixel size: QuPath measurements too
+MICRON_COLUMNS = ("centroid_x_um", "centroid_y_um", *MICRON_MEASUREMENTS)
 SUFFIXES = {"geojson": ".geojson", "labels": ".labels.tif", "csv": ".csv", "coco": ".coco.json",
             "overlay": ".overlay.png"}
 
@@ -134,7 +135,7 @@ def geojson(labels: np.ndarray, table: dict[str, np.ndarray], tolerance: float =
     from shapely.geometry import mapping
 
     features = []
-    measured = MEASUREMENTS + tuple(c for c in MICRON_COLUMNS[2:] if c in table)
+    measured = MEASUREMENTS + tuple(c for c in MICRON_MEASUREMENTS if c in table)
     boxes = ndimage.find_objects(labels)
     for row, k in enumerate(table["id"]):
         sl = boxes[int(k) - 1]

@@ -138,7 +138,8 @@ def prediction_overlay_array(image: np.ndarray, dets: Detections, min_score: flo
         raise ValueError(f"image is {canvas.shape[:2]} but predictions are for {dets.size}")
     shown = dets.subset(np.flatnonzero(dets.scores >= min_score)) if len(dets) else dets
     d = shown.sorted().subset(np.arange(len(shown))[::-1]) if len(shown) else shown  # best drawn last
-    _paint(canvas, d.rles, [SCORE_CMAP(_score_norm(min_score)(float(s)))[:3] for s in d.scores])
+    norm = _score_norm(min_score)
+    _paint(canvas, d.rles, [SCORE_CMAP(norm(float(s)))[:3] for s in d.scores])
     return np.clip(canvas, 0, 1)
 
 

@@ -43,7 +43,7 @@ from helpers.train.pretrained import resolve_pretrained
 from helpers.train.stage_plan import NoTrainingData  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.train.stages import STAGE_FILE, Stage, StageLock
 from helpers.train.stages import StageBusy, StageRecordError, events_dir  # noqa: F401 - callers use them here
-from helpers.train.stages import stage_progress, stage_status  # noqa: F401 - notebooks 02/03 use them
+from helpers.train.stages import stage_progress, stage_status  # noqa: F401 - notebooks 02/03 use stage_status
 from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F401 - callers catch it here
 from helpers.train.train_progress import StageProgress, announce
 from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_stage raises it, callers catch it here
@@ -180,6 +180,16 @@ def _parent_checkpoint(stage: Stage, parent: Stage) -> str:
             f"stage {stage.name!r} starts from the final weights of {parent.name!r}, which is not finished "
             f"({got} in {pdir}). Run train_stage({parent.name!r}, ...) to the end first.")
     return str(latest[1])
+
+
+def stage_summary(ws, profile: str, stage: str, steps: int | None = None,
+                  checkpoint_every: int | None = None) -> str:
+    """Notebooks 02/03: the profile's knobs with the steps this stage's run will use (the
+    notebook's ``steps``, else a begun stage's recorded plan, else the profile's), and how far the
+    stage got; its record is read once."""
+    progress = stage_progress(ws, stage)
+    knobs = cfglib.describe(profile, stage, steps or progress.planned_steps, checkpoint_every)
+    return f"{knobs}\n{progress}"
 
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,

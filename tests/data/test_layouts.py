@@ -28,6 +28,8 @@ def test_label_pairs_round_trip_to_the_same_nuclei(course, tmp_path):
         assert len(ma) == len(mb)
         assert np.array_equal(ma[:, ~overlap], mb[:, ~overlap])
     assert list((tmp_path / "pairs").rglob("*")) and not list(tmp_path.glob(".imported.*"))  # no temp left
+    with pytest.raises(DatasetError, match="already exists and is not empty; nothing was overwritten"):
+        layouts.import_dataset(pairs, tmp_path / "imported")  # never over a folder that holds something
 
 
 def _pair(root, name="a", labels=None, image=None, suffix=".tif"):

@@ -249,6 +249,10 @@ def test_a_colab_stage_begun_under_the_former_recipe_resumes_with_its_plan(base)
         cfg = training.plan_stage(stage, "colab", ws, accelerator="gpu")[1]
         assert cfg.trainer.train_steps == planned
         assert cfg.trainer.optimizer_config.learning_rate.cosine.decay_steps == planned
+        # and the notebooks' summary line says so, not the profile's 1,000 / 12,000
+        summary = training.stage_summary(ws, "colab", stage)
+        assert f"{planned} steps for stage {stage}" in summary and summary.endswith(f"step 0/{planned}")
+    assert "1800 steps for stage all" in training.stage_summary(ws, "colab", "all", steps=1800)
 
 
 def test_the_all_stage_continues_its_parents_mask_head_and_crop_sampling(base):
