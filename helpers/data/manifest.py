@@ -34,7 +34,7 @@ from helpers.errors import InvalidRequest
 from helpers.atomic import atomic_write_text
 from helpers.data.dataset import (DatasetError, check_test_size, image_size, nonempty_mask_paths, open_dataset,
                              validate_dataset, warn_empty_masks)
-from helpers.data.organs import organ_of
+from helpers.data.organs import UNKNOWN, organ_of
 
 COLUMNS = ("image_id", "split", "organ", "n_nuclei", "height", "width", "sha256", "shard")
 INT_COLUMNS = ("n_nuclei", "height", "width")
@@ -132,14 +132,17 @@ def set_val_split(rows: Iterable[dict], val_ids: Iterable[str]) -> list[dict]:
 
 # --------------------------------------------------------------------------- build / io
 def build_manifest(root: str | os.PathLike, val_ids: Iterable[str] | None = None, n_val: int | None = None,
-                   seed: int = 0, check_pixels: bool = True, progress: bool = True) -> list[dict]:
+                   seed: int = 0, check_pixels: bool = True, progress: bool = True,
+                   groups: dict[str, str] | None = None) -> list[dict]:
     """Rows for every image of the dataset at ``root`` (train images first, then test).
 
     ``n_nuclei`` counts the non-empty masks (an all-zero mask holds no nucleus and
     is skipped with a warning). ``check_pixels`` checks every image and mask
     (``validate_dataset``); otherwise sizes come from the PNG headers and masks are
     decoded only to count the non-empty ones. The validation
-    split is ``val_ids`` if given, else ``choose_val_split(rows, n_val, seed)``.
+    split is ``val_ids`` if given, else ``choose_val_split(rows, n_val, seed)``. The ``organ``
+    column, the group a split is stratified by, is the TCGA organ where the id says it, else
+    ``groups[image_id]`` (an imported dataset's folder or column), else ``unknown``.
     """
     ds = open_dataset(root)
     if check_pixels:
@@ -155,11 +158,16 @@ def build_manifest(root: str | os.PathLike, val_ids: Iterable[str] | None = None
     rows = []
     for it, split in [(it, "train") for it in ds.train] + [(it, "test") for it in ds.test]:
         n, h, w = stats[it.image_id]
-        rows.append({"image_id": it.image_id, "split": split, "organ": organ_of(it.image_id),
+        rows.append({"image_id": it.image_id, "split": split, "organ": _group(it.image_id, groups),
                      "n_nuclei": n, "height": h, "width": w, "sha256": sha256_file(it.image_path),
                      "shard": ""})
     rows = set_val_split(rows, choose_val_split(rows, n_val, seed) if val_ids is None else val_ids)
     return assign_shards(rows)
+
+
+def _group(image_id: str, groups: dict[str, str] | None) -> str:
+    organ = organ_of(image_id)
+    return groups.get(image_id) or organ if groups and organ == UNKNOWN else organ
 
 
 def manifest_csv(rows: Iterable[dict]) -> str:

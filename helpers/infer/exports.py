@@ -38,12 +38,11 @@ from helpers.errors import InvalidRequest
 from helpers.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_partials
 from helpers.coco_format import result_entries
 from helpers.detections import Detections
+from helpers.pixel_size import tiff_resolution
+from helpers.polygons import POLYGON_TOLERANCE, outline
 from helpers.infer.segmentation import DEFAULT_RULE, SegmentationRule
 from helpers.stain import hed_optical_density
 
-# Outlines are simplified (Douglas-Peucker, topology kept) within this many pixels: QuPath
-# draws and measures them without the staircase of every pixel edge.
-POLYGON_TOLERANCE = 0.5
 CLASS_NAME = "Nucleus"
 CLASS_COLOR = [255, 0, 0]
 # every column names its unit: px (pixels), px2 (square pixels), um and um2 (micrometres, only where
@@ -96,36 +95,6 @@ def measurements(labels: np.ndarray, image: np.ndarray, scores: np.ndarray,
     return table
 
 
-def outline(mask: np.ndarray, offset=(0, 0), tolerance: float = POLYGON_TOLERANCE):
-    """A valid shapely Polygon or MultiPolygon around a bool mask's pixels (outer contours only,
-    holes filled), in pixel coordinates shifted by ``offset`` (y, x), simplified within
-    ``tolerance`` px. The contour through the boundary pixels' centres (OpenCV) is widened by
-    half a pixel with mitred corners, so it follows the pixels' outer edges."""
-    import cv2
-    import shapely
-    from shapely.geometry import LineString, Point, Polygon
-
-    contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    parts = []
-    for c in contours:
-        pts = c.reshape(-1, 2).astype(np.float64) + 0.5 + np.array([offset[1], offset[0]])
-        shape = Point(pts[0]) if len(pts) == 1 else LineString(pts) if len(pts) < 4 else Polygon(pts)
-        if not shape.is_valid:
-            shape = shapely.make_valid(shape)
-        body = shape.buffer(0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
-        parts.append(body.union(LineString(np.vstack([pts, pts[:1]])).buffer(
-            0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)) if len(pts) > 1 else body)
-    geom = shapely.union_all(parts) if parts else Polygon()
-    geom = geom.simplify(tolerance, preserve_topology=True)
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-    if geom.geom_type == "GeometryCollection":  # keep the areas of a repaired geometry
-        geom = shapely.union_all([g for g in geom.geoms if g.area > 0])
-    if geom.geom_type == "Polygon":
-        return Polygon(geom.exterior)  # outer contour only
-    return shapely.MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
-
-
 def geojson(labels: np.ndarray, table: dict[str, np.ndarray], tolerance: float = POLYGON_TOLERANCE,
             pixel_size_um: float | None = None) -> dict:
     """The FeatureCollection of the nuclei of ``labels`` with their ``table`` rows
@@ -171,9 +140,8 @@ def _write_tiff(path: Path, labels: np.ndarray, pixel_size_um: float | None = No
     """The label image; with a known pixel size its resolution tags say it (pixels per cm)."""
     import tifffile
 
-    size = {"resolution": (1e4 / pixel_size_um,) * 2, "resolutionunit": "CENTIMETER"} if pixel_size_um else {}
     with atomic_path(path, need=labels.nbytes) as tmp:
-        tifffile.imwrite(tmp, labels, compression="zlib", **size)
+        tifffile.imwrite(tmp, labels, compression="zlib", **tiff_resolution(pixel_size_um))
 
 
 def _write_overlay(path: Path, image: np.ndarray, dets: Detections, title: str) -> None:

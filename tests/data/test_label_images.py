@@ -1,10 +1,12 @@
-"""Annotation layouts besides the course's, read into it (helpers/data/layouts.py)."""
+"""Image + instance-label pairs (helpers/data/label_images.py), imported through helpers/data/layouts.py."""
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from helpers.data import layouts
+from helpers.data import label_images, layouts
+from helpers.data.imported import ImportOptions, read_record
+from helpers.data.manifest import MANIFEST_NAME, read_manifest
 from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
 from helpers.data.demo_data import make_demo_dataset
 
@@ -15,7 +17,7 @@ def course(tmp_path_factory):
 
 
 def test_label_pairs_round_trip_to_the_same_nuclei(course, tmp_path):
-    pairs = layouts.export_label_pairs(course, tmp_path / "pairs")
+    pairs = label_images.export_label_pairs(course, tmp_path / "pairs", pixel_size_um=0.5)
     assert layouts.detect_layout(pairs) == "labels" and layouts.detect_layout(course) == "course"
     back = layouts.import_dataset(pairs, tmp_path / "imported")
     original, imported = open_dataset(course), open_dataset(back)
@@ -28,13 +30,17 @@ def test_label_pairs_round_trip_to_the_same_nuclei(course, tmp_path):
         assert len(ma) == len(mb)
         assert np.array_equal(ma[:, ~overlap], mb[:, ~overlap])
     assert list((tmp_path / "pairs").rglob("*")) and not list(tmp_path.glob(".imported.*"))  # no temp left
+    record = read_record(back)  # the pixel size the label TIFFs record travels with the dataset
+    assert record["layout"] == "labels" and {v["pixel_size_um"] for v in record["images"].values()} == {0.5}
+    rows = read_manifest(back / MANIFEST_NAME)
+    assert sorted(r["image_id"] for r in rows) == imported.train_ids and all(r["n_nuclei"] > 0 for r in rows)
     with pytest.raises(DatasetError, match="already exists and is not empty; nothing was overwritten"):
         layouts.import_dataset(pairs, tmp_path / "imported")  # never over a folder that holds something
 
 
 def _pair(root, name="a", labels=None, image=None, suffix=".tif"):
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels").mkdir(exist_ok=True)
+    (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / "labels" / name).parent.mkdir(parents=True, exist_ok=True)
     image = np.full((32, 32, 3), 200, np.uint8) if image is None else image
     Image.fromarray(image).save(root / "images" / f"{name}.png")
     if labels is None:
@@ -94,7 +100,25 @@ def test_an_image_without_nuclei_is_skipped_with_a_note(tmp_path):
     notes = []
     out = layouts.import_dataset(root, tmp_path / "out", notes=notes)
     assert open_dataset(out).train_ids == ["a"]
-    assert any("skipping empty.png" in n and "holds no nucleus" in n for n in notes)
+    assert any("skipping" in n and "empty.png: it has no nucleus annotated" in n for n in notes)
+
+
+def test_subfolders_become_ids_and_groups_and_the_pixel_size_parameter_fills_in(tmp_path):
+    root = tmp_path / "src"
+    for site in ("siteA", "siteB"):
+        for k in range(2):
+            _pair(root, f"{site}/img{k}")
+    notes = []
+    out = layouts.import_dataset(root, tmp_path / "out", ImportOptions(pixel_size_um=0.5), notes)
+    rows = read_manifest(out / MANIFEST_NAME)
+    assert {r["image_id"]: r["organ"] for r in rows} == {
+        "siteA__img0": "siteA", "siteA__img1": "siteA", "siteB__img0": "siteB", "siteB__img1": "siteB"}
+    assert {r["split"] for r in rows} == {"train", "val"}  # stratified by the folders
+    assert {v["pixel_size_from"] for v in read_record(out)["images"].values()} == {"parameter pixel_size_um"}
+    assert not any("pixel size" in n for n in notes)
+    notes = []
+    layouts.import_dataset(root, tmp_path / "out2", notes=notes)
+    assert any("do not say their pixel size" in n for n in notes)
 
 
 def test_a_folder_in_no_layout_is_named(tmp_path):
