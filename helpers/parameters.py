@@ -75,7 +75,7 @@ PARAMETERS: dict[str, Kind] = {
     "profile": choice("colab", "cpu", "demo"), "workspace_root": TEXT, "REPO_URL": TEXT,
     # 01 prepare shards
     "data_source": TEXT, "manifest_path": TEXT, "n_val": optional(integer(0)), "val_ids": NAMES,
-    "seed": integer(),
+    "seed": integer(), "layout": choice("auto", "course", "labels", "coco", "geojson"), "nucleus_classes": NAMES,
     # 02, 03 training
     "steps": integer(0), "time_budget_minutes": number(0.0), "checkpoint_every": integer(0), "pretrained": TEXT,
     "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "overlay_min_score": FRACTION,

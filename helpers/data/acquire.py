@@ -24,6 +24,7 @@ or a Google Drive file (id or URL, via gdown).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -37,6 +38,8 @@ from typing import Iterable
 
 from helpers.atomic import atomic_write_json, remove_stale_partials
 from helpers.data.dataset import DatasetError, name_copy_as, open_dataset
+from helpers.data.imported import ImportOptions, read_record
+from helpers.data.layouts import DESCRIBED, detect_layout, holds_a_layout, import_dataset
 from helpers.data.manifest import read_manifest, validate_against_manifest
 
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")
@@ -60,20 +63,22 @@ def is_drive_source(source: str | os.PathLike) -> bool:
 
 
 def find_dataset_root(folder: str | os.PathLike) -> Path:
-    """The folder holding ``train/``: ``folder`` itself or its single child that does."""
+    """The folder holding a dataset in one of the layouts notebook 01 reads (the course's
+    ``train/``, label pairs, COCO JSON, QuPath GeoJSON): ``folder`` itself or its single child
+    that does."""
     folder = Path(folder)
-    if (folder / "train").is_dir():
+    if holds_a_layout(folder):
         return folder
     kids = [p for p in folder.iterdir() if p.is_dir() and p.name not in _IGNORED and not p.name.startswith(".")]
-    hits = [p for p in kids if (p / "train").is_dir()]
+    hits = [p for p in kids if holds_a_layout(p)]
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
         raise DatasetError(f"{folder} holds several datasets ({[p.name for p in hits]}); "
                            "point at one of them")
-    raise DatasetError(f"no train/ folder in {folder} or one level below it (found "
-                       f"{sorted(p.name for p in folder.iterdir())[:8]}); the source must contain the course "
-                       "layout train/<ID>/images, train/<ID>/masks, test/, test_img_ids.json")
+    raise DatasetError(f"{folder} and the folders one level below it hold none of the layouts notebook 01 reads "
+                       f"(found {sorted(p.name for p in folder.iterdir())[:8]}): "
+                       + "; or ".join(DESCRIBED.values()))
 
 
 def _listing(root: Path) -> dict[str, int]:
@@ -113,7 +118,7 @@ def _load_rows(manifest) -> list[dict] | None:
 
 def _check(root: Path, rows: list[dict] | None, what: str) -> None:
     open_dataset(root)
-    if rows is not None:
+    if rows is not None and read_record(root) is None:  # an imported dataset carries its own manifest
         try:
             validate_against_manifest(root, rows, progress=False)
         except DatasetError as e:
@@ -183,12 +188,15 @@ def _name_copy_as_source(dest: Path, staged: Path, shown: dict[Path, tuple[str, 
 
 # --------------------------------------------------------------------------- acquire
 def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
-                    manifest: Iterable[dict] | str | os.PathLike | None = None, quiet: bool = False) -> Path:
+                    manifest: Iterable[dict] | str | os.PathLike | None = None, quiet: bool = False,
+                    options: ImportOptions = ImportOptions()) -> Path:
     """Put the dataset from ``source`` at ``dest`` (see module doc) and return ``dest``.
 
-    ``source``: a dataset folder, a ``.zip``, or a Google Drive file id/URL of a zip.
-    ``manifest``: rows or a CSV path (e.g. the committed data_manifest.csv) to
-    check the result against (sha256 of images, mask counts, sizes).
+    ``source``: a dataset folder, a ``.zip``, or a Google Drive file id/URL of a zip, in any
+    layout of ``helpers.data.layouts``; another layout than the course's is imported into it
+    (``options``: the layout, pixel size and classes). ``manifest``: rows or a CSV path (e.g.
+    the committed data_manifest.csv) to check course-layout data against (sha256 of images,
+    mask counts, sizes); an imported dataset carries its own.
     """
     dest = Path(dest)
     rows = _load_rows(manifest)
@@ -202,12 +210,12 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
         rec = _read_record(dest)
         if rec is None or (src is not None and src.resolve() == dest.resolve()):
             return _existing(dest, src, rows, drive)
-        fp = source_fingerprint(source)
+        fp = _with_options(source_fingerprint(source), options)
         if _same_source(rec, fp):
             _check_existing(dest, rows)
             return dest
         replacing = True  # our own copy, of a source that changed since: replace it (after the checks)
-    fp = None if drive else source_fingerprint(src)
+    fp = None if drive else _with_options(source_fingerprint(src), options)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     shown: dict[Path, tuple[str, str]] = {}
@@ -217,17 +225,19 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
                 shown[tmp / "download.zip"] = (f"the zip downloaded from Google Drive ({source})", "")
                 shown[tmp / "unzipped"] = (f"the Drive zip {source}", f"the Drive zip {source}:")
                 src = download_zip(str(source), tmp, quiet)
-                fp = {"kind": "drive", "id": drive_file_id(str(source)) or str(source)}
+                fp = _with_options({"kind": "drive", "id": drive_file_id(str(source)) or str(source)}, options)
             if src.is_dir():
                 root = find_dataset_root(src)
-                shown[tmp / "data"] = (str(root), str(root) + os.sep)
-                shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED, RECORD_NAME))
-                staged = tmp / "data"
+                if _layout(root, options) == "course":
+                    shown[tmp / "data"] = (str(root), str(root) + os.sep)
+                    shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED, RECORD_NAME))
+                staged = _imported(root, tmp / "data", options, quiet)
             elif zipfile.is_zipfile(src):
                 if not drive:
                     shown[tmp / "unzipped"] = (str(src), f"{src}:")
                 extract_zip(src, tmp / "unzipped")
-                staged = find_dataset_root(tmp / "unzipped")
+                root = find_dataset_root(tmp / "unzipped")
+                staged = _imported(root, tmp / "imported", options, quiet)
             else:
                 raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
                                    "download?); download it again")
@@ -256,6 +266,26 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
         what = "replaced (the source changed since the copy was made)" if replacing else "ready"
         print(f"dataset {what} at {dest}: {open_dataset(dest)!r}")
     return dest
+
+
+def _layout(root: Path, options: ImportOptions) -> str:
+    return options.layout or detect_layout(root)
+
+
+def _imported(root: Path, out: Path, options: ImportOptions, quiet: bool) -> Path:
+    """``out`` (or ``root`` itself, already there) holding the dataset at ``root`` in the course layout."""
+    if _layout(root, options) == "course":
+        return out if out.is_dir() else root
+    notes: list[str] = []
+    imported = import_dataset(root, out, options, notes)
+    if not quiet:
+        print(f"imported {_layout(root, options)} annotations from {root}")
+    return imported
+
+
+def _with_options(fingerprint: dict, options: ImportOptions) -> dict:
+    """What a copy is made of: the source, and how another layout was imported from it."""
+    return {**fingerprint, "import": dataclasses.asdict(options)} if options != ImportOptions() else fingerprint
 
 
 def _not_found(text: str, src: Path) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 from helpers.data import manifest as mf
 from helpers.data.dataset import MAX_MASK_FRACTION, DatasetError, _note, mask_digest
 from helpers.image_codec import encode_png
-from helpers.pixel_size import UNKNOWN, PixelSize, plausible
+from helpers.pixel_size import COURSE_UM, UNKNOWN, PixelSize, plausible
 
 RECORD_NAME = "dataset.json"
 
@@ -184,4 +184,19 @@ def read_record(root: str | os.PathLike) -> dict | None:
         raise DatasetError(f"{path} is unreadable ({e}): import the dataset again") from e
 
 
-__all__ = ["RECORD_NAME", "ImportOptions", "ImportedImage", "empty_folder_or_refuse", "write_import", "read_record"]
+def dataset_pixel_size(root: str | os.PathLike) -> PixelSize:
+    """The pixel size of the dataset at ``root``: the median of what its images record (an
+    imported dataset), the course's 40x for the course and demo data, or UNKNOWN."""
+    record = read_record(root)
+    if record is None:
+        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
+    sizes = [v["pixel_size_um"] for v in record["images"].values() if v.get("pixel_size_um")]
+    if not sizes:
+        return UNKNOWN
+    um = float(np.median(sizes))
+    froms = sorted({v["pixel_size_from"] for v in record["images"].values() if v.get("pixel_size_um")})
+    spread = f", {min(sizes):.3g}-{max(sizes):.3g} µm over the images" if max(sizes) > 1.1 * min(sizes) else ""
+    return PixelSize(um, f"{' and '.join(froms)}{spread}")
+
+
+__all__ = ["RECORD_NAME", "dataset_pixel_size", "ImportOptions", "ImportedImage", "empty_folder_or_refuse", "write_import", "read_record"]

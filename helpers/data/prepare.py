@@ -16,6 +16,7 @@ from helpers.data import manifest as mf
 from helpers.data.acquire import acquire_dataset
 from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
 from helpers.data.demo_data import make_demo_dataset
+from helpers.data.imported import ImportOptions, read_record
 from helpers.drawing import outline
 from helpers.workspace import Workspace
 
@@ -24,12 +25,16 @@ REAL_FOLDER = "vrdl_hw3"
 
 
 def get_dataset(ws: Workspace, source: str = "", profile: str = "demo", manifest_path: str = "",
-                seed: int = 0) -> tuple[Path, Path]:
+                seed: int = 0, layout: str = "auto", classes: Sequence[str] = (),
+                pixel_size_um: float | None = None) -> tuple[Path, Path]:
     """Put the dataset under ``ws.data`` and return ``(dataset_root, manifest_path)``.
 
     ``source`` empty on the demo profile: generate the demo dataset (it carries its
     own manifest). Otherwise ``source`` is a folder, a zip, or a Google Drive file
-    id/URL, checked against ``manifest_path`` (default: the committed data_manifest.csv).
+    id/URL. The course layout is checked against ``manifest_path`` (default: the committed
+    data_manifest.csv); another ``layout`` ("auto": detected) is imported, with a manifest of its
+    own: ``classes`` are its categories or classes that are nuclei (empty: all), ``pixel_size_um``
+    the µm per pixel of images whose files do not say.
     """
     if not source:
         if profile != "demo":
@@ -38,8 +43,9 @@ def get_dataset(ws: Workspace, source: str = "", profile: str = "demo", manifest
         root = make_demo_dataset(ws.data / DEMO_FOLDER, seed=seed)
         return root, Path(manifest_path or root / mf.MANIFEST_NAME)
     manifest_path = Path(manifest_path or mf.REPO_MANIFEST)
-    root = acquire_dataset(source, ws.data / REAL_FOLDER, manifest=manifest_path)
-    return root, manifest_path
+    options = ImportOptions("" if layout == "auto" else layout, pixel_size_um, tuple(classes))
+    root = acquire_dataset(source, ws.data / REAL_FOLDER, manifest=manifest_path, options=options)
+    return root, (root / mf.MANIFEST_NAME if read_record(root) else manifest_path)
 
 
 def check_dataset(root: str | os.PathLike, manifest_path: str | os.PathLike) -> list[dict]:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.pixel_size import COURSE_UM, PixelSize
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.workspace import as_workspace
@@ -117,6 +118,14 @@ class Stage:
     @property
     def planned_steps(self) -> int | None:
         return int(self.record["planned_steps"]) if self.record else None
+
+    @property
+    def pixel_size(self) -> PixelSize:
+        """The µm per pixel of the images the stage learnt from (its record; a stage recorded
+        before pixel sizes were: the course data's 40x, all there was then)."""
+        if self.record and "pixel_size_um" in self.record:
+            return PixelSize(self.record["pixel_size_um"], self.record.get("pixel_size_from", ""))
+        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
 
     def progress(self) -> "StageProgress":
         """How far the stage got, from the record it was opened with and its newest complete

@@ -432,10 +432,18 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
         "fingerprint_dict": json.loads(json.dumps(cfglib.fingerprint_dict(cfg), default=str)),
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_image_ids": shards.image_ids_of_files(ws.shards, cfg.task.train_data.input_path, missing_ok=True),
+        **_pixel_size_record(ws),
         "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
     })
     if model_dir != sdir:
         mirror.prepare_local(model_dir, sdir)  # the local folder now belongs to this record
+
+
+def _pixel_size_record(ws) -> dict:
+    """What ``stage.json`` says of the training images' pixel size (µm): the shards', which the
+    model learnt nuclei at; notebook 06 rescales images to it."""
+    size = shards.shards_pixel_size(ws.shards)
+    return {"pixel_size_um": size.um, "pixel_size_from": size.source}
 
 
 def _forget_unstarted(sdir: Path) -> None:

@@ -93,7 +93,7 @@ def test_zip_without_dataset(tmp_path):
     z = tmp_path / "x.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("readme.txt", "hi")
-    with pytest.raises(DatasetError, match="no train/ folder"):
+    with pytest.raises(DatasetError, match="hold none of the layouts notebook 01 reads"):
         acquire_dataset(z, tmp_path / "data", quiet=True)
 
 
@@ -132,3 +132,33 @@ def test_drive_source_with_dataset_already_present_is_a_noop(demo, tmp_path):
     assert acquire_dataset("1AbCdEfGhIjKlMnOpQrStUvWxYz012345", dest,
                            manifest=demo / "data_manifest.csv", quiet=True) == dest
     assert open_dataset(dest).train_ids == open_dataset(demo).train_ids
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_label_pairs_are_imported_once_and_again_when_the_options_change(demo, tmp_path, as_zip):
+    from helpers.data.imported import ImportOptions, read_record
+    from helpers.data.label_images import export_label_pairs
+
+    pairs = export_label_pairs(demo, tmp_path / "mine" / "pairs")
+    source = make_zip(pairs, tmp_path / "pairs.zip", "pairs/") if as_zip else pairs
+    dest = acquire_dataset(source, tmp_path / "ws" / "data", quiet=True)
+    assert open_dataset(dest).train_ids == open_dataset(demo).train_ids and read_record(dest)["layout"] == "labels"
+    assert sum(r["n_nuclei"] for r in read_manifest(dest / "data_manifest.csv")) == sum(
+        r["n_nuclei"] for r in read_manifest(demo / "data_manifest.csv") if r["split"] != "test")
+    stamp = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    assert acquire_dataset(source, dest, quiet=True) == dest  # the same source and options: a no-op
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == stamp
+    acquire_dataset(source, dest, quiet=True, options=ImportOptions(pixel_size_um=0.5))  # new options: import again
+    assert {v["pixel_size_um"] for v in read_record(dest)["images"].values()} == {0.5}
+    assert leftovers(dest.parent) == [] and not list((tmp_path / "mine").glob(".*"))
+
+
+def test_an_error_in_an_imported_layout_names_the_users_file(demo, tmp_path):
+    from helpers.data.label_images import export_label_pairs
+
+    pairs = export_label_pairs(demo, tmp_path / "pairs")
+    victim = next((pairs / "labels").iterdir())
+    victim.unlink()
+    with pytest.raises(DatasetError, match="have no label image") as e:
+        acquire_dataset(pairs, tmp_path / "data", quiet=True)
+    assert str(pairs / "images") in str(e.value) and not (tmp_path / "data").exists()

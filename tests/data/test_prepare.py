@@ -62,3 +62,20 @@ def test_notebook_01_runs_headless_and_writes_valid_shards(tmp_path):
     text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
                    for o in c.get("outputs", []))
     assert "0 written, 8 skipped" in text
+
+
+def test_notebook_01_imports_label_pairs_with_their_pixel_size(tmp_path):
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.label_images import export_label_pairs
+    from helpers.notebooks import NOTEBOOK_DIR, run_notebook
+
+    demo = make_demo_dataset(tmp_path / "demo", n_train=4, n_test=0)
+    pairs = export_label_pairs(demo, tmp_path / "my annotations", pixel_size_um=0.5)
+    ws_root = tmp_path / "ws"
+    run_notebook(NOTEBOOK_DIR / "01_prepare_shards.ipynb", {"profile": "demo", "data_source": str(pairs)}, ws_root)
+    index = shards.load_index(ws_root / "shards")
+    assert index["n_shards"] == 4 and index["pixel_size_um"] == 0.5
+    assert "TIFF resolution tags" in index["pixel_size_from"]
+    rows = mf.workspace_manifest(type("W", (), {"data": ws_root / "data"}))
+    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in (pairs / "images").iterdir())
+    assert sum(r["split"] == "val" for r in rows) == 1

@@ -440,8 +440,10 @@ def test_a_torchvision_ops_stage_is_continued_and_predicted_with_them(base):
     ws = new_workspace(base, "torchvision_ops")
     res = training.train_stage("heads", "demo", ws, steps=2, progress=False, torchvision_ops=True)
     assert res.finished
-    record = Stage.open(ws, "heads").record
+    stage = Stage.open(ws, "heads")
+    record = stage.record
     assert record["torchvision_ops"] is True
+    assert stage.pixel_size.um == 0.25 and "40x" in stage.pixel_size.source  # the demo data's, as the course's
     assert record["config"]["task"]["model"]["backbone"]["type"] == "resnet_torch"
     _, cfg, _ = training.plan_stage("all", "demo", ws, accelerator="cpu")
     assert cfg.task.model.backbone.type == "resnet_torch" and cfg.task.model.torchvision_ops

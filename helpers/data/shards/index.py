@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from helpers.data.imported import dataset_pixel_size
 from helpers.data.manifest import sha256_file
 from helpers.errors import UserError
+from helpers.pixel_size import COURSE_UM, PixelSize
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -63,6 +65,15 @@ def load_index(shards_dir: str | os.PathLike) -> dict:
     return idx
 
 
+def shards_pixel_size(shards_dir: str | os.PathLike) -> PixelSize:
+    """The µm per pixel of the images the shards hold (an index from before it was recorded: the
+    course data's, which was all there was then)."""
+    idx = load_index(shards_dir)
+    if "pixel_size_um" not in idx:
+        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
+    return PixelSize(idx["pixel_size_um"], idx.get("pixel_size_from", ""))
+
+
 def read_index_or_empty(shards_dir: str | os.PathLike) -> dict:
     """index.json as it is on disk, complete or not; an empty index when there is none (or it is unreadable)."""
     try:
@@ -74,8 +85,10 @@ def read_index_or_empty(shards_dir: str | os.PathLike) -> dict:
 def new_index(dataset_root, entries: Iterable[dict], complete: bool, n_wanted: int) -> dict:
     """The content of index.json for shard ``entries`` (``n_wanted`` of them when complete)."""
     entries = sorted(entries, key=lambda e: e["file"])
+    size = dataset_pixel_size(dataset_root)
     return {"version": FORMAT_VERSION, "complete": complete, "n_wanted": n_wanted,
             "dataset_root": str(Path(dataset_root).resolve()), "n_shards": len(entries),
+            "pixel_size_um": size.um, "pixel_size_from": size.source,
             "n_nuclei": sum(e["n_nuclei"] for e in entries), "shards": entries}
 
 
