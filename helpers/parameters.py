@@ -78,6 +78,7 @@ PARAMETERS: dict[str, Kind] = {
     "seed": integer(), "layout": choice("auto", "course", "labels", "coco", "geojson"), "nucleus_classes": NAMES,
     # 02, 03 training
     "steps": integer(0), "time_budget_minutes": number(0.0), "checkpoint_every": integer(0), "pretrained": TEXT,
+    "start_from": TEXT,
     "from_scratch": FLAG, "n_show": integer(0), "score_threshold": FRACTION, "overlay_min_score": FRACTION,
     "stage": TEXT, "organs": NAMES, "image_ids": NAMES,
     # 04 ensemble

@@ -90,6 +90,22 @@ class Stage:
         kind = cfglib.stage_kind(name)
         return cls(name, kind, cfglib.PARENT_KIND[kind], as_workspace(workspace).checkpoints / name)
 
+    @classmethod
+    def trained_at(cls, folder) -> "Stage":
+        """The trained stage in ``folder`` (``<workspace>/checkpoints/<stage>``, of any workspace),
+        opened: a :class:`StageRecordError` saying what to do when it holds no trained stage."""
+        folder = Path(str(folder)).expanduser()
+        if not (folder / STAGE_FILE).is_file():
+            raise StageRecordError(f"{folder} holds no trained stage (no {STAGE_FILE}): give the folder of a "
+                                   "trained stage, such as <workspace>/checkpoints/all")
+        try:
+            stage = cls._in(folder.parent, folder.name)
+        except cfglib.ConfigError as e:
+            raise StageRecordError(f"{folder} is no stage's folder ({e}): give <workspace>/checkpoints/<stage>") from e
+        if ckpts.latest_complete(folder, repair=False, deep=False) is None:
+            raise StageRecordError(f"{folder} holds no complete checkpoint yet: train that stage first")
+        return stage
+
     def read(self) -> "Stage":
         """This stage with its record read from its folder."""
         return self.with_record(read_record(self.record_path))

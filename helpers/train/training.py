@@ -48,7 +48,7 @@ from helpers.train.torch_convert import PretrainedWeightsUnavailable  # noqa: F4
 from helpers.train.train_progress import StageProgress, announce
 from helpers.train.train_progress import TrainingDiverged  # noqa: F401 - train_stage raises it, callers catch it here
 from helpers.workspace import Workspace, as_workspace
-from helpers.errors import UserError
+from helpers.errors import InvalidRequest, UserError
 
 __all__ = [  # what notebooks 02/03, tests and benchmarks use from here (some of it re-exported)
     "train_stage", "plan_stage", "resume_or_load", "build_task", "StageResult", "StageRun", "local_checkpoint_setting",
@@ -227,7 +227,7 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
                 image_ids: Sequence[str] | None = None, organs: Sequence[str] | None = None,
                 train_files: Sequence[str] | None = None, splits: Sequence[str] | None = None,
                 from_scratch: bool | None = None, pretrained: str | None = None,
-                init_checkpoint: str | None = None, init_modules=None, strategy=None,
+                init_checkpoint: str | None = None, init_modules=None, start_from: str | None = None, strategy=None,
                 progress: bool = True, local_checkpoints=None, accelerator: str | None = None,
                 checkpoint_every: int | None = None, **profile_overrides) -> StageResult:
     """Train (or resume, or skip) one stage with Model Garden; return what happened.
@@ -261,6 +261,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         download: a Model Garden ImageNet backbone, or a folder converted by
         :func:`helpers.train.torch_convert.convert`.
       init_modules: what to load from it; default the start's (``config.STARTS``).
+      start_from: a trained stage's folder (``<workspace>/checkpoints/<stage>``, of this or another
+        workspace) that a fresh heads stage fine-tunes: all its weights, its newest complete
+        checkpoint, and its architecture and input knobs, as a parent stage's.
       strategy: None (automatic), "tpu", "mirrored", "default" or a Strategy.
       local_checkpoints: where Model Garden saves: a folder on the runtime's own disk whose
         newest checkpoint is copied to the workspace in the background, or False to save
@@ -283,7 +286,9 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     local_checkpoints = local_checkpoint_setting(local_checkpoints)
     with StageLock(ws, stage) as lock:
         st = named.read()  # its record, read once, while no other run can write it
-        parent = st.open_parent()
+        parent = _fine_tuned(st, start_from) if start_from else st.open_parent()
+        if start_from:
+            init_checkpoint, init_modules = str(ckpts.latest_complete(parent.folder, repair=False)[1]), "all"
         prof, cfg = stage_plan.plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
                                     train_files=train_files, splits=splits, init_modules=init_modules,
                                     from_scratch=from_scratch, pretrained=pretrained, accelerator=accelerator,
@@ -304,6 +309,14 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         if status == "finished" and run.target < run.planned:
             status = "stopped: stop_at_step"
         return _report(run, runner, status, bar)
+
+
+def _fine_tuned(st: Stage, start_from: str) -> Stage:
+    """The trained stage a fresh heads stage ``st`` fine-tunes (``train_stage``'s ``start_from``)."""
+    if st.kind != "heads":
+        raise InvalidRequest(f"start_from is for a heads stage (the first of a workspace); stage {st.name!r} "
+                             f"continues {st.parent!r}")
+    return Stage.trained_at(start_from)
 
 
 def _model_dir(ws: Workspace, st: Stage, local_checkpoints) -> Path:
@@ -414,7 +427,7 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
     sdir = st.folder
     if st.kind == "heads":
         if init_checkpoint:
-            init = start = init_checkpoint
+            init, start = init_checkpoint, str(drive_copy.full_checkpoint(init_checkpoint))
         elif prof.pretrained and not prof.from_scratch:
             init = start = resolve_pretrained(prof, ws, cfg=cfg)
     else:

@@ -459,3 +459,26 @@ def test_a_torchvision_ops_stage_is_continued_and_predicted_with_them(base):
     assert child.returncode == 0, out[-3000:]
     assert "BACKBONE TorchPaddedResNet" in out and "SHAPE (130, 150)" in out
     assert "MODEL TorchvisionMaskRCNNModel TorchvisionROIAligner" in out
+
+
+def test_a_heads_stage_fine_tunes_another_workspaces_trained_stage(base, heads_and_all):
+    """start_from: every weight of the trained stage's newest checkpoint is the new heads stage's
+    start (the backbone, frozen in heads, stays exactly it), its knobs are inherited, and a stage
+    that is no trained stage's folder is named."""
+    from helpers.train.stages import Stage, StageRecordError
+
+    trained, _ = heads_and_all
+    ws = new_workspace(base, "fine_tuned")
+    res = training.train_stage("heads", "demo", ws, steps=2, progress=False, start_from=str(trained.checkpoints / "all"))
+    assert res.finished
+    source = model_vars(trained.checkpoints / "all" / "ckpt-10")
+    start, end = model_vars(ws.checkpoints / "heads" / "ckpt-0"), backbone_vars(ws.checkpoints / "heads" / "ckpt-2")
+    assert start.keys() == source.keys()
+    for k in source:  # every weight, heads too: the trained model is the start
+        np.testing.assert_array_equal(start[k], source[k], err_msg=k)
+    for k in end:
+        np.testing.assert_array_equal(end[k], source[k], err_msg=k)
+    assert Stage.open(ws, "heads").record["init_checkpoint"].endswith(os.path.join("all", "ckpt-10"))
+    with pytest.raises(StageRecordError, match="holds no trained stage"):
+        training.train_stage("heads", "demo", new_workspace(base, "fine_tuned_wrong"), steps=2, progress=False,
+                             start_from=str(trained.checkpoints))
