@@ -17,7 +17,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 LAYERS = {
     "": ("errors", "atomic", "progress", "tables", "colab", "workspace", "image_codec", "pixel_size", "polygons", "rle", "detections",
          "coco_format", "stain", "drawing", "parameters", "notebooks"),
-    "data": ("organs", "dataset", "manifest", "imported", "label_images", "layouts", "acquire", "demo_data", "shards/index", "shards/reader",
+    "data": ("organs", "dataset", "manifest", "imported", "label_images", "coco_annotations", "qupath_annotations", "layouts", "acquire", "demo_data", "shards/index", "shards/reader",
              "shards/writer", "shards/verify", "prepare"),
     "train": ("config", "runtime", "configs/nuclei_maskrcnn", "checkpoints", "background_save", "drive_copy",
               "torch_export", "torch_resnet", "torchvision_ops", "torch_convert", "pretrained", "train_input", "anchor_labels",

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from helpers.data import manifest as mf
-from helpers.data.dataset import MAX_MASK_FRACTION, DatasetError, _note, mask_digest
+from helpers.data.dataset import MAX_MASK_FRACTION, DatasetError, _note, mask_digest, name_copy_as
 from helpers.image_codec import encode_png
 from helpers.pixel_size import COURSE_UM, UNKNOWN, PixelSize, plausible
 
@@ -40,7 +40,8 @@ RECORD_NAME = "dataset.json"
 @dataclass(frozen=True)
 class ImportOptions:
     """What notebook 01 tells a reader: the ``layout`` ("" detects it), the ``pixel_size_um`` of
-    images whose files do not say, and the GeoJSON ``classes`` that are nuclei (empty: all)."""
+    images whose files do not say, and the COCO categories or QuPath ``classes`` that are nuclei
+    (empty: all)."""
     layout: str = ""
     pixel_size_um: float | None = None
     classes: tuple[str, ...] = ()
@@ -80,6 +81,7 @@ def write_import(images: Iterable[ImportedImage], out: str | os.PathLike, source
     empty_folder_or_refuse(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    name_copy_as(tmp, str(out), str(out) + os.sep)  # notes on the folder being written name the folder it becomes
     try:
         record = {"layout": layout, "source": str(source), "images": {}}
         seen: dict[str, Path] = {}
@@ -132,9 +134,8 @@ def _note_unknown_sizes(record: dict, options: ImportOptions, notes) -> None:
 
 
 def _write_image(item: ImportedImage, train: Path, notes) -> bool:
-    """Write one image and its nuclei; False (with a note) when it holds none."""
-    for n in item.notes:
-        _note(notes, n)
+    """Write one image and its nuclei; False (with a note) when it holds none. The reader's notes
+    are passed on once its nuclei are read (a lazy reader finds some while they are)."""
     folder = train / item.image_id
     (folder / "masks").mkdir(parents=True)
     digests: dict[str, str] = {}
@@ -147,6 +148,8 @@ def _write_image(item: ImportedImage, train: Path, notes) -> bool:
         digests[digest] = name
         union += mask
         (folder / "masks" / f"mask_{k:04d}.png").write_bytes(encode_png(mask.astype(np.uint8) * np.uint8(255)))
+    for n in item.notes:
+        _note(notes, n)
     if not digests:
         shutil.rmtree(folder)
         _note(notes, f"skipping {item.source}: it has no nucleus annotated")

@@ -42,6 +42,9 @@ def label_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     """``(image, label image)`` of every image under ``root/images`` (by path and stem); a
     DatasetError names an image without its label image, or a label image without its image."""
     root = Path(root)
+    if not holds_label_pairs(root):
+        raise DatasetError(f"{root} holds no images/ beside a labels/ (or masks/) folder: the label-pair layout "
+                           "keeps each image in images/ and its label image, of the same name, in labels/")
     label_dir = next(root / d for d in LABEL_DIRS if (root / d).is_dir())
     images, labels = _files(root / "images"), _files(label_dir)
     alone = sorted(set(images) - set(labels))

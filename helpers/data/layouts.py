@@ -15,12 +15,16 @@ from pathlib import Path
 
 from helpers.data.dataset import DatasetError
 from helpers.data.imported import ImportOptions, empty_folder_or_refuse, write_import
+from helpers.data.coco_annotations import holds_coco, read_coco
 from helpers.data.label_images import holds_label_pairs, read_label_pairs
+from helpers.data.qupath_annotations import holds_geojson, read_geojson
 
-LAYOUTS = ("course", "labels")
+LAYOUTS = ("course", "labels", "coco", "geojson")
 DESCRIBED = {"course": "the course's train/<ID>/images + train/<ID>/masks",
-             "labels": "images/ + labels/ (label images of the same names)"}
-_READERS = {"labels": read_label_pairs}
+             "labels": "images/ + labels/ (label images of the same names)",
+             "coco": "a COCO instances JSON beside its images",
+             "geojson": "images beside QuPath GeoJSON exports of the same names"}
+_READERS = {"labels": read_label_pairs, "coco": read_coco, "geojson": read_geojson}
 
 
 def detect_layout(root: str | os.PathLike) -> str:
@@ -30,6 +34,10 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "course"
     if holds_label_pairs(root):
         return "labels"
+    if holds_coco(root):
+        return "coco"
+    if holds_geojson(root):
+        return "geojson"
     found = sorted(p.name for p in root.iterdir())[:8] if root.is_dir() else []
     raise DatasetError(f"{root} holds none of the layouts notebook 01 reads (found {found}): "
                        + "; or ".join(DESCRIBED.values()))

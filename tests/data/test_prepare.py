@@ -64,18 +64,26 @@ def test_notebook_01_runs_headless_and_writes_valid_shards(tmp_path):
     assert "0 written, 8 skipped" in text
 
 
-def test_notebook_01_imports_label_pairs_with_their_pixel_size(tmp_path):
+@pytest.mark.parametrize("layout, source", [("labels", "TIFF resolution tags"), ("coco", "COCO image entry"),
+                                            ("geojson", "GeoJSON properties")])
+def test_notebook_01_imports_each_layout_with_its_pixel_size(tmp_path, layout, source):
+    """A user's annotations in each layout go through notebook 01 without code: detected,
+    imported, split by their own manifest and sharded, their pixel size recorded for training."""
+    from helpers.data.coco_annotations import export_coco
     from helpers.data.demo_data import make_demo_dataset
     from helpers.data.label_images import export_label_pairs
+    from helpers.data.qupath_annotations import export_geojson
     from helpers.notebooks import NOTEBOOK_DIR, run_notebook
 
     demo = make_demo_dataset(tmp_path / "demo", n_train=4, n_test=0)
-    pairs = export_label_pairs(demo, tmp_path / "my annotations", pixel_size_um=0.5)
+    export = {"labels": export_label_pairs, "coco": export_coco, "geojson": export_geojson}[layout]
+    mine = export(demo, tmp_path / "my annotations", pixel_size_um=0.5)
     ws_root = tmp_path / "ws"
-    run_notebook(NOTEBOOK_DIR / "01_prepare_shards.ipynb", {"profile": "demo", "data_source": str(pairs)}, ws_root)
+    run_notebook(NOTEBOOK_DIR / "01_prepare_shards.ipynb", {"profile": "demo", "data_source": str(mine)}, ws_root)
     index = shards.load_index(ws_root / "shards")
-    assert index["n_shards"] == 4 and index["pixel_size_um"] == 0.5
-    assert "TIFF resolution tags" in index["pixel_size_from"]
-    rows = mf.workspace_manifest(type("W", (), {"data": ws_root / "data"}))
-    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in (pairs / "images").iterdir())
+    assert index["n_shards"] == 4 and index["pixel_size_um"] == 0.5 and source in index["pixel_size_from"]
+    rows = mf.read_manifest(ws_root / "data" / mf.WORKSPACE_MANIFEST)
+    original = mf.read_manifest(demo / mf.MANIFEST_NAME)
+    assert sorted((r["image_id"], r["n_nuclei"]) for r in rows) == sorted(
+        (r["image_id"], r["n_nuclei"]) for r in original if r["split"] != "test")
     assert sum(r["split"] == "val" for r in rows) == 1
