@@ -15,3 +15,9 @@ def demo_src(tmp_path_factory):
 def demo(demo_src, tmp_path):
     """A private copy each test may break."""
     return shutil.copytree(demo_src, tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory):
+    """A small course-layout dataset the annotation layouts are exported from (read only)."""
+    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=3, n_test=1, size=160)

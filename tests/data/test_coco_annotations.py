@@ -13,26 +13,16 @@ from shapely.geometry import Polygon
 
 from helpers.data.coco_annotations import EXPORT_JSON, export_coco, holds_coco, read_coco
 from helpers.data.dataset import DatasetError, mask_digest, open_dataset, read_image, read_masks
-from helpers.data.demo_data import make_demo_dataset
 from helpers.data.imported import ImportOptions, read_record, write_import
 from helpers.data.manifest import MANIFEST_NAME, build_manifest, read_manifest
-from helpers.image_codec import mask_box
 from helpers.polygons import rasterize
-from helpers.rle import encode_masks, rle_iou
+from _annotation_support import masks_of_both, one_real_image, listing, filled, mean_iou
 
-
-@pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=3, n_test=1, size=160)
 
 
 def _import(root, out, options=ImportOptions(), notes=None):
     return write_import(read_coco(root, options), out, root, "coco", options, notes)
 
-
-def _listing(root):
-    """Every file and folder under ``root`` with its mtime: equal before and after means untouched."""
-    return sorted((p.relative_to(root).as_posix(), p.stat().st_mtime_ns) for p in root.rglob("*"))
 
 
 def _by_digest(masks, *per_mask):
@@ -41,28 +31,13 @@ def _by_digest(masks, *per_mask):
     return [masks[order]] + [np.asarray(v)[order] for v in per_mask]
 
 
-def _filled(masks):
-    """The masks with their holes filled, each inside its box (a full-size fill takes 60 ms a mask)."""
-    from scipy.ndimage import binary_fill_holes
-
-    out = masks.copy()
-    for m in out:
-        y0, x0, y1, x1 = mask_box(m)
-        m[y0:y1, x0:x1] = binary_fill_holes(m[y0:y1, x0:x1])
-    return out
-
-
-def _mean_iou(original, imported):
-    """Each original mask's IoU with its best-matching imported mask: (mean, minimum)."""
-    best = rle_iou(encode_masks(original), encode_masks(imported)).max(axis=1)
-    return float(best.mean()), float(best.min())
 
 
 def test_rle_round_trip_gives_the_same_images_nuclei_manifest_and_shards(course, tmp_path):
     from helpers.data.shards import load_index, read_shard, write_shards
 
     exported = export_coco(course, tmp_path / "coco")
-    before = _listing(exported)
+    before = listing(exported)
     assert holds_coco(exported) and not holds_coco(course)  # test_img_ids.json lists images but no annotations
     item = next(read_coco(exported))
     assert iter(item.nuclei) is item.nuclei  # a generator: one mask at a time, never all of them
@@ -88,11 +63,11 @@ def test_rle_round_trip_gives_the_same_images_nuclei_manifest_and_shards(course,
         assert np.array_equal(a["image"], b["image"])
         for x, y in zip(_by_digest(a["masks"], a["boxes"]), _by_digest(b["masks"], b["boxes"])):
             assert np.array_equal(x, y)  # the masks, then their boxes, matched by their pixels
-    assert _listing(exported) == before  # nothing of the source changed
+    assert listing(exported) == before  # nothing of the source changed
     assert not list(tmp_path.glob(".imported.*"))
 
 
-def test_polygon_round_trip_gives_the_nuclei_with_holes_filled(course, tmp_path):
+def test_polygon_round_trip_gives_the_nuclei_with_holesfilled(course, tmp_path):
     exported = export_coco(course, tmp_path / "coco", polygons=True)
     coco = json.loads((exported / EXPORT_JSON).read_text())
     assert all(isinstance(a["segmentation"], list) for a in coco["annotations"])
@@ -103,8 +78,8 @@ def test_polygon_round_trip_gives_the_nuclei_with_holes_filled(course, tmp_path)
     for a, b in zip(open_dataset(course).train, open_dataset(back).train):
         image = read_image(a.image_path)
         ma, mb = read_masks(a, image.shape), read_masks(b, image.shape)
-        assert len(ma) == len(mb) and np.array_equal(_by_digest(_filled(ma))[0], _by_digest(mb)[0])
-        ious.append(_mean_iou(ma, mb))
+        assert len(ma) == len(mb) and np.array_equal(_by_digest(filled(ma))[0], _by_digest(mb)[0])
+        ious.append(mean_iou(ma, mb))
     mean = float(np.mean([m for m, _ in ious]))
     assert mean >= 0.999, ious  # measured 1.0: the demo nuclei have no holes
 
@@ -268,12 +243,12 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path, case):
     root = _write(tmp_path / "src", coco)
     if case == "two COCO files":
         _two_jsons(root)
-    before = _listing(root)
+    before = listing(root)
     with pytest.raises(DatasetError, match=message) as e:
         _import(root, tmp_path / "out")
     assert str(root) in str(e.value) and named in str(e.value)  # the user's file and the object in it
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
-    assert _listing(root) == before
+    assert listing(root) == before
 
 
 NOTED = {  # case: (change, text of the note, the nuclei imported)
@@ -298,7 +273,7 @@ def test_repairs_are_noted(tmp_path, case):
     coco = _coco()
     change(coco)
     root = _write(tmp_path / "src", coco, images=("a.png", "b.png") if "without" in case else ("a.png",))
-    before = _listing(root)
+    before = listing(root)
     notes = []
     out = _import(root, tmp_path / "out", notes=notes)
     found = [n for n in notes if re.search(message, n)]
@@ -311,7 +286,7 @@ def test_repairs_are_noted(tmp_path, case):
     if case == "a polygon partly outside":
         assert any(np.array_equal(np.argwhere(m), np.argwhere(np.pad(np.ones((6, 4), bool), ((26, 0), (0, 28)))))
                    for m in masks)
-    assert _listing(root) == before
+    assert listing(root) == before
 
 
 @pytest.mark.parametrize("where, source", [("entry", "COCO image entry"), ("info", "COCO info"),
@@ -359,22 +334,15 @@ def test_holds_coco_needs_images_and_annotations_lists(tmp_path):
 def test_one_real_image_round_trips_as_polygons(real_data, tmp_path):
     """The real image with the fewest nuclei, exported as polygons and imported back."""
     name = "TCGA-CH-5767-01Z-00-DX1"  # 294 nuclei
-    if not (real_data / "train" / name).is_dir():
-        pytest.skip(f"{name} is not in {real_data}")
-    one = tmp_path / "one"
-    (one / "train").mkdir(parents=True)
-    (one / "train" / name).symlink_to(real_data / "train" / name)  # nothing is copied
+    one = one_real_image(real_data, tmp_path, name)
     start = time.perf_counter()
     notes = []
     back = _import(export_coco(one, tmp_path / "coco", polygons=True), tmp_path / "imported", notes=notes)
     seconds = time.perf_counter() - start
-    a, b = open_dataset(one).train[0], open_dataset(back).train[0]
-    image = read_image(a.image_path)
-    assert np.array_equal(read_image(b.image_path), image)
-    ma, mb = read_masks(a, image.shape), read_masks(b, image.shape)
+    ma, mb = masks_of_both(one, back)
     assert len(ma) == len(mb) == 294
-    mean, low = _mean_iou(ma, mb)
+    mean, low = mean_iou(ma, mb)
     print(f"\n{name}: {len(ma)} nuclei, polygon round trip in {seconds:.1f}s, mean IoU {mean:.6f}, min {low:.4f}")
     assert mean >= 0.9995 and low >= 0.97  # measured: mean 0.999799, min 0.9800 (11 nuclei with holes, filled)
-    assert _mean_iou(_filled(ma), mb) == (1.0, 1.0)  # exact up to the holes, which polygons cannot hold
+    assert mean_iou(filled(ma), mb) == (1.0, 1.0)  # exact up to the holes, which polygons cannot hold
     assert not any("border" in n or "crosses" in n for n in notes)

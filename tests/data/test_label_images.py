@@ -8,12 +8,7 @@ from helpers.data import label_images, layouts
 from helpers.data.imported import ImportOptions, read_record
 from helpers.data.manifest import MANIFEST_NAME, read_manifest
 from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
-from helpers.data.demo_data import make_demo_dataset
 
-
-@pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=3, n_test=1, size=160)
 
 
 def test_label_pairs_round_trip_to_the_same_nuclei(course, tmp_path):

@@ -4,17 +4,12 @@ import pytest
 from helpers.data import layouts
 from helpers.data.coco_annotations import export_coco
 from helpers.data.dataset import DatasetError, open_dataset, read_masks
-from helpers.data.demo_data import make_demo_dataset
 from helpers.data.imported import ImportOptions
 from helpers.data.label_images import export_label_pairs
 from helpers.data.qupath_annotations import export_geojson
 
 EXPORTS = {"labels": export_label_pairs, "coco": export_coco, "geojson": export_geojson}
 
-
-@pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=2, n_test=1, size=128)
 
 
 @pytest.mark.parametrize("layout", sorted(EXPORTS))

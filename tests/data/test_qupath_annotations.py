@@ -9,47 +9,22 @@ import pytest
 from PIL import Image
 
 from helpers.data.dataset import DatasetError, mask_digest, open_dataset, read_image, read_masks
-from helpers.data.demo_data import make_demo_dataset
 from helpers.data.imported import ImportOptions, read_record, write_import
 from helpers.data.manifest import MANIFEST_NAME, build_manifest, read_manifest
 from helpers.data.qupath_annotations import UNCLASSIFIED, export_geojson, holds_geojson, read_geojson
-from helpers.image_codec import mask_box
-from helpers.rle import encode_masks, rle_iou
+from _annotation_support import masks_of_both, one_real_image, listing, filled, mean_iou
 
-
-@pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("course") / "demo", n_train=3, n_test=1, size=160)
 
 
 def _import(root, out, options=ImportOptions(), notes=None):
     return write_import(read_geojson(root, options), out, root, "geojson", options, notes)
 
 
-def _listing(root):
-    """Every file and folder under ``root`` with its mtime: equal before and after means untouched."""
-    return sorted((p.relative_to(root).as_posix(), p.stat().st_mtime_ns) for p in root.rglob("*"))
-
-
-def _filled(masks):
-    """The masks with their holes filled (an outline holds none), each inside its box."""
-    from scipy.ndimage import binary_fill_holes
-
-    out = masks.copy()
-    for m in out:
-        y0, x0, y1, x1 = mask_box(m)
-        m[y0:y1, x0:x1] = binary_fill_holes(m[y0:y1, x0:x1])
-    return out
 
 
 def _has_holes(masks):
-    return any((m != f).any() for m, f in zip(masks, _filled(masks)))
+    return any((m != f).any() for m, f in zip(masks, filled(masks)))
 
-
-def _mean_iou(original, imported):
-    """Each original mask's IoU with its best-matching imported mask: (mean, minimum)."""
-    best = rle_iou(encode_masks(original), encode_masks(imported)).max(axis=1)
-    return float(best.mean()), float(best.min())
 
 
 def _masks_of(out):
@@ -104,7 +79,7 @@ def _box_mask(x0, y0, x1, y1, size=64):
 def round_trip(course, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("round")
     src = export_geojson(course, tmp / "geojson", pixel_size_um=0.5)
-    before = _listing(src)
+    before = listing(src)
     notes = []
     back = _import(src, tmp / "imported", notes=notes)
     return src, back, notes, before
@@ -123,7 +98,7 @@ def test_export_then_import_gives_the_same_images_and_nuclei(course, round_trip,
         assert np.array_equal(read_image(b.image_path), image)
         ma, mb = read_masks(a, image.shape), read_masks(b, image.shape)
         assert len(ma) == len(mb)
-        mean, low = _mean_iou(_filled(ma), mb)
+        mean, low = mean_iou(filled(ma), mb)
         ious.append(mean)
         assert low == 1.0, a.image_id  # exact: outline(tolerance=0) rasterises back to its pixels
     print(f"\ndemo round trip: mean IoU {np.mean(ious):.6f} over {len(ious)} images")
@@ -135,7 +110,7 @@ def test_export_then_import_gives_the_same_images_and_nuclei(course, round_trip,
     assert record["layout"] == "geojson" and {(v["pixel_size_um"], v["pixel_size_from"]) for v in
                                               record["images"].values()} == {(0.5, "GeoJSON properties")}
     assert not any("pixel size" in n or "border" in n or "cross" in n for n in notes), notes
-    assert _listing(src) == before  # the source is only read
+    assert listing(src) == before  # the source is only read
     with pytest.raises(DatasetError, match="already exists and is not empty; nothing was overwritten"):
         _import(src, back)
 
@@ -205,7 +180,7 @@ def _qupath_file():
 def test_a_qupath_file_gives_holes_parts_cell_nuclei_and_classes(tmp_path):
     src = tmp_path / "src"
     gj = _write(src, features=_qupath_file())
-    before = _listing(src)
+    before = listing(src)
     notes = []
     masks = _masks_of(_import(src, tmp_path / "all", notes=notes))
     ring = _box_mask(2, 2, 14, 14) & ~_box_mask(6, 6, 10, 10)  # the hole's pixels are no nucleus
@@ -223,7 +198,7 @@ def test_a_qupath_file_gives_holes_parts_cell_nuclei_and_classes(tmp_path):
                                            r"'Stroma' \(1\), 'Unclassified' \(1\)") as e:
         _import(src, tmp_path / "typo", ImportOptions(classes=("Tumour",)))
     assert str(src) in str(e.value) and not (tmp_path / "typo").exists()
-    assert _listing(src) == before
+    assert listing(src) == before
 
 
 def test_the_layouts_beside_split_subfolders_and_suffixes(tmp_path):
@@ -310,7 +285,7 @@ def test_bad_input_is_named_or_repaired_with_a_note(tmp_path, case):
     spec, classes, pattern, obj = BAD[case]
     root = tmp_path / "src"
     _bad_source(root, spec)
-    before = _listing(root)
+    before = listing(root)
     notes = []
     if case in ERRORS:
         with pytest.raises(DatasetError, match=pattern) as e:
@@ -324,7 +299,7 @@ def test_bad_input_is_named_or_repaired_with_a_note(tmp_path, case):
     assert str(root) in message  # the user's own file or folder is named
     assert obj is None or obj in message, message
     assert not list(tmp_path.glob(".out.*"))  # no temp folder left
-    assert _listing(root) == before  # the source is unchanged
+    assert listing(root) == before  # the source is unchanged
 
 
 def test_crossing_and_cut_objects_keep_their_pixels(tmp_path):
@@ -347,22 +322,15 @@ def test_crossing_and_cut_objects_keep_their_pixels(tmp_path):
 def test_one_real_image_round_trips_through_geojson(real_data, tmp_path):
     """The real image with the fewest nuclei, exported as QuPath detections and imported back."""
     name = "TCGA-CH-5767-01Z-00-DX1"  # 294 nuclei, 11 of them with holes
-    if not (real_data / "train" / name).is_dir():
-        pytest.skip(f"{name} is not in {real_data}")
-    one = tmp_path / "one"
-    (one / "train").mkdir(parents=True)
-    (one / "train" / name).symlink_to(real_data / "train" / name)  # nothing is copied
+    one = one_real_image(real_data, tmp_path, name)
     start = time.perf_counter()
     notes = []
     back = _import(export_geojson(one, tmp_path / "geojson"), tmp_path / "imported", notes=notes)
     seconds = time.perf_counter() - start
-    a, b = open_dataset(one).train[0], open_dataset(back).train[0]
-    image = read_image(a.image_path)
-    assert np.array_equal(read_image(b.image_path), image)
-    ma, mb = read_masks(a, image.shape), read_masks(b, image.shape)
+    ma, mb = masks_of_both(one, back)
     assert len(ma) == len(mb) == 294
-    mean, low = _mean_iou(ma, mb)
+    mean, low = mean_iou(ma, mb)
     print(f"\n{name}: {len(ma)} nuclei, GeoJSON round trip in {seconds:.1f}s, mean IoU {mean:.6f}, min {low:.4f}")
     assert mean >= 0.9995 and low >= 0.97  # measured: mean 0.999799, min 0.9800 (holes, which outlines fill)
-    assert _mean_iou(_filled(ma), mb) == (1.0, 1.0)  # exact up to the holes
+    assert mean_iou(filled(ma), mb) == (1.0, 1.0)  # exact up to the holes
     assert not any("border" in n or "cross" in n for n in notes), notes
