@@ -439,7 +439,7 @@ def export_coco(dataset_root: str | os.PathLike, out: str | os.PathLike, pixel_s
     entry. The JSON is written atomically; returns ``out``."""
     from helpers.atomic import atomic_write_json
     from helpers.coco_format import CATEGORIES, CATEGORY_ID
-    from helpers.data.dataset import open_dataset, read_image
+    from helpers.data.dataset import mask_batches, open_dataset, read_image
     from helpers.image_codec import encode_png
 
     if pixel_size_um is not None and not plausible(pixel_size_um):
@@ -454,7 +454,7 @@ def export_coco(dataset_root: str | os.PathLike, out: str | os.PathLike, pixel_s
         entry = {"id": k, "file_name": f"{IMAGES_DIR}/{item.image_id}.png", "height": int(image.shape[0]),
                  "width": int(image.shape[1])}
         images.append(entry | ({"pixel_size_um": float(pixel_size_um)} if pixel_size_um else {}))
-        for masks in _mask_batches(item, image.shape):
+        for _, masks in mask_batches(item, image.shape):
             for seg, area, bbox in _segmentations(masks, polygons):
                 annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": CATEGORY_ID,
                                     "iscrowd": 0, "area": area, "bbox": bbox, "segmentation": seg})
@@ -462,36 +462,6 @@ def export_coco(dataset_root: str | os.PathLike, out: str | os.PathLike, pixel_s
             "images": images, "annotations": annotations, "categories": [dict(c) for c in CATEGORIES]}
     atomic_write_json(out / EXPORT_JSON, coco, indent=None)
     return out
-
-
-def _mask_batches(item, shape, batch: int = 64) -> Iterator[np.ndarray]:
-    """The item's non-empty masks as (n, H, W) bool batches, in file order, never all at once;
-    empty masks skipped with a note, two of the same pixels refused (as ``read_masks`` does)."""
-    from helpers.data.dataset import (EmptyMaskError, _map, mask_digest, read_mask, refuse_duplicate_masks,
-                                      warn_empty_masks)
-
-    def one(p: Path):
-        try:
-            return read_mask(p, shape)
-        except EmptyMaskError:
-            return None
-
-    seen: dict[str, Path] = {}
-    empty: list[Path] = []
-    for s in range(0, len(item.mask_paths), batch):
-        paths = item.mask_paths[s:s + batch]
-        masks = _map(one, paths, None)
-        empty += [p for p, m in zip(paths, masks) if m is None]
-        for p, m in zip(paths, masks):
-            if m is not None:
-                d = mask_digest(m)
-                if d in seen:
-                    refuse_duplicate_masks([seen[d], p], [d, d])
-                seen[d] = p
-        kept = [m for m in masks if m is not None]
-        if kept:
-            yield np.stack(kept)
-    warn_empty_masks(empty)
 
 
 def _segmentations(masks: np.ndarray, polygons: bool) -> Iterator[tuple[object, float, list[float]]]:

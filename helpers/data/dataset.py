@@ -414,6 +414,34 @@ def read_masks(item: TrainItem, shape: Sequence[int] | None = None, workers: int
     return out
 
 
+def mask_batches(item: TrainItem, shape: Sequence[int], batch: int = 64) -> Iterable[tuple[list[Path], np.ndarray]]:
+    """The item's non-empty masks as ``(paths, (n, H, W) bool)`` batches in file order, never all
+    at once (the densest course image's 1,862 masks are 1.9 GB together); empty masks skipped with
+    a note, two of the same pixels refused, as :func:`read_masks` does."""
+    def one(p: Path):
+        try:
+            return read_mask(p, shape)
+        except EmptyMaskError:
+            return None
+
+    seen: dict[str, Path] = {}
+    empty: list[Path] = []
+    for s in range(0, len(item.mask_paths), batch):
+        paths = item.mask_paths[s:s + batch]
+        masks = _map(one, paths, None)
+        empty += [p for p, m in zip(paths, masks) if m is None]
+        for p, m in zip(paths, masks):
+            if m is not None:
+                d = mask_digest(m)
+                if d in seen:
+                    refuse_duplicate_masks([seen[d], p], [d, d])
+                seen[d] = p
+        kept = [(p, m) for p, m in zip(paths, masks) if m is not None]
+        if kept:
+            yield [p for p, _ in kept], np.stack([m for _, m in kept])
+    warn_empty_masks(empty)
+
+
 def _map(fn, items: Iterable, workers: int | None) -> list:
     workers = workers or min(4, os.cpu_count() or 1)
     items = list(items)

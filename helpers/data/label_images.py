@@ -142,15 +142,15 @@ def export_label_pairs(dataset_root: str | os.PathLike, out: str | os.PathLike,
     ``pixel_size_um`` goes into the label TIFF's resolution tags."""
     import tifffile
 
-    from helpers.data.dataset import open_dataset, read_image, read_masks
+    from helpers.data.dataset import mask_batches, open_dataset, read_image
 
     ds, out = open_dataset(dataset_root), Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     for item in ds.train:
         image = read_image(item.image_path)
-        masks = read_masks(item, image.shape)
-        labels = np.zeros(image.shape[:2], np.uint32 if len(masks) > 65535 else np.uint16)
+        labels = np.zeros(image.shape[:2], np.uint32 if len(item.mask_paths) > 65535 else np.uint16)
+        masks = (m for _, batch in mask_batches(item, image.shape) for m in batch)
         for k, mask in enumerate(masks, start=1):
             labels[mask] = k
         (out / "images" / f"{item.image_id}.png").write_bytes(encode_png(image))

@@ -542,17 +542,15 @@ def export_geojson(dataset_root: str | os.PathLike, out: str | os.PathLike,
     (one detection per mask file, named after it); a known ``pixel_size_um`` goes into the
     collection's ``properties``. Each file is written whole (a temp file, renamed)."""
     from helpers.atomic import atomic_write_bytes, atomic_write_text
-    from helpers.data.dataset import open_dataset, read_image, read_masks
+    from helpers.data.dataset import mask_batches, open_dataset, read_image
     from helpers.image_codec import encode_png
 
     ds, out = open_dataset(dataset_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for item in ds.train:
         image = read_image(item.image_path)
-        masks = read_masks(item, image.shape)
-        names = [p.stem for p in item.mask_paths] if len(masks) == len(item.mask_paths) else [
-            f"nucleus {k}" for k in range(1, len(masks) + 1)]  # all-zero mask files were left out
-        features = [mask_feature(m, name) for m, name in zip(masks, names)]
+        features = [mask_feature(m, p.stem) for paths, masks in mask_batches(item, image.shape)
+                    for p, m in zip(paths, masks)]
         collection = {"type": "FeatureCollection", "features": features}
         if pixel_size_um:
             collection["properties"] = {"pixel_size_um": float(pixel_size_um), "coordinates": "px"}
