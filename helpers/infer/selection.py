@@ -168,6 +168,13 @@ def save_choice(workspace, models, comparison, rescoring, tta: Sequence[str] = (
     return record
 
 
+def _require_test_images(ws) -> None:
+    if not image_ids_of(ws, "test"):
+        raise InvalidRequest(f"the dataset of {ws.root} has no test images (your own annotations have none): "
+                             "notebook 05 writes the course's submission for its test images. Predict your own "
+                             "images with notebook 06 (source: a folder, zip or Drive link of them).")
+
+
 def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progress: bool = True,
                             use_final: bool = False, **kw):
     """Notebook 05: notebook 04's choice (strategy and rescoring) applied to the test images,
@@ -175,15 +182,16 @@ def chosen_test_predictions(workspace, tta: Sequence[str] | None = None, progres
     ``use_final``: the ``final`` stage (all labelled images) stands in for ``all`` wherever the
     strategy uses it. Every pass is predicted with the stain normalisation notebook 04 chose with."""
     ws = as_workspace(workspace)
+    _require_test_images(ws)
     chosen = choice_record.load_choice(ws.predictions)
     kw = {**kw, "stain": chosen.stain}
     if tta is not None and chosen.uses_tta and list(tta) != list(chosen.tta):
         raise InvalidRequest(f"notebook 04 chose {chosen.strategy.name!r} with rescoring {chosen.recipe.name!r} "
                              f"measured with tta = {list(chosen.tta)}: use the same here (got {list(tta)}), or "
                              "tta = None to take it from the choice")
+    test_ids = image_ids_of(ws, "test")
     tta = chosen.tta if chosen.uses_tta else ()
     stages = _with_final(ws, chosen.stages) if use_final else dict(chosen.stages)
-    test_ids = image_ids_of(ws, "test")
     per_model = {}
     for name, stage in stages.items():
         cached = _cache_name(name, stage)

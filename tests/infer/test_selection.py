@@ -80,3 +80,21 @@ def test_a_learned_ranking_chosen_in_04_is_stored_and_applied_in_05(demo_workflo
     # notebook 04 choosing strategies by a segmentation metric still ranks by the leaderboard's
     by_pq, _ = selection.rescoring(ws, ["all"], strategy, val_preds, gt, tta, "PQ")
     assert by_pq.metric == "AP50@100"
+
+
+def test_notebook_05_on_a_dataset_without_test_images_says_what_to_do(tmp_path):
+    """Your own annotations have no test split: notebook 05 (the course's submission) says so and
+    points to notebook 06, before anything is predicted."""
+    from helpers.data import shards
+    from helpers.data.demo_data import make_demo_dataset
+    from helpers.data.label_images import export_label_pairs
+    from helpers.data.layouts import import_dataset
+    from helpers.data.manifest import MANIFEST_NAME, read_manifest
+    from helpers.errors import InvalidRequest
+
+    demo = make_demo_dataset(tmp_path / "demo", n_train=2, n_test=0, size=96)
+    mine = import_dataset(export_label_pairs(demo, tmp_path / "pairs"), tmp_path / "imported")
+    ws = get_workspace(tmp_path / "ws")
+    shards.write_shards(mine, read_manifest(mine / MANIFEST_NAME), ws.shards, progress=False, verbose=False)
+    with pytest.raises(InvalidRequest, match="has no test images .* Predict your own images with notebook 06"):
+        selection.chosen_test_predictions(ws, progress=False)
