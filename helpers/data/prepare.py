@@ -17,6 +17,7 @@ from helpers.data.acquire import acquire_dataset
 from helpers.data.dataset import DatasetError, open_dataset, read_image, read_masks
 from helpers.data.demo_data import make_demo_dataset
 from helpers.data.imported import ImportOptions, read_record
+from helpers.data.organs import ORGANS, UNKNOWN
 from helpers.drawing import outline
 from helpers.workspace import Workspace
 
@@ -85,7 +86,8 @@ def organ_figure(rows: Sequence[dict]):
         ax.bar([f"{o}\n({n_img[o]} img)" for o in organs], vals, bottom=bottom, color=color, label=split)
         bottom += vals
     ax.set_ylabel("nuclei")
-    ax.set_title("Nuclei per organ")
+    known = set(ORGANS) | {UNKNOWN}
+    ax.set_title("Nuclei per organ" if set(organs) <= known else "Nuclei per group (the split is stratified by it)")
     ax.legend()
     fig.tight_layout()
     return fig

@@ -40,6 +40,9 @@ def test_figures_show_every_nucleus(workspace):
     first = next(r for r in rows if r["image_id"] == titles[0])
     assert titles[1] == f"{first['n_nuclei']} nuclei"
     fig = prepare.organ_figure(rows)
+    assert fig.axes[0].get_title() == "Nuclei per organ"
+    assert prepare.organ_figure([{**r, "organ": "siteA"} for r in rows]).axes[0].get_title().startswith(
+        "Nuclei per group")
     heights = sum(p.get_height() for p in fig.axes[0].patches)
     assert heights == sum(r["n_nuclei"] for r in rows if r["split"] != "test")
 
