@@ -9,16 +9,23 @@
 * **Any size**: images larger than the model's tile are predicted in overlapping tiles and
   stitched by the field's convention (``tiling.merge_tiles``): no nucleus counted twice or cut
   at a seam. One progress bar counts the tiles of every pass.
+* **At the model's pixel size**: each image's µm per pixel is what its file records
+  (``helpers.pixel_size.read_pixel_size``), else ``pixel_size_um``, else it is taken to be the
+  model's (a note says so). An image more than 5% finer or coarser than the images the stage
+  learnt from is resized to their pixel size before prediction (``tiling.rescale_image``), and its
+  nuclei are mapped back onto its own pixels (``tiling.map_back``): every export is in the image's
+  own pixels, its µm from the image's own pixel size.
 * **As notebook 05 predicts**: the stage's input scale, the test-time augmentations, the
   rescoring and the exports' segmentation rule (score threshold, overlap cuts) notebook 04 chose
   (when it chose one) apply; ``min_score`` overrides the threshold.
 * **Exports** per image in ``exports/<run>/`` (``helpers.infer.exports``): GeoJSON for QuPath,
   label image, measurements CSV, COCO results, overlay. ``exports/<run>/run.json`` records what
-  made them (stage, checkpoint, augmentations, rescoring, the exports' rule, stain, tiling) and a
-  fingerprint of each image. An image exported with the same settings from the same file is
-  skipped, so a re-run after a disconnect goes on where it stopped; a changed image is exported
-  again; other settings under the same run name are refused (choose another name). Every file is
-  written to a temporary name and renamed, so a killed run leaves no half-written export.
+  made them (stage, checkpoint, augmentations, rescoring, the exports' rule, stain, tiling, the
+  model's pixel size) and a fingerprint of each image. An image exported with the same settings
+  from the same file is skipped, so a re-run after a disconnect goes on where it stopped; a
+  changed image is exported again; other settings under the same run name are refused (choose
+  another name). Every file is written to a temporary name and renamed, so a killed run leaves
+  no half-written export.
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ from helpers.atomic import atomic_write_json, remove_stale_partials
 from helpers.infer import exports, rescore
 from helpers.infer.choice import export_rule, load_choice, load_ranker
 from helpers.infer.fusion import merge_detections
+from helpers.infer.tiling import map_back, rescale_image, scaled_size
+from helpers.pixel_size import PixelSize, read_pixel_size
 from helpers.workspace import as_workspace
 from helpers.errors import UserError
 
@@ -46,6 +55,9 @@ MAX_PIXELS = 64_000_000
 DEFAULT_TTA = ("hflip", "vflip", "zoom125")  # notebooks 04/05's default
 RUN_RECORD = "run.json"  # exports/<run>/run.json: the settings of the run and each image's fingerprint
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+# An image within 5% of the model's pixel size is predicted as it is: nuclei differ in size far more
+# than that from cell to cell, and training enlarged its crops by 1.0-1.25 (Profile.scale_jitter).
+RESCALE_TOLERANCE = 0.05
 
 
 # the exports' file format: 2 names each CSV column's and measurement's unit (area_px2...); a run
@@ -171,10 +183,11 @@ def image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
 
 
-def _check_size(h: int, w: int) -> None:
+def _check_size(h: int, w: int, seen_as: str = "") -> None:
+    """ValueError past :data:`MAX_PIXELS`; ``seen_as`` says when the size is the image resized."""
     if h * w > MAX_PIXELS:
-        raise ValueError(f"{w} x {h} px ({h * w / 1e6:.0f} Mpx) is more than the {MAX_PIXELS / 1e6:.0f} Mpx "
-                         "one image may hold here: crop it into regions (e.g. in QuPath) and predict those")
+        raise ValueError(f"{seen_as}{w} x {h} px ({h * w / 1e6:.0f} Mpx) is more than the {MAX_PIXELS / 1e6:.0f} "
+                         "Mpx one image may hold here: crop it into regions (e.g. in QuPath) and predict those")
 
 
 def read_image(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -188,6 +201,67 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndar
         return decode_rgb(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"unreadable ({e})") from e
+
+
+# --------------------------------------------------------------------------- pixel size
+@dataclass(frozen=True)
+class Scale:
+    """How one image meets the model: its pixel size (the file's, ``pixel_size_um``, or unknown),
+    the model's, and ``factor``, how much it is enlarged before prediction (1.0: not resized)."""
+
+    image: PixelSize
+    model: PixelSize
+    factor: float = 1.0
+
+    @classmethod
+    def of(cls, image: PixelSize, model: PixelSize) -> "Scale":
+        return cls(image, model, rescale_factor(image.um, model.um))
+
+    def note(self, name: str) -> str:
+        """What was done to image ``name``, for the report."""
+        model = f"the model's {self.model.um:.4g} µm/px" if self.model.um else ""
+        if self.factor != 1.0:
+            return f"{name}: {self.image.describe()}, {model}: predicted at x{self.factor:.2f}, results mapped back"
+        if not self.model.um:
+            return (f"{name}: {self.image.describe() if self.image.um else 'pixel size unknown'}; the stage's pixel "
+                    "size is unknown (its training images did not say it): predicted as it is, not rescaled")
+        if not self.image.um:
+            return (f"{name}: pixel size unknown (the file does not say it and pixel_size_um is not set): assumed "
+                    f"{model} ({self.model.source}), predicted as it is; sizes in pixels only (set pixel_size_um "
+                    "if it differs)")
+        return f"{name}: {self.image.describe()}, {model}: within {RESCALE_TOLERANCE:.0%}, predicted as it is"
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image to predict: its file, its exports' name, its (height, width) and :class:`Scale`."""
+
+    path: Path
+    stem: str
+    size: tuple[int, int]
+    scale: Scale
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        """(height, width) of the image as the model sees it."""
+        return scaled_size(self.size, self.scale.factor)
+
+
+def image_pixel_size(path: Path, pixel_size_um: float | None = None) -> PixelSize:
+    """An image's µm per pixel: what its file records (:func:`read_pixel_size`), else
+    ``pixel_size_um``, else unknown."""
+    own = read_pixel_size(path)
+    if own.um or not pixel_size_um:
+        return own
+    return PixelSize(float(pixel_size_um), "parameter pixel_size_um")
+
+
+def rescale_factor(image_um: float | None, model_um: float | None) -> float:
+    """How much an image of ``image_um`` µm/px is enlarged to the model's ``model_um``: their
+    ratio, or 1.0 when either is unknown or they are within :data:`RESCALE_TOLERANCE`."""
+    if not image_um or not model_um or abs(image_um / model_um - 1.0) <= RESCALE_TOLERANCE:
+        return 1.0
+    return float(image_um / model_um)
 
 
 # --------------------------------------------------------------------------- predicting
@@ -246,9 +320,9 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
                        unfinished: bool = False, pixel_size_um: float | None = None) -> OwnImagesReport:
     """Predict and export every image of ``source`` (module doc); ``tta`` None takes notebook
     04's choice (or :data:`DEFAULT_TTA`), ``min_score`` None its exports' rule (or the default
-    rule); ``pixel_size_um`` (µm per pixel, where known) adds µm to the exports. Returns the
-    report (also printed)."""
-    from helpers.infer.model import load_model
+    rule); ``pixel_size_um`` (µm per pixel) is the size of the images whose files do not say
+    theirs. Returns the report (also printed)."""
+    from helpers.infer.model import load_model, open_stage
     from helpers.progress import tqdm
     from helpers.train.checkpoints import checkpoint_step
 
@@ -260,22 +334,21 @@ def predict_own_images(workspace, source, stage: str = "all", run: str | None = 
     recipe, tta = _recipe_and_tta(chosen, tta, report)
     rule, rule_source = export_rule(chosen, min_score)
     report.notes.append(f"exports keep: {rule.describe()} ({rule_source})")
-    settings = _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished, pixel_size_um)
+    st = open_stage(ws, stage)
+    settings = _run_settings(ws, st, tta, recipe, rule, chosen, tile, overlap, unfinished, pixel_size_um)
     record = _open_run(report.out_dir, settings)
-    todo = _not_exported(paths, record, report)
-    if todo:
+    plans = _plans(_not_exported(paths, record, report), pixel_size_um, st.pixel_size, report)
+    if plans:
         step = checkpoint_step(Path(settings["checkpoint"]))  # the one the settings name, checked there
-        model, params = load_model(ws, stage, min_score=0.0, checkpoint=step)
+        model, params = load_model(ws, st.name, min_score=0.0, checkpoint=step)
         predictor = TiledPredictor(model, params, tta, recipe, load_ranker(ws.predictions, recipe),
                                    tile, overlap, stain=_stain_reference(ws, chosen, report))
-        sizes = _sizes(todo, report)
-        with tqdm(total=sum(map(predictor.tiles, sizes.values())), desc="tiles", unit="tile",
+        with tqdm(total=sum(predictor.tiles(p.model_size) for p in plans), desc="tiles", unit="tile",
                   disable=not progress) as bar:
-            for path, stem in todo:
-                if stem in sizes:
-                    if _one_image(path, stem, sizes[stem], predictor, rule, bar, report, pixel_size_um):
-                        record["images"][stem] = report.fingerprints[stem]
-                        atomic_write_json(report.out_dir / RUN_RECORD, record)
+            for plan in plans:
+                if _one_image(plan, predictor, rule, bar, report):
+                    record["images"][plan.stem] = report.fingerprints[plan.stem]
+                    atomic_write_json(report.out_dir / RUN_RECORD, record)
     print(report.format())
     return report
 
@@ -302,14 +375,16 @@ def fingerprint(path: Path) -> str:
 
 
 def _run_settings(ws, stage, tta, recipe, rule, chosen, tile, overlap, unfinished, pixel_size_um=None) -> dict:
-    """What the exports of a run depend on, besides each image."""
-    from helpers.infer.model import open_stage, resolve_checkpoint
+    """What the exports of a run depend on, besides each image; ``stage`` opened (``model.open_stage``).
+    The model's pixel size is among them: images are resized to it."""
+    from helpers.infer.model import resolve_checkpoint
     from helpers.infer.stain_normalization import DEFAULT_STAIN
 
-    checkpoint = resolve_checkpoint(ws, open_stage(ws, stage), unfinished=unfinished)
-    return {"stage": stage, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
+    checkpoint = resolve_checkpoint(ws, stage, unfinished=unfinished)
+    return {"stage": stage.name, "checkpoint": checkpoint.name, "tta": list(tta), "rescoring": recipe.name,
             "exports keep": rule.describe(), "stain": chosen.stain if chosen else DEFAULT_STAIN,
             "tile": int(tile), "overlap": int(overlap), "exports format": EXPORTS_FORMAT,
+            "model pixel size (um)": stage.pixel_size.um,
             **({"pixel size (um)": float(pixel_size_um)} if pixel_size_um else {})}
 
 
@@ -370,35 +445,52 @@ def _not_exported(paths: Sequence[Path], record: dict, report: OwnImagesReport) 
     return todo
 
 
-def _sizes(todo, report: OwnImagesReport) -> dict[str, tuple[int, int]]:
-    """{stem: (height, width)} from each header; an unreadable or too large file is skipped with its reason."""
-    sizes = {}
+def _plans(todo, pixel_size_um, model: PixelSize, report: OwnImagesReport) -> list[ImagePlan]:
+    """An :class:`ImagePlan` of each (path, stem) of ``todo``, sized from its file's header; an
+    unreadable file, or one too large as it is or as the model sees it, is skipped with its reason."""
+    plans = []
     for path, stem in todo:
         try:
-            sizes[stem] = image_size(path)
-            _check_size(*sizes[stem])
+            size = image_size(path)
+            _check_size(*size)
+            plan = ImagePlan(path, stem, size, Scale.of(_pixel_size_of(path, pixel_size_um, report), model))
+            _check_size(*plan.model_size, seen_as=f"resized x{plan.scale.factor:.2f} to the model's pixel size, ")
         except ValueError as e:
-            sizes.pop(stem, None)
             report.skipped[str(path)] = str(e)
-    return sizes
+            continue
+        plans.append(plan)
+    return plans
 
 
-def _one_image(path, stem, size, predictor: TiledPredictor, rule, bar, report, pixel_size_um=None) -> bool:
-    """Predict and export one image; False when it was skipped (its reason in the report)."""
+def _pixel_size_of(path: Path, pixel_size_um, report: OwnImagesReport) -> PixelSize:
+    """:func:`image_pixel_size`, with a note when the file's size overrides a different ``pixel_size_um``."""
+    size = image_pixel_size(path, pixel_size_um)
+    if pixel_size_um and rescale_factor(size.um, pixel_size_um) != 1.0:  # the file's, and another
+        report.notes.append(f"{path.name}: its file says {size.describe()}; that is used, not pixel_size_um = "
+                            f"{pixel_size_um:g}")
+    return size
+
+
+def _one_image(plan: ImagePlan, predictor: TiledPredictor, rule, bar, report: OwnImagesReport) -> bool:
+    """Predict and export one image at the model's pixel size; False when it was skipped (its
+    reason in the report)."""
+    name = plan.path.name
     try:
-        image, notes = read_image(path, size)
+        image, notes = read_image(plan.path, plan.size)
     except ValueError as e:
-        report.skipped[str(path)] = str(e)
+        report.skipped[str(plan.path)] = str(e)
         return False
-    report.notes += [f"{path.name}: {n}" for n in notes]
+    report.notes += [f"{name}: {n}" for n in notes] + [plan.scale.note(name)]
+    seen = rescale_image(image, plan.scale.factor)
     side = predictor.tile_side()
-    if max(image.shape[:2]) <= side:
-        report.notes.append(f"{path.name}: {image.shape[1]} x {image.shape[0]} px, within one {side} px tile: "
-                            "predicted whole")
+    if max(seen.shape[:2]) <= side:
+        report.notes.append(f"{name}: {seen.shape[1]} x {seen.shape[0]} px as the model sees it, within one {side} "
+                            "px tile: predicted whole")
     stain_notes: list[str] = []
-    dets = predictor.predict(image, bar=bar, notes=stain_notes)
-    report.notes += [f"{path.name}: {n}" for n in stain_notes]
-    report.exported.append(exports.export_image(report.out_dir, stem, image, dets, rule, pixel_size_um=pixel_size_um))
+    dets = map_back(predictor.predict(seen, bar=bar, notes=stain_notes), image.shape[:2])
+    report.notes += [f"{name}: {n}" for n in stain_notes]
+    report.exported.append(exports.export_image(report.out_dir, plan.stem, image, dets, rule,
+                                                pixel_size_um=plan.scale.image.um))
     return True
 
 
