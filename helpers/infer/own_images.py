@@ -98,8 +98,8 @@ def default_source(workspace) -> Path:
     for ids in sorted(ws.data.rglob(TEST_IDS_FILE)):  # the course layout's root holds it beside test/
         if (ids.parent / "test").is_dir():
             return ids.parent / "test"
-    raise OwnImagesError(f"no dataset in {ws.data}: set source to a folder of your images, a zip of them "
-                         "or a Drive file id (or run notebook 01 first to try the test images)")
+    raise OwnImagesError(f"no test images in {ws.data} (your own annotations have none, or notebook 01 has not "
+                         "run): set source to a folder of your images, a zip of them or a Drive file id")
 
 
 def find_images(source: str | os.PathLike, workspace=None) -> list[Path]:

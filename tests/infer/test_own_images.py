@@ -9,6 +9,7 @@ import pytest
 
 from helpers.rle import rle_iou
 from helpers.infer import own_images
+from helpers.workspace import get_workspace
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,8 @@ def test_bad_inputs_are_named(demo_copy, tmp_path):
         own_images.find_images(empty, demo_copy)
     with pytest.raises(own_images.OwnImagesError, match="no such folder"):
         own_images.find_images(tmp_path / "nowhere", demo_copy)
+    with pytest.raises(own_images.OwnImagesError, match="no test images in .* set source to a folder"):
+        own_images.find_images("", get_workspace(tmp_path / "no data"))  # no dataset, or one without a test split
     huge = _png(tmp_path / "huge.png", np.zeros((8001, 8001), np.uint8))  # 64.0 Mpx
     with pytest.raises(ValueError, match="8001 x 8001 px .* crop it into regions"):
         own_images.read_image(huge)
