@@ -644,6 +644,8 @@ def convert(state_dict: Mapping, model_config, modules, folder: Path, source: st
     from official.vision.configs import maskrcnn as mg_cfg
     from official.vision.tasks import maskrcnn as mg_task
 
+    from helpers.train import torch_resnet  # noqa: F401 - registers resnet_torch with Model Garden's backbone factory
+
     modules = [modules] if isinstance(modules, str) else list(modules)
     model = mg_task.MaskRCNNTask(mg_cfg.MaskRCNNTask(model=model_config)).build_model()
     if set(modules) == {"backbone"}:

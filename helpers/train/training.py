@@ -426,8 +426,9 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
     init = start = None
     sdir = st.folder
     if st.kind == "heads":
-        if init_checkpoint:
-            init, start = init_checkpoint, str(drive_copy.full_checkpoint(init_checkpoint))
+        if init_checkpoint:  # a folder (a converted start), or a checkpoint's prefix (a compact Drive copy expanded)
+            init = init_checkpoint
+            start = str(drive_copy.full_checkpoint(init)) if Path(f"{init}.index").is_file() else init
         elif prof.pretrained and not prof.from_scratch:
             init = start = resolve_pretrained(prof, ws, cfg=cfg)
     else:
