@@ -35,6 +35,7 @@ from helpers.image_codec import decode_image, mask_box
 from helpers.errors import UserError
 
 TEST_IDS_FILE = "test_img_ids.json"
+IMPORT_RECORD = "dataset.json"  # an imported dataset's record (helpers/data/imported.py): it has no test split
 
 
 class DatasetError(UserError, ValueError):
@@ -198,7 +199,8 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
 def _read_test_index(root: Path, notes: list[str]) -> list[TestItem]:
     test_dir, ids_file = root / "test", root / TEST_IDS_FILE
     if not test_dir.is_dir() and not ids_file.exists():
-        _note(notes, f"{root} has no test/ folder and no {TEST_IDS_FILE}: training data only")
+        if not (root / IMPORT_RECORD).is_file():  # your own annotations have no test split, and need no note
+            _note(notes, f"{root} has no test/ folder and no {TEST_IDS_FILE}: training data only")
         return []
     if not ids_file.is_file():
         raise DatasetError(f"{ids_file} not found but {test_dir} exists; copy test_img_ids.json from "

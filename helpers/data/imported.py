@@ -30,11 +30,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from helpers.data import manifest as mf
-from helpers.data.dataset import MAX_MASK_FRACTION, DatasetError, _note, mask_digest, name_copy_as
+from helpers.data.dataset import IMPORT_RECORD, MAX_MASK_FRACTION, DatasetError, _note, mask_digest, name_copy_as
 from helpers.image_codec import encode_png
 from helpers.pixel_size import COURSE_UM, UNKNOWN, PixelSize, plausible
 
-RECORD_NAME = "dataset.json"
+RECORD_NAME = IMPORT_RECORD
 
 
 @dataclass(frozen=True)
