@@ -38,6 +38,7 @@ class PixelSize:
 
 
 UNKNOWN = PixelSize(None, "")
+COURSE = PixelSize(COURSE_UM, "the course data (TCGA, 40x)")  # the course's and demo data's, and older stages'
 
 
 def plausible(um: float | None) -> bool:
@@ -111,4 +112,4 @@ def tiff_resolution(um: float | None) -> dict:
     return {"resolution": (1e4 / um,) * 2, "resolutionunit": "CENTIMETER"} if um else {}
 
 
-__all__ = ["COURSE_UM", "PLAUSIBLE_UM", "PixelSize", "UNKNOWN", "plausible", "read_pixel_size", "tiff_resolution"]
+__all__ = ["COURSE_UM", "COURSE", "PLAUSIBLE_UM", "PixelSize", "UNKNOWN", "plausible", "read_pixel_size", "tiff_resolution"]

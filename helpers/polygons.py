@@ -64,4 +64,12 @@ def rasterize(geom, shape) -> np.ndarray:
     return mask
 
 
-__all__ = ["POLYGON_TOLERANCE", "outline", "rasterize"]
+def full_mask(crop: np.ndarray, corner, shape) -> np.ndarray:
+    """A bool mask of ``shape`` (H, W) holding ``crop`` with its top-left pixel at ``corner`` (y0, x0)."""
+    mask = np.zeros(shape[:2], bool)
+    y0, x0 = corner
+    mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    return mask
+
+
+__all__ = ["POLYGON_TOLERANCE", "outline", "rasterize", "full_mask"]

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.atomic import atomic_write_json, remove_stale_partials
-from helpers.data.dataset import DatasetError, name_copy_as, open_dataset
+from helpers.data.dataset import DatasetError, name_copy_as, open_dataset, user_paths
 from helpers.data.imported import ImportOptions, read_record
 from helpers.data.layouts import DESCRIBED, detect_layout, holds_a_layout, import_dataset
 from helpers.data.manifest import read_manifest, validate_against_manifest
@@ -237,6 +237,8 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
                     shown[tmp / "unzipped"] = (str(src), f"{src}:")
                 extract_zip(src, tmp / "unzipped")
                 root = find_dataset_root(tmp / "unzipped")
+                for copy, (name, prefix) in shown.items():  # the import's notes name the user's zip
+                    name_copy_as(copy, name, prefix)
                 staged = _imported(root, tmp / "imported", options, quiet)
             else:
                 raise DatasetError(f"{src} is neither a folder nor a readable zip file (corrupt or truncated "
@@ -279,13 +281,15 @@ def _imported(root: Path, out: Path, options: ImportOptions, quiet: bool) -> Pat
     notes: list[str] = []
     imported = import_dataset(root, out, options, notes)
     if not quiet:
-        print(f"imported {_layout(root, options)} annotations from {root}")
+        print(f"imported {_layout(root, options)} annotations from {user_paths(str(root))}")
     return imported
 
 
 def _with_options(fingerprint: dict, options: ImportOptions) -> dict:
     """What a copy is made of: the source, and how another layout was imported from it."""
-    return {**fingerprint, "import": dataclasses.asdict(options)} if options != ImportOptions() else fingerprint
+    if options == ImportOptions():
+        return fingerprint
+    return json.loads(json.dumps({**fingerprint, "import": dataclasses.asdict(options)}))  # as the record reads back
 
 
 def _not_found(text: str, src: Path) -> str:

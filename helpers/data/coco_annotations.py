@@ -39,6 +39,7 @@ import numpy as np
 from helpers.data.dataset import DatasetError
 from helpers.data.imported import ImportedImage, ImportOptions
 from helpers.data.label_images import group_of, image_id_of, read_image_file
+from helpers.polygons import full_mask
 from helpers.data.organs import organ_of
 from helpers.pixel_size import UNKNOWN, PixelSize, plausible, read_pixel_size
 
@@ -146,7 +147,7 @@ def _chosen(categories: dict[str, str] | None, classes: tuple[str, ...], path: P
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise DatasetError(f"{path} has no categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; its categories "
-                           f"are {names}: set classes to some of these (or leave it empty for all)")
+                           f"are {names}: set nucleus_classes to some of these (or leave it empty for all)")
     return {k for k, name in categories.items() if name in classes}
 
 
@@ -406,9 +407,7 @@ def _masks(pieces: list[tuple[str, tuple]], shape) -> Iterator[tuple[str, np.nda
             yield label, np.ascontiguousarray(mask_utils.decode(piece[1]), dtype=bool)
         else:
             _, crop, y0, x0 = piece
-            mask = np.zeros(shape, bool)
-            mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-            yield label, mask
+            yield label, full_mask(crop, (y0, x0), shape)
 
 
 # --------------------------------------------------------------------------- reading

@@ -18,6 +18,7 @@ holds something, and nothing of the source is changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,9 +31,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from helpers.data import manifest as mf
-from helpers.data.dataset import IMPORT_RECORD, MAX_MASK_FRACTION, DatasetError, _note, mask_digest, name_copy_as
+from helpers.data.dataset import (IMPORT_RECORD, MAX_MASK_FRACTION, DatasetError, _note, mask_digest, name_copy_as,
+                                  user_paths)
 from helpers.image_codec import encode_png
-from helpers.pixel_size import COURSE_UM, UNKNOWN, PixelSize, plausible
+from helpers.pixel_size import COURSE, UNKNOWN, PixelSize, plausible
 
 RECORD_NAME = IMPORT_RECORD
 
@@ -83,7 +85,7 @@ def write_import(images: Iterable[ImportedImage], out: str | os.PathLike, source
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     name_copy_as(tmp, str(out), str(out) + os.sep)  # notes on the folder being written name the folder it becomes
     try:
-        record = {"layout": layout, "source": str(source), "images": {}}
+        record = {"layout": layout, "source": user_paths(str(source)), "images": {}}
         seen: dict[str, Path] = {}
         for item in images:
             _refuse_same_id(item, seen)
@@ -108,21 +110,27 @@ def write_import(images: Iterable[ImportedImage], out: str | os.PathLike, source
 def _refuse_same_id(item: ImportedImage, seen: dict[str, Path]) -> None:
     other = seen.get(item.image_id.lower())
     if other is not None:
-        raise DatasetError(f"{item.source} and {other} both become image {item.image_id!r} (ids ignore case and "
-                           "suffix): rename one of them")
+        raise DatasetError(f"{item.source} and {other} both become image {item.image_id!r} (an id ignores case "
+                           "and suffix, and writes characters other than letters, digits, '.', '_' and '-' as '_'): "
+                           "rename one of them")
     seen[item.image_id.lower()] = item.source
 
 
 def _image_record(item: ImportedImage, options: ImportOptions) -> dict:
     size = item.pixel_size if item.pixel_size.um else (
         PixelSize(options.pixel_size_um, "parameter pixel_size_um") if options.pixel_size_um else UNKNOWN)
-    return {"source": str(item.source), "pixel_size_um": size.um, "pixel_size_from": size.source,
+    return {"source": user_paths(str(item.source)), "pixel_size_um": size.um, "pixel_size_from": size.source,
             "group": safe_name(item.group)}
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a name for ids, groups and shard files: letters, digits, ``. _ -``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("._")
+    """``text`` as a name for ids, groups and shard files: letters, digits, ``. _ -``; a name of
+    other characters (``切片1``) keeps what it can and a short hash of the whole, so it is never
+    empty and two such names stay apart."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("._")
+    if not re.search(r"[^\x00-\x7f]", str(text)):
+        return name
+    return f"{name}_{hashlib.sha1(str(text).encode()).hexdigest()[:8]}".strip("._")
 
 
 def _note_unknown_sizes(record: dict, options: ImportOptions, notes) -> None:
@@ -177,14 +185,17 @@ def _checked_nuclei(item: ImportedImage) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def read_record(root: str | os.PathLike) -> dict | None:
-    """The ``dataset.json`` of an imported dataset, or None (the course data and the demo data)."""
+    """The ``dataset.json`` of an imported dataset, or None (the course data and the demo data, or a
+    ``dataset.json`` another tool wrote)."""
     path = Path(root) / RECORD_NAME
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DatasetError(f"{path} is unreadable ({e}): import the dataset again") from e
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None  # not ours: another tool's dataset.json
+    ours = isinstance(record, dict) and isinstance(record.get("images"), dict) and "layout" in record
+    return record if ours else None
 
 
 def dataset_pixel_size(root: str | os.PathLike) -> PixelSize:
@@ -192,7 +203,7 @@ def dataset_pixel_size(root: str | os.PathLike) -> PixelSize:
     imported dataset), the course's 40x for the course and demo data, or UNKNOWN."""
     record = read_record(root)
     if record is None:
-        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
+        return COURSE
     sizes = [v["pixel_size_um"] for v in record["images"].values() if v.get("pixel_size_um")]
     if not sizes:
         return UNKNOWN

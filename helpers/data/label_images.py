@@ -32,10 +32,17 @@ def holds_label_pairs(root: Path) -> bool:
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    """{path under ``folder`` without its suffix: file} of the images in ``folder``, subfolders too."""
-    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-            and p.suffix.lower() in IMAGE_SUFFIXES}
+    """{path under ``folder`` without its suffix: file} of the images in ``folder``, subfolders too;
+    a DatasetError names two files of one name under two suffixes (which one is meant?)."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) \
+                and p.suffix.lower() in IMAGE_SUFFIXES:
+            key = p.relative_to(folder).with_suffix("").as_posix()
+            if key in found:
+                raise DatasetError(f"{found[key]} and {p} are one name under two suffixes: keep one of them")
+            found[key] = p
+    return found
 
 
 def label_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -124,9 +131,27 @@ def read_label_pairs(root: str | os.PathLike, options: ImportOptions = ImportOpt
         image, notes = read_image_file(image_path)
         labels = read_label_image(label_path, image.shape)
         size = read_pixel_size(image_path)
+        labels = _instances(labels, label_path, notes)
         yield ImportedImage(image_id_of(root / "images", image_path), image_path, image,
                             _nuclei(labels, label_path), size if size.um else read_pixel_size(label_path),
                             group_of(root / "images", image_path), notes)
+
+
+def _instances(labels: np.ndarray, label_path: Path, notes: list[str]) -> np.ndarray:
+    """``labels``, or, for a binary mask (one value over several separate regions), its regions
+    numbered apart, with a note: a binary mask outlines nuclei but does not tell touching ones apart."""
+    from scipy import ndimage
+
+    values = np.unique(labels[labels > 0])
+    if len(values) != 1:
+        return labels
+    regions, n = ndimage.label(labels > 0)
+    if n > 1:
+        notes.append(f"{label_path} holds one value ({int(values[0])}) over {n} separate regions: a binary mask, "
+                     "not instance labels; each region is taken as a nucleus, and touching nuclei stay one (save "
+                     "instance labels, 1..N, to keep them apart)")
+        return regions
+    return labels
 
 
 def _nuclei(labels: np.ndarray, label_path: Path):

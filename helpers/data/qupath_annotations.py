@@ -51,6 +51,7 @@ import numpy as np
 from helpers.data.dataset import MAX_MASK_FRACTION, DatasetError
 from helpers.data.imported import ImportedImage, ImportOptions
 from helpers.data.label_images import IMAGE_SUFFIXES, group_of, image_id_of, read_image_file
+from helpers.polygons import full_mask
 from helpers.pixel_size import UNKNOWN, PixelSize, plausible, read_pixel_size
 
 GEOJSON_SUFFIXES = (".geojson", ".geojson.gz", ".json")
@@ -391,7 +392,7 @@ def _add(obj: QuPathObject, geom, shape, path: Path, image_name: str, found: _Fo
     if crop.sum() > MAX_MASK_FRACTION * shape[0] * shape[1]:
         raise DatasetError(f"{path}: {obj.name} (class {obj.klass or UNCLASSIFIED!r}) covers "
                            f"{crop.sum() / (shape[0] * shape[1]):.0%} of {image_name}: a region, not a nucleus. "
-                           "Choose the nuclei's classes with classes=(...), or delete the object")
+                           "Choose the nuclei's classes with nucleus_classes=[...], or delete the object")
     if _past_border(geom.bounds, shape):
         found.cut.append(obj.name)
     found.crops.append((obj.name, crop, at))
@@ -490,10 +491,8 @@ def collection_pixel_size(props: dict, path: Path, notes: list[str]) -> PixelSiz
 
 
 def _masks(crops: list, shape) -> Iterator[tuple[str, np.ndarray]]:
-    for name, crop, (y0, x0) in crops:
-        mask = np.zeros(shape[:2], bool)
-        mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-        yield name, mask
+    for name, crop, corner in crops:
+        yield name, full_mask(crop, corner, shape)
 
 
 def read_one(image_path: Path, geojson_path: Path, image_top: Path, ann_top: Path,

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.pixel_size import COURSE_UM, PixelSize
+from helpers.pixel_size import COURSE, PixelSize
 from helpers.train import checkpoints as ckpts
 from helpers.train import config as cfglib
 from helpers.workspace import as_workspace
@@ -141,7 +141,7 @@ class Stage:
         before pixel sizes were: the course data's 40x, all there was then)."""
         if self.record and "pixel_size_um" in self.record:
             return PixelSize(self.record["pixel_size_um"], self.record.get("pixel_size_from", ""))
-        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
+        return COURSE
 
     def progress(self) -> "StageProgress":
         """How far the stage got, from the record it was opened with and its newest complete

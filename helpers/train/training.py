@@ -286,9 +286,12 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
     local_checkpoints = local_checkpoint_setting(local_checkpoints)
     with StageLock(ws, stage) as lock:
         st = named.read()  # its record, read once, while no other run can write it
+        start_from = _start_of(st, start_from)
         parent = _fine_tuned(st, start_from) if start_from else st.open_parent()
-        if start_from:
-            init_checkpoint, init_modules = str(ckpts.latest_complete(parent.folder, repair=False)[1]), "all"
+        if start_from:  # all of its weights, its newest complete checkpoint's (when the stage starts)
+            init_modules = "all"
+            if not st.record:
+                init_checkpoint = str(ckpts.latest_complete(parent.folder, repair=False, deep=False)[1])
         prof, cfg = stage_plan.plan(ws, st, parent, profile, steps=steps, image_ids=image_ids, organs=organs,
                                     train_files=train_files, splits=splits, init_modules=init_modules,
                                     from_scratch=from_scratch, pretrained=pretrained, accelerator=accelerator,
@@ -309,6 +312,16 @@ def train_stage(stage: str, profile: str = "demo", workspace=None, steps: int | 
         if status == "finished" and run.target < run.planned:
             status = "stopped: stop_at_step"
         return _report(run, runner, status, bar)
+
+
+def _start_of(st: Stage, start_from: str | None) -> str | None:
+    """The trained stage ``st`` fine-tunes: ``start_from``, or the one its record says it started
+    from (a resume needs not repeat it); another than the recorded one is an error."""
+    recorded = (st.record or {}).get("start_from")
+    if start_from and recorded and Path(start_from).expanduser().resolve() != Path(recorded).resolve():
+        raise InvalidRequest(f"stage {st.name!r} was started from {recorded}; it cannot continue from {start_from}. "
+                             f"Fine-tune that one in another workspace, or move {st.folder} away to start again.")
+    return start_from or recorded
 
 
 def _fine_tuned(st: Stage, start_from: str) -> Stage:
@@ -447,6 +460,7 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
         "init_checkpoint": init, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_image_ids": shards.image_ids_of_files(ws.shards, cfg.task.train_data.input_path, missing_ok=True),
         **_pixel_size_record(ws),
+        **({"start_from": str(parent.folder)} if st.kind == "heads" and parent is not None else {}),
         "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
     })
     if model_dir != sdir:
@@ -456,7 +470,10 @@ def _start_fresh(run: StageRun, init_checkpoint: str | None) -> None:
 def _pixel_size_record(ws) -> dict:
     """What ``stage.json`` says of the training images' pixel size (µm): the shards', which the
     model learnt nuclei at; notebook 06 rescales images to it."""
-    size = shards.shards_pixel_size(ws.shards)
+    try:
+        size = shards.shards_pixel_size(ws.shards)
+    except shards.ShardError:  # trained on files outside the workspace's shards (train_files): not known
+        return {"pixel_size_um": None, "pixel_size_from": "not recorded (trained on files outside the shards)"}
     return {"pixel_size_um": size.um, "pixel_size_from": size.source}
 
 

@@ -148,8 +148,15 @@ def test_label_pairs_are_imported_once_and_again_when_the_options_change(demo, t
     stamp = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
     assert acquire_dataset(source, dest, quiet=True) == dest  # the same source and options: a no-op
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == stamp
-    acquire_dataset(source, dest, quiet=True, options=ImportOptions(pixel_size_um=0.5))  # new options: import again
+    options = ImportOptions(pixel_size_um=0.5, classes=("Nucleus",))  # (label pairs have no classes to choose)
+    acquire_dataset(source, dest, quiet=True, options=options)  # new options: import again
     assert {v["pixel_size_um"] for v in read_record(dest)["images"].values()} == {0.5}
+    stamp = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    assert acquire_dataset(source, dest, quiet=True, options=options) == dest  # the same options: a no-op
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == stamp
+    record = read_record(dest)  # where each image came from: the user's folder or zip, never a temp folder
+    assert all(".partial" not in v["source"] for v in record["images"].values()) and ".partial" not in record["source"]
+    assert str(source) in record["source"]
     assert leftovers(dest.parent) == [] and not list((tmp_path / "mine").glob(".*"))
 
 

@@ -121,3 +121,22 @@ def test_a_folder_in_no_layout_is_named(tmp_path):
     (tmp_path / "stuff" / "x.txt").write_text("")
     with pytest.raises(DatasetError, match=r"holds none of the layouts.*found \['x.txt'\]"):
         layouts.detect_layout(tmp_path / "stuff")
+
+
+def test_a_binary_mask_is_split_into_its_regions_with_a_note(tmp_path):
+    root = tmp_path / "src"
+    binary = np.zeros((32, 32), np.uint8)
+    binary[2:8, 2:8], binary[10:20, 10:14], binary[24:28, 2:6] = 255, 255, 255
+    _pair(root, labels=binary, suffix=".png")
+    notes = []
+    out = layouts.import_dataset(root, tmp_path / "out", notes=notes)
+    assert len(read_masks(open_dataset(out).train[0], (32, 32))) == 3
+    assert any("a binary mask, not instance labels" in n for n in notes)
+
+
+def test_one_name_under_two_suffixes_is_refused(tmp_path):
+    root = tmp_path / "src"
+    _pair(root)
+    tifffile.imwrite(root / "images" / "a.tif", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"a.png and .*a.tif are one name under two suffixes"):
+        layouts.import_dataset(root, tmp_path / "out")

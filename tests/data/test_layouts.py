@@ -34,3 +34,18 @@ def test_the_course_layout_is_read_where_it_is(course, tmp_path):
 def test_an_unknown_layout_name_is_refused(course, tmp_path):
     with pytest.raises(DatasetError, match=r"layout 'csv' is not one of \('course', 'labels', 'coco', 'geojson'\)"):
         layouts.import_dataset(course, tmp_path / "out", ImportOptions(layout="csv"))
+
+
+def test_another_tools_dataset_json_is_not_taken_for_an_import_record(tmp_path):
+    from helpers.data.imported import dataset_pixel_size, read_record
+
+    (tmp_path / "dataset.json").write_text('{"name": "my dataset", "images": ["a.png"]}')
+    assert read_record(tmp_path) is None and dataset_pixel_size(tmp_path).um == 0.25  # read as the course data
+
+
+def test_names_of_other_characters_stay_apart_and_never_empty():
+    from helpers.data.imported import safe_name
+
+    assert safe_name("site A/img 1") == "site_A_img_1"
+    names = {safe_name(n) for n in ("切片", "切片1", "组织1")}
+    assert len(names) == 3 and "" not in names

@@ -465,6 +465,7 @@ def test_a_heads_stage_fine_tunes_another_workspaces_trained_stage(base, heads_a
     """start_from: every weight of the trained stage's newest checkpoint is the new heads stage's
     start (the backbone, frozen in heads, stays exactly it), its knobs are inherited, and a stage
     that is no trained stage's folder is named."""
+    from helpers.errors import InvalidRequest
     from helpers.train.stages import Stage, StageRecordError
 
     trained, _ = heads_and_all
@@ -478,7 +479,13 @@ def test_a_heads_stage_fine_tunes_another_workspaces_trained_stage(base, heads_a
         np.testing.assert_array_equal(start[k], source[k], err_msg=k)
     for k in end:
         np.testing.assert_array_equal(end[k], source[k], err_msg=k)
-    assert Stage.open(ws, "heads").record["init_checkpoint"].endswith(os.path.join("all", "ckpt-10"))
+    record = Stage.open(ws, "heads").record
+    assert record["init_checkpoint"].endswith(os.path.join("all", "ckpt-10"))
+    assert record["start_from"] == str(trained.checkpoints / "all")
+    again = training.train_stage("heads", "demo", ws, steps=2, progress=False)  # a re-run need not repeat it
+    assert again.status.startswith("skipped")
+    with pytest.raises(InvalidRequest, match="was started from .* it cannot continue from"):
+        training.train_stage("heads", "demo", ws, steps=2, progress=False, start_from=str(trained.checkpoints / "heads"))
     with pytest.raises(StageRecordError, match="holds no trained stage"):
         training.train_stage("heads", "demo", new_workspace(base, "fine_tuned_wrong"), steps=2, progress=False,
                              start_from=str(trained.checkpoints))

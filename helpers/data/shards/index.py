@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 from helpers.data.imported import dataset_pixel_size
 from helpers.data.manifest import sha256_file
 from helpers.errors import UserError
-from helpers.pixel_size import COURSE_UM, PixelSize
+from helpers.pixel_size import COURSE, PixelSize
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def shards_pixel_size(shards_dir: str | os.PathLike) -> PixelSize:
     course data's, which was all there was then)."""
     idx = load_index(shards_dir)
     if "pixel_size_um" not in idx:
-        return PixelSize(COURSE_UM, "the course data (TCGA, 40x)")
+        return COURSE
     return PixelSize(idx["pixel_size_um"], idx.get("pixel_size_from", ""))
 
 
