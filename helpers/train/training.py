@@ -183,13 +183,15 @@ def _parent_checkpoint(stage: Stage, parent: Stage) -> str:
 
 
 def stage_summary(ws, profile: str, stage: str, steps: int | None = None,
-                  checkpoint_every: int | None = None) -> str:
+                  checkpoint_every: int | None = None, start_from: str | None = None) -> str:
     """Notebooks 02/03: the profile's knobs with the steps this stage's run will use (the
-    notebook's ``steps``, else a begun stage's recorded plan, else the profile's), and how far the
-    stage got; its record is read once."""
+    notebook's ``steps``, else a begun stage's recorded plan, else the profile's), the trained
+    stage it fine-tunes (``start_from``), and how far the stage got; its record is read once."""
     progress = stage_progress(ws, stage)
     knobs = cfglib.describe(profile, stage, steps or progress.planned_steps, checkpoint_every)
-    return f"{knobs}\n{progress}"
+    start = (f"\nstart: every weight of the trained stage {start_from} (start_from), with its architecture, "
+             "in place of the profile's start") if start_from else ""
+    return f"{knobs}{start}\n{progress}"
 
 
 def plan_stage(stage: str, profile: str = "demo", workspace=None, steps: int | None = None,

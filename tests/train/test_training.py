@@ -253,6 +253,9 @@ def test_a_colab_stage_begun_under_the_former_recipe_resumes_with_its_plan(base)
         summary = training.stage_summary(ws, "colab", stage)
         assert f"{planned} steps for stage {stage}" in summary and summary.endswith(f"step 0/{planned}")
     assert "1800 steps for stage all" in training.stage_summary(ws, "colab", "all", steps=1800)
+    tuned = training.stage_summary(ws, "colab", "heads", start_from="/drive/course/checkpoints/all")
+    assert "start: every weight of the trained stage /drive/course/checkpoints/all" in tuned
+    assert tuned.endswith("step 0/500")
 
 
 def test_the_all_stage_continues_its_parents_mask_head_and_crop_sampling(base):
