@@ -227,11 +227,7 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
                 src = download_zip(str(source), tmp, quiet)
                 fp = _with_options({"kind": "drive", "id": drive_file_id(str(source)) or str(source)}, options)
             if src.is_dir():
-                root = find_dataset_root(src)
-                if _layout(root, options) == "course":
-                    shown[tmp / "data"] = (str(root), str(root) + os.sep)
-                    shutil.copytree(root, tmp / "data", ignore=shutil.ignore_patterns(*_IGNORED, RECORD_NAME))
-                staged = _imported(root, tmp / "data", options, quiet)
+                staged = _imported(find_dataset_root(src), tmp / "data", options, quiet, shown)
             elif zipfile.is_zipfile(src):
                 if not drive:
                     shown[tmp / "unzipped"] = (str(src), f"{src}:")
@@ -270,18 +266,20 @@ def acquire_dataset(source: str | os.PathLike, dest: str | os.PathLike,
     return dest
 
 
-def _layout(root: Path, options: ImportOptions) -> str:
-    return options.layout or detect_layout(root)
-
-
-def _imported(root: Path, out: Path, options: ImportOptions, quiet: bool) -> Path:
-    """``out`` (or ``root`` itself, already there) holding the dataset at ``root`` in the course layout."""
-    if _layout(root, options) == "course":
-        return out if out.is_dir() else root
-    notes: list[str] = []
-    imported = import_dataset(root, out, options, notes)
+def _imported(root: Path, out: Path, options: ImportOptions, quiet: bool, shown: dict | None = None) -> Path:
+    """The dataset at ``root`` in the course layout, its layout detected once: ``root`` itself, or
+    copied to ``out`` for a folder source (``shown`` given: the copy's paths are named as the
+    user's), or another layout imported into ``out``."""
+    layout = options.layout or detect_layout(root)
+    if layout == "course":
+        if shown is None:
+            return root
+        shown[out] = (str(root), str(root) + os.sep)
+        shutil.copytree(root, out, ignore=shutil.ignore_patterns(*_IGNORED, RECORD_NAME))
+        return out
+    imported = import_dataset(root, out, dataclasses.replace(options, layout=layout), [])
     if not quiet:
-        print(f"imported {_layout(root, options)} annotations from {user_paths(str(root))}")
+        print(f"imported {layout} annotations from {user_paths(str(root))}")
     return imported
 
 
