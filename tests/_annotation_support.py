@@ -43,11 +43,19 @@ def one_real_image(real_data, tmp_path, name=REAL_IMAGE):
     return one
 
 
-def masks_of_both(one, back):
-    """The masks of the one image of ``one`` and of its import ``back``; their images must be equal."""
+def mask_pairs(original, imported):
+    """``(masks, imported masks)`` of each training image of the dataset ``original`` and of its
+    import ``imported``: the same ids, and images equal pixel for pixel."""
     from helpers.data.dataset import open_dataset, read_image, read_masks
 
-    a, b = open_dataset(one).train[0], open_dataset(back).train[0]
-    image = read_image(a.image_path)
-    assert np.array_equal(read_image(b.image_path), image)
-    return read_masks(a, image.shape), read_masks(b, image.shape)
+    a_set, b_set = open_dataset(original), open_dataset(imported)
+    assert b_set.train_ids == a_set.train_ids
+    for a, b in zip(a_set.train, b_set.train):
+        image = read_image(a.image_path)
+        assert np.array_equal(read_image(b.image_path), image)
+        yield read_masks(a, image.shape), read_masks(b, image.shape)
+
+
+def masks_of_both(one, back):
+    """The masks of the one image of ``one`` and of its import ``back``."""
+    return next(mask_pairs(one, back))
